@@ -1,0 +1,35 @@
+# Thin wrapper over CMake; the README's two commands are `make run` and `make test`.
+BUILD   ?= build
+JOBS    ?= $(shell nproc)
+NP      ?= 2
+CMAKE_ARGS ?=
+# OpenMPI refuses root without these; harmless otherwise. Oversubscription lets tests run more ranks than cores.
+export OMPI_ALLOW_RUN_AS_ROOT = 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
+export OMPI_MCA_rmaps_base_oversubscribe = 1
+
+.PHONY: all deps deps-test build run test clean
+
+all: build
+
+deps:
+	@tools/bootstrap.sh
+
+deps-test:
+	@tools/bootstrap.sh --test
+
+# Configure once (or when CMAKE_ARGS is given); afterwards CMake re-configures itself when CMakeLists change.
+build: deps
+	@if [ ! -f $(BUILD)/CMakeCache.txt ] || [ -n "$(CMAKE_ARGS)" ]; then \
+	  cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS); fi
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# The bundled default job.
+run: build
+	mpirun -np $(NP) $(BUILD)/bin/opendit info --config inputs/example.toml
+
+test: deps-test build
+	ctest --test-dir $(BUILD) --output-on-failure
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,68 @@
+#include "cli/app.hpp"
+
+#include <mpi.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "core/build_info.hpp"
+#include "core/error.hpp"
+
+namespace opendit::cli {
+
+void DeckArgs::add_to(CLI::App& cmd) {
+  cmd.add_option("--config", config_path, "Input deck (TOML); defaults apply to keys it omits");
+  cmd.add_option("--set", sets, "Override one deck key: --set section.key=value (repeatable)")
+      ->type_name("KEY=VALUE")
+      ->allow_extra_args(false);
+}
+
+config::Deck DeckArgs::load() const {
+  config::Deck deck;
+  if (!config_path.empty()) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    std::string text;
+    long long len = -1;  // -1: the file could not be read
+    if (rank == 0) {
+      std::ifstream f(config_path, std::ios::binary);
+      if (f) {
+        std::ostringstream ss;
+        ss << f.rdbuf();
+        text = ss.str();
+        len = static_cast<long long>(text.size());
+      }
+    }
+    MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+    if (len < 0) throw Error(cat(config_path, ": cannot read the input deck (missing or not readable)"));
+    text.resize(static_cast<size_t>(len));
+    MPI_Bcast(text.data(), static_cast<int>(len), MPI_CHAR, 0, MPI_COMM_WORLD);
+    deck = config::Deck::from_toml(text, config_path);
+  }
+  for (const auto& s : sets) deck.set(s);
+  return deck;
+}
+
+int run(int argc, char** argv, MpiRuntime& mpi) {
+  CLI::App app{"opendit: train and sample Diffusion Transformers on GPU clusters (MPI + NCCL + HDF5)", "opendit"};
+  app.set_version_flag("--version", std::string("opendit ") + OPENDIT_VERSION + " (" + OPENDIT_GIT_COMMIT + ")");
+  app.require_subcommand(1);
+  add_info(app, mpi);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Every rank parses the same argv: help and usage errors are printed once, and every rank exits alike.
+    if (e.get_exit_code() == 0) {
+      if (mpi.rank() == 0) app.exit(e);
+      return 0;
+    }
+    std::ostringstream out, err;
+    app.exit(e, out, err);
+    std::string msg = err.str();
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    throw Error(msg + " (see opendit --help)");
+  }
+  return 0;
+}
+
+}  // namespace opendit::cli

@@ -1,0 +1,27 @@
+// The `opendit` command line: one CLI11 app, one file per subcommand.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+#include "config/deck.hpp"
+#include "parallel/mpi_runtime.hpp"
+
+namespace opendit::cli {
+
+// Runs the command line; returns the process exit code. Throws opendit::Error for collective errors.
+int run(int argc, char** argv, MpiRuntime& mpi);
+
+// --config FILE and repeated --set section.key=value, shared by every subcommand that reads a deck.
+struct DeckArgs {
+  std::string config_path;
+  std::vector<std::string> sets;
+  void add_to(CLI::App& cmd);
+  // Rank 0 reads the file and broadcasts it, so that every rank parses the same text and fails the same way.
+  config::Deck load() const;
+};
+
+// Subcommands.
+void add_info(CLI::App& app, MpiRuntime& mpi);
+
+}  // namespace opendit::cli

@@ -1,0 +1,60 @@
+#include "core/devices.hpp"
+
+#include <ATen/detail/CUDAHooksInterface.h>
+
+#ifdef OPENDIT_WITH_CUDA
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#endif
+
+namespace opendit {
+
+static std::string dotted(long v, long major_div, long minor_div) {
+  return std::to_string(v / major_div) + "." + std::to_string((v % major_div) / minor_div) + "." +
+         std::to_string(v % minor_div);
+}
+
+std::vector<GpuInfo> visible_gpus() {
+  std::vector<GpuInfo> out;
+#ifdef OPENDIT_WITH_CUDA
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // no driver or no device: a CPU machine
+    return out;
+  }
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
+    out.push_back({p.name, p.totalGlobalMem / double(1ull << 30), p.major, p.minor});
+  }
+#endif
+  return out;
+}
+
+std::string cuda_runtime_version() {
+  try {
+    long v = at::detail::getCUDAHooks().versionCUDART();  // e.g. 13000
+    if (v > 0) return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+  } catch (const std::exception&) {
+  }
+  return "none";
+}
+
+std::string cudnn_version() {
+  try {
+    long v = at::detail::getCUDAHooks().versionCuDNN();  // e.g. 91900
+    if (v > 0) return dotted(v, 10000, 100);
+  } catch (const std::exception&) {
+  }
+  return "none";
+}
+
+std::string nccl_version() {
+#ifdef OPENDIT_WITH_CUDA
+  int v = 0;
+  if (ncclGetVersion(&v) == ncclSuccess && v > 0) return dotted(v, 10000, 100);  // e.g. 22809
+#endif
+  return "none";
+}
+
+}  // namespace opendit

@@ -1,0 +1,19 @@
+// What accelerators this process sees and the versions of the GPU libraries (empty/zero on a CPU-only build).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace opendit {
+
+struct GpuInfo {
+  std::string name;
+  double memory_gib = 0;
+  int sm_major = 0, sm_minor = 0;
+};
+
+std::vector<GpuInfo> visible_gpus();  // empty without CUDA, a driver or a device
+std::string cuda_runtime_version();  // "13.0", or "none"
+std::string cudnn_version();         // "9.19.0", or "none"
+std::string nccl_version();          // "2.28.9", or "none"
+
+}  // namespace opendit

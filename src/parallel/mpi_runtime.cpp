@@ -1,0 +1,63 @@
+#include "parallel/mpi_runtime.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+namespace opendit {
+
+MpiRuntime::MpiRuntime(int* argc, char*** argv) {
+  int provided = 0;
+  // Only the main thread calls MPI (data-loading threads never do).
+  MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  // Errors come back as return codes that callers turn into exceptions, instead of MPI killing the job silently.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+}
+
+MpiRuntime::~MpiRuntime() { finalize(); }
+
+void MpiRuntime::finalize() {
+  if (finalized_) return;
+  finalized_ = true;
+  MPI_Finalize();
+}
+
+int MpiRuntime::exit_collective(const std::string& message) {
+  if (rank_ == 0) std::fprintf(stderr, "opendit: error: %s\n", message.c_str());
+  std::fflush(stderr);
+  double grace = 10.0;
+  if (const char* g = std::getenv("OPENDIT_ERROR_GRACE_S")) grace = std::atof(g);
+  int rank = rank_;
+  std::string msg = message;
+  // MPI_Finalize waits for every rank; a rank that never comes would leave us waiting forever.
+  std::thread([grace, rank, msg] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(grace));
+    std::fprintf(stderr,
+                 "opendit: error on rank %d: %s\n"
+                 "opendit: the other ranks did not stop within %.0f s; ending the job\n",
+                 rank, msg.c_str(), grace);
+    std::fflush(stderr);
+    std::_Exit(1);
+  }).detach();
+  finalize();
+  return 1;
+}
+
+void MpiRuntime::abort_one(const std::string& message) {
+  std::fprintf(stderr, "opendit: error on rank %d: %s\n", rank_, message.c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::_Exit(1);  // MPI_Abort does not return; this is for a broken MPI
+}
+
+void print0(const std::string& line) {
+  int rank = 0, init = 0;
+  MPI_Initialized(&init);
+  if (init) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0) std::printf("%s\n", line.c_str());
+}
+
+}  // namespace opendit

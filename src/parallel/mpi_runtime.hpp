@@ -1,0 +1,57 @@
+// The one place that starts and stops MPI, and the two ways a run ends in error (see core/error.hpp).
+// Started without mpirun, MPI runs as a world of one.
+#pragma once
+#include <c10/util/Exception.h>
+#include <mpi.h>
+
+#include <exception>
+#include <string>
+
+#include "core/error.hpp"
+
+namespace opendit {
+
+class MpiRuntime {
+ public:
+  MpiRuntime(int* argc, char*** argv);
+  ~MpiRuntime();  // finalizes if finalize() was not called
+  MpiRuntime(const MpiRuntime&) = delete;
+  MpiRuntime& operator=(const MpiRuntime&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  void finalize();
+
+  // An error every rank reached: rank 0 prints it; all ranks finalize and the caller exits 1. If the other ranks
+  // do not arrive in MPI_Finalize within the grace period (OPENDIT_ERROR_GRACE_S, default 10 s), the error was not
+  // collective after all: this rank prints it with its rank and ends the job, so nothing hangs.
+  int exit_collective(const std::string& message);
+
+  // An error of this rank alone: printed with the rank, then MPI_Abort ends every rank.
+  [[noreturn]] void abort_one(const std::string& message);
+
+ private:
+  int rank_ = 0, size_ = 1;
+  bool finalized_ = false;
+};
+
+// Runs `body` (returning an exit code) and ends the run the right way for whatever it throws.
+template <typename Body>
+int run_guarded(MpiRuntime& mpi, Body&& body) {
+  try {
+    int rc = body();
+    mpi.finalize();
+    return rc;
+  } catch (const Error& e) {
+    return mpi.exit_collective(e.what());
+  } catch (const c10::Error& e) {
+    mpi.abort_one(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    mpi.abort_one(e.what());
+  }
+}
+
+// Prints a line to stdout on rank 0 only.
+void print0(const std::string& line);
+
+}  // namespace opendit

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# End-to-end checks of the opendit command line under mpirun: the mesh, deck errors, and that no error hangs.
+# usage: test_cli.sh OPENDIT MPI_ERROR_PROBE SOURCE_DIR
+set -u
+BIN=$1 PROBE=$2 SRC=$3
+MPIRUN=(mpirun --oversubscribe)
+fails=0 passes=0
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+check() {  # check NAME CONDITION-COMMAND...
+  local name=$1; shift
+  if "$@"; then passes=$((passes + 1)); echo "ok   $name"; else fails=$((fails + 1)); echo "FAIL $name"; fi
+}
+# run NAME TIMEOUT CMD...: runs CMD, keeps stdout+stderr in $out/NAME, the exit code in rc_NAME, milliseconds in ms_NAME.
+run() {
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s%N)
+  timeout "$limit" "$@" >"$out/$name" 2>&1
+  printf -v "rc_$name" '%d' $?
+  printf -v "ms_$name" '%d' $((($(date +%s%N) - t0) / 1000000))
+}
+has() { grep -q -- "$2" "$out/$1"; }
+count() { grep -c -- "$2" "$out/$1"; }
+
+run help 30 "$BIN" --help
+check "--help lists info" has help "info"
+check "--help exits 0" test "$rc_help" -eq 0
+
+run single 30 "$BIN" info
+check "info without mpirun is a world of one" has single "world 1 = dp 1 x sp 1"
+
+run np4 60 "${MPIRUN[@]}" -np 4 "$BIN" info
+check "4 ranks: mesh" has np4 "world 4 = dp 4 x sp 1"
+check "4 ranks: printed once" test "$(count np4 'world 4')" -eq 1
+check "4 ranks: a line per rank" has np4 "^ *3 *3 *0 "
+
+run sp2 60 "${MPIRUN[@]}" -np 4 "$BIN" info --config "$SRC/inputs/example.toml" --set parallel.sp_size=2
+check "sp 2: 2 sp groups x 2 dp" has sp2 "world 4 = dp 2 x sp 2"
+check "sp 2: sp groups contiguous" has sp2 "sp groups: \[0 1\] \[2 3\]"
+check "sp 2: dp groups strided" has sp2 "dp groups: \[0 2\] \[1 3\]"
+check "sp 2: resolved deck shows the override" has sp2 "sp_size = 2  # --set"
+
+run badkey 30 "${MPIRUN[@]}" -np 4 "$BIN" info --config "$SRC/inputs/example.toml" --set nosuch.key=1
+check "unknown key: non-zero exit" test "$rc_badkey" -ne 0
+check "unknown key: not a timeout" test "$rc_badkey" -ne 124
+check "unknown key: under 10 s" test "$ms_badkey" -lt 10000
+check "unknown key: one message" test "$(count badkey 'opendit: error')" -eq 1
+check "unknown key: names the closest key" has badkey "did you mean 'parallel.sp_size'"
+
+printf '[parallel]\nsp_size = 1\nsp_sise = 2\n' >"$out/typo.toml"
+run typo 30 "${MPIRUN[@]}" -np 4 "$BIN" info --config "$out/typo.toml"
+check "deck typo: names file and line" has typo "typo.toml:3: unknown key 'parallel.sp_sise'"
+check "deck typo: one message" test "$(count typo 'opendit: error')" -eq 1
+
+run nodiv 30 "${MPIRUN[@]}" -np 3 "$BIN" info --set parallel.sp_size=2
+check "sp does not divide: error" has nodiv "does not divide the world size 3"
+check "sp does not divide: non-zero" test "$rc_nodiv" -ne 0
+
+run nofile 30 "${MPIRUN[@]}" -np 2 "$BIN" info --config "$out/missing.toml"
+check "missing deck: clear error" has nofile "missing.toml: cannot read the input deck"
+check "missing deck: non-zero" test "$rc_nofile" -ne 0
+
+run badflag 30 "${MPIRUN[@]}" -np 2 "$BIN" info --no-such-flag
+check "unknown flag: one message" test "$(count badflag 'opendit: error')" -eq 1
+check "unknown flag: non-zero" test "$rc_badflag" -ne 0
+
+run nosub 30 "$BIN"
+check "no subcommand: error" test "$rc_nosub" -ne 0
+
+run one 30 "${MPIRUN[@]}" -np 4 "$PROBE" one
+check "error on one rank: names the rank" has one "opendit: error on rank 1: cannot open shard-1.h5"
+check "error on one rank: non-zero, no hang" test "$rc_one" -ne 0 -a "$rc_one" -ne 124
+check "error on one rank: under 10 s" test "$ms_one" -lt 10000
+
+OPENDIT_ERROR_GRACE_S=2 run partial 30 "${MPIRUN[@]}" -x OPENDIT_ERROR_GRACE_S -np 4 "$PROBE" partial
+check "collective error on one rank only: named with its rank" has partial "error on rank 1: deck differs"
+check "collective error on one rank only: non-zero, no hang" test "$rc_partial" -ne 0 -a "$rc_partial" -ne 124
+check "collective error on one rank only: under 10 s" test "$ms_partial" -lt 10000
+
+run doc 30 "$BIN" info --config-doc
+check "config doc printed" has doc "# Input deck reference"
+
+if [ $fails -ne 0 ]; then
+  for f in "$out"/*; do echo "---- $(basename "$f")"; cat "$f"; done
+fi
+echo "cli: $passes passed, $fails failed"
+[ $fails -eq 0 ]

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what opendit needs to build (and, with --test, to run its reference tests).
+# Idempotent: when everything is present it only checks, in a few seconds.
+#   tools/bootstrap.sh          Debian packages + LibTorch (torch==2.11.0 wheel in .venv/)
+#   tools/bootstrap.sh --test   ... plus the Python packages used by the reference-test scripts
+# Where a python3 that already imports torch 2.11 exists (the GPU machines), it is used and nothing is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+APT_PACKAGES=(cmake g++ make pkg-config ccache python3-venv
+  libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
+  libgtest-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libpng-dev)
+TEST_PIP_PACKAGES=(numpy diffusers safetensors)
+
+want_test=0
+for a in "$@"; do
+  case "$a" in
+    --test) want_test=1 ;;
+    *) echo "bootstrap: unknown argument '$a' (expected --test)" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "bootstrap: $*"; }
+
+# ---- Debian packages -------------------------------------------------------------------------------
+if command -v dpkg-query >/dev/null 2>&1; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  say "no dpkg: assuming the system libraries (MPI, HDF5, GoogleTest, CLI11, toml++, nlohmann-json) are present"
+fi
+
+# ---- Python with torch (LibTorch comes from the wheel) ---------------------------------------------
+torch_ok() { "$1" -c "import torch,sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; }
+
+PY=""
+if [ -x .venv/bin/python ] && torch_ok .venv/bin/python; then
+  PY=.venv/bin/python
+elif [ ! -d .venv ] && command -v python3 >/dev/null && torch_ok python3; then
+  PY=$(command -v python3)          # GPU machines: the system python already holds torch
+else
+  [ -x .venv/bin/python ] || { say "creating .venv/"; python3 -m venv .venv; }
+  say "installing torch==$TORCH_VERSION into .venv/ (first time: about 3 GB download)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+  PY=.venv/bin/python
+fi
+
+if [ $want_test -eq 1 ]; then
+  missing=()
+  for p in "${TEST_PIP_PACKAGES[@]}"; do
+    "$PY" -c "import $p" 2>/dev/null || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    [ "$PY" = .venv/bin/python ] || { say "error: $PY lacks ${missing[*]} and is not ours to install into"; exit 1; }
+    say "installing test packages: ${missing[*]}"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "${missing[@]}"
+  fi
+fi
+
+# The build reads the chosen interpreter from here.
+mkdir -p build
+echo "$PY" > build/.python
