@@ -48,6 +48,8 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
   app.set_version_flag("--version", std::string("opendit ") + OPENDIT_VERSION + " (" + OPENDIT_GIT_COMMIT + ")");
   app.require_subcommand(1);
   add_info(app, mpi);
+  add_convert(app, mpi);
+  add_sample(app, mpi);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

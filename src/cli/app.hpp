@@ -23,5 +23,7 @@ struct DeckArgs {
 
 // Subcommands.
 void add_info(CLI::App& app, MpiRuntime& mpi);
+void add_convert(CLI::App& app, MpiRuntime& mpi);
+void add_sample(CLI::App& app, MpiRuntime& mpi);
 
 }  // namespace opendit::cli

@@ -12,9 +12,49 @@ const Schema& schema() {
   static const Schema s = [] {
     Schema s;
     s.sections = {
+        {"model", "The DiT network. `preset` sets depth, width, heads and patch; a non-zero explicit key overrides it."},
+        {"diffusion", "The Gaussian diffusion process (IDDPM, as in DiT)."},
+        {"sample", "Sampling defaults; the `opendit sample` options override them."},
         {"parallel", "How the MPI ranks are split into sequence-parallel and data-parallel groups."},
     };
+    const double inf = 1e300;
+    auto presets = std::vector<std::string>{"custom"};
+    for (const char* size : {"S", "B", "L", "XL"})
+      for (const char* patch : {"2", "4", "8"}) presets.push_back(std::string("DiT-") + size + "/" + patch);
     s.options = {
+        {"model.preset", Type::Choice, std::string("DiT-XL/2"), "Official size preset, or `custom` (then set depth, "
+         "hidden_size, num_heads and patch_size).", -inf, inf, presets},
+        {"model.depth", Type::Int, int64_t{0}, "Transformer blocks; 0 = from the preset.", 0, 1000, {}},
+        {"model.hidden_size", Type::Int, int64_t{0}, "Token width D; 0 = from the preset.", 0, 1 << 16, {}},
+        {"model.num_heads", Type::Int, int64_t{0}, "Attention heads (must divide hidden_size); 0 = from the preset.",
+         0, 1024, {}},
+        {"model.patch_size", Type::Int, int64_t{0}, "Patch side p (tokens = (input_size/p)^2); 0 = from the preset.",
+         0, 64, {}},
+        {"model.in_channels", Type::Int, int64_t{4}, "Input channels (4 for SD-VAE latents).", 1, 1024, {}},
+        {"model.input_size", Type::Int, int64_t{32}, "Input side in pixels or latent cells (32 = 256^2 images with "
+         "the VAE's factor 8).", 1, 1 << 14, {}},
+        {"model.num_classes", Type::Int, int64_t{1000}, "Classes; label num_classes is the null class of "
+         "classifier-free guidance.", 1, 1 << 24, {}},
+        {"model.learn_sigma", Type::Bool, true, "Also predict the variance (output channels = 2 x in_channels).",
+         -inf, inf, {}},
+        {"model.mlp_ratio", Type::Float, 4.0, "MLP hidden width / hidden_size.", 0.25, 64, {}},
+        {"model.class_dropout_prob", Type::Float, 0.1, "Training: probability of replacing a label by the null "
+         "class.", 0, 1, {}},
+        {"model.space", Type::Choice, std::string("latent"), "What the model denoises: `latent` (VAE latents; "
+         "samples are written as latents) or `pixel` (images in [-1, 1]; samples are written as a PNG grid).",
+         -inf, inf, {"latent", "pixel"}},
+        {"diffusion.num_steps", Type::Int, int64_t{1000}, "Diffusion steps T of training.", 1, 100000, {}},
+        {"diffusion.schedule", Type::Choice, std::string("linear"), "Noise schedule: `linear` betas (scaled by "
+         "1000/T) or `cosine` (IDDPM).", -inf, inf, {"linear", "cosine"}},
+        {"sample.steps", Type::String, std::string("250"), "Sampling steps: `250` (DDPM on 250 respaced steps), "
+         "`ddim50` (DDIM on 50), or section counts such as `10,20,30`.", -inf, inf, {}},
+        {"sample.eta", Type::Float, 0.0, "DDIM eta (0 = deterministic).", 0, 1, {}},
+        {"sample.cfg_scale", Type::Float, 4.0, "Classifier-free guidance scale (1 = no guidance).", 0, 1000, {}},
+        {"sample.cfg_channels", Type::Choice, std::string("all"), "Channels that guidance applies to: `all` eps "
+         "channels, or `first3` (the official DiT sampler's quirk, for reproducing its samples).", -inf, inf,
+         {"all", "first3"}},
+        {"sample.seed", Type::Int, int64_t{0}, "Seed of the initial noise and of DDPM's per-step noise.", 0,
+         9.0e18, {}},
         {"parallel.sp_size", Type::Int, int64_t{1},
          "Ranks per sequence-parallel group (contiguous ranks). The data-parallel size is world / sp_size, which "
          "must divide.",

@@ -204,7 +204,9 @@ Losses GaussianDiffusion::training_losses(const Denoiser& denoise_fn, const at::
   const at::Tensor nll =
       -mean_flat(discretized_gaussian_log_likelihood(x0, model.mean, 0.5 * model.log_variance)) / ln2;
   const at::Tensor at_zero = (t == 0).to(kl.device());
-  losses.vb = at::where(at_zero, nll, kl) * (static_cast<double>(num_timesteps()) / 1000.0);
+  // DiT's create_diffusion uses LossType.MSE: the VB term is not rescaled by num_timesteps / 1000 (which is 1
+  // for the 1000-step training DiT does anyway).
+  losses.vb = at::where(at_zero, nll, kl);
   losses.loss = losses.mse + losses.vb;
   return losses;
 }

@@ -30,7 +30,7 @@ struct MeanVariance {
 struct StepResult {
   at::Tensor sample, pred_xstart;
 };
-// Per-sample [N] terms: loss = mse + vb. vb is in bits per dimension (already scaled by num_timesteps / 1000);
+// Per-sample [N] terms: loss = mse + vb. vb is in bits per dimension (unscaled, as DiT's LossType.MSE);
 // it is all zeros when the diffusion does not learn sigma.
 struct Losses {
   at::Tensor loss, mse, vb;
@@ -73,7 +73,7 @@ class GaussianDiffusion {
   // The training loss at timesteps t with the given noise: MSE(eps_hat, noise) over non-batch dims, plus, when
   // learning sigma, the VB term computed with eps_hat DETACHED (only the variance channels learn from it): the
   // KL between posterior and model in bits, or at t = 0 the discretized-Gaussian NLL of x0 in bits (x0 in
-  // [-1, 1]), times num_timesteps() / 1000. Results are [N] in x0's dtype.
+  // [-1, 1]); like DiT, not rescaled by num_timesteps() / 1000. Results are [N] in x0's dtype.
   Losses training_losses(const Denoiser& denoise_fn, const at::Tensor& x0, const at::Tensor& t,
                          const at::Tensor& noise) const;
 

@@ -25,6 +25,8 @@ count() { grep -c -- "$2" "$out/$1"; }
 
 run help 30 "$BIN" --help
 check "--help lists info" has help "info"
+check "--help lists sample and convert" has help "sample"
+check "--help lists convert" has help "convert"
 check "--help exits 0" test "$rc_help" -eq 0
 
 run single 30 "$BIN" info
@@ -46,7 +48,7 @@ check "unknown key: non-zero exit" test "$rc_badkey" -ne 0
 check "unknown key: not a timeout" test "$rc_badkey" -ne 124
 check "unknown key: under 10 s" test "$ms_badkey" -lt 10000
 check "unknown key: one message" test "$(count badkey 'opendit: error')" -eq 1
-check "unknown key: names the closest key" has badkey "did you mean 'parallel.sp_size'"
+check "unknown key: names the closest valid key" has badkey "did you mean '[a-z_]*\.[a-z_]*'"
 
 printf '[parallel]\nsp_size = 1\nsp_sise = 2\n' >"$out/typo.toml"
 run typo 30 "${MPIRUN[@]}" -np 4 "$BIN" info --config "$out/typo.toml"

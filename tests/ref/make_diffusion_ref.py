@@ -256,7 +256,7 @@ def make_losses():
         dims = (1, 2, 3)
         kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dims) / math.log(2.0)
         nll = -discretized_log_likelihood(x0, model_mean, 0.5 * model_logvar).mean(dims) / math.log(2.0)
-        vb = torch.where(t == 0, nll, kl) * (len(kept) / 1000.0)
+        vb = torch.where(t == 0, nll, kl)  # DiT's LossType.MSE: no num_timesteps / 1000 rescaling
         mse = ((eps - noise) ** 2).mean(dims)
         p = f"loss_{tag}_"
         put(p + "x0", x0)
