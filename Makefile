@@ -8,7 +8,7 @@ export OMPI_ALLOW_RUN_AS_ROOT = 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
 export OMPI_MCA_rmaps_base_oversubscribe = 1
 
-.PHONY: all deps deps-test build run test clean
+.PHONY: all deps deps-test build run test bench clean
 
 all: build
 
@@ -30,6 +30,10 @@ run: build
 
 test: deps-test build
 	ctest --test-dir $(BUILD) --output-on-failure
+
+# Benchmarks with their peer in the same run (figures go to bench/RESULTS.md by hand, with device, date, commit).
+bench: deps-test build
+	bench/forward.sh DiT-S/2 8 fp32 cpu
 
 clean:
 	rm -rf $(BUILD)

@@ -33,8 +33,11 @@ if command -v dpkg-query >/dev/null 2>&1; then
     say "installing Debian packages: ${missing[*]}"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+           $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
+      # A machine without a package registry (the GPU machines): carry on; CMake names what is really missing.
+      say "warning: could not install ${missing[*]}; continuing with what this machine has"
+    fi
   fi
 else
   say "no dpkg: assuming the system libraries (MPI, HDF5, GoogleTest, CLI11, toml++, nlohmann-json) are present"
@@ -61,9 +64,12 @@ if [ $want_test -eq 1 ]; then
     "$PY" -c "import $p" 2>/dev/null || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    [ "$PY" = .venv/bin/python ] || { say "error: $PY lacks ${missing[*]} and is not ours to install into"; exit 1; }
-    say "installing test packages: ${missing[*]}"
-    .venv/bin/python -m pip install -q --disable-pip-version-check "${missing[@]}"
+    if [ "$PY" = .venv/bin/python ]; then
+      say "installing test packages: ${missing[*]}"
+      .venv/bin/python -m pip install -q --disable-pip-version-check "${missing[@]}"
+    else
+      say "warning: $PY lacks ${missing[*]} (not ours to install into): the reference tests that need them will fail"
+    fi
   fi
 fi
 

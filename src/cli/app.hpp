@@ -25,5 +25,6 @@ struct DeckArgs {
 void add_info(CLI::App& app, MpiRuntime& mpi);
 void add_convert(CLI::App& app, MpiRuntime& mpi);
 void add_sample(CLI::App& app, MpiRuntime& mpi);
+void add_bench(CLI::App& app, MpiRuntime& mpi);
 
 }  // namespace opendit::cli

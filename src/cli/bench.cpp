@@ -1,0 +1,85 @@
+// `opendit bench forward`: time the DiT forward pass (the peer figure comes from bench/peer_diffusers_forward.py).
+#include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "cli/app.hpp"
+#include "core/error.hpp"
+#include "models/dit.hpp"
+
+namespace opendit::cli {
+
+namespace {
+
+struct BenchArgs {
+  DeckArgs deck;
+  int batch = 8, iters = 20, warmup = 3;
+  std::string dtype = "fp32", device = "auto";
+};
+
+void run_forward_bench(const BenchArgs& a, MpiRuntime& mpi) {
+  if (mpi.size() > 1) throw Error("bench runs as one process: run it without mpirun");
+  if (a.batch < 1 || a.iters < 1 || a.warmup < 0) throw Error("--batch and --iters must be >= 1, --warmup >= 0");
+  models::DiTConfig cfg = models::dit_config_from(a.deck.load());
+  const bool have_gpu = at::detail::getCUDAHooks().hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0;
+  if (a.device == "cuda" && !have_gpu) throw Error("--device cuda: no GPU is visible");
+  const bool gpu = a.device == "cuda" || (a.device == "auto" && have_gpu);
+  const at::ScalarType dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+
+  models::DiT model(cfg, 0);
+  // Non-zero adaLN weights, so that no path is skipped by a zero (the timing must not depend on it, but be safe).
+  for (auto& [name, t] : model.named_parameters())
+    if (name.find("adaLN") != std::string::npos) t->normal_(0, 0.02);
+  model.to(at::TensorOptions().device(device).dtype(dtype));
+  auto opts = at::TensorOptions().device(device);
+  at::Tensor x = at::randn({a.batch, cfg.in_channels, cfg.input_size, cfg.input_size}, opts.dtype(dtype));
+  at::Tensor t = at::randint(0, 1000, {a.batch}, opts.dtype(at::kFloat));
+  at::Tensor y = at::randint(0, cfg.num_classes, {a.batch}, opts.dtype(at::kLong));
+  auto sync = [&] {
+    if (gpu) at::detail::getCUDAHooks().deviceSynchronize(0);
+  };
+  at::NoGradGuard no_grad;
+  for (int i = 0; i < a.warmup; ++i) model.forward(x, t, y);
+  sync();
+  std::vector<double> ms;
+  for (int i = 0; i < a.iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    model.forward(x, t, y);
+    sync();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median = ms[ms.size() / 2];
+  const double tflops = cfg.forward_flops() * a.batch / (median * 1e-3) / 1e12;
+  std::printf("%s\n", cfg.describe().c_str());
+  std::printf("BENCH forward device=%s threads=%d dtype=%s batch=%d median_ms=%.3f min_ms=%.3f img_per_s=%.1f "
+              "tflops=%.3f\n",
+              gpu ? "cuda" : "cpu", at::get_num_threads(), a.dtype.c_str(), a.batch, median, ms.front(),
+              a.batch / (median * 1e-3), tflops);
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app, MpiRuntime& mpi) {
+  auto* cmd = app.add_subcommand("bench", "Benchmarks (results and peers: bench/RESULTS.md)");
+  cmd->require_subcommand(1);
+  auto a = std::make_shared<BenchArgs>();
+  auto* fwd = cmd->add_subcommand("forward", "Time the DiT forward pass of the deck's model on random inputs");
+  a->deck.add_to(*fwd);
+  fwd->add_option("--batch", a->batch, "Batch size")->default_val(8);
+  fwd->add_option("--iters", a->iters, "Timed iterations (the median is reported)")->default_val(20);
+  fwd->add_option("--warmup", a->warmup, "Untimed iterations first")->default_val(3);
+  fwd->add_option("--dtype", a->dtype, "Parameter and activation dtype")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->default_str("fp32");
+  fwd->add_option("--device", a->device, "auto (GPU if visible), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->default_str("auto");
+  fwd->callback([a, &mpi] { run_forward_bench(*a, mpi); });
+}
+
+}  // namespace opendit::cli
