@@ -72,7 +72,7 @@ StateDict diffusers_to_official(const StateDict& sd, const std::string& origin) 
     std::string pre = "transformer_blocks." + std::to_string(i) + ".norm1.emb.";
     for (const auto& [key, t] : sd) {
       if (key.rfind(pre, 0) != 0) continue;
-      const at::Tensor& first = need(sd, kEmb + key.substr(pre.size()), origin);
+      const at::Tensor first = need(sd, kEmb + key.substr(pre.size()), origin);
       if (!at::equal(first, t))
         throw Error(cat(origin, ": ", key, " differs from block 0's copy; official DiT shares one timestep/label "
                                        "embedder, so these weights cannot be represented as a DiT"));
