@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "core/strings.hpp"
+#include "models/checkpoint.hpp"
 
 namespace opendit::models {
 
@@ -132,7 +133,19 @@ at::Tensor DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tens
   temb = at::linear(at::silu(at::linear(temb, t_w0_, t_b0_)), t_w2_, t_b2_);                // [N, D]
   at::Tensor c = temb + y_table_.index_select(0, y.to(at::kLong));                          // [N, D]
   at::Tensor silu_c = at::silu(c);  // every adaLN_modulation starts with SiLU
-  for (const auto& b : blocks_) h = block_forward(b, h, silu_c);
+  for (const auto& b : blocks_) {
+    if (checkpointing_ && at::GradMode::is_enabled()) {
+      // Inputs: activations, then the block's parameters (so that their gradients flow through the recompute).
+      h = checkpointed(
+          [this](const std::vector<at::Tensor>& in) {
+            Block k{in[2], in[3], in[4], in[5], in[6], in[7], in[8], in[9], in[10], in[11]};
+            return block_forward(k, in[0], in[1]);
+          },
+          {h, silu_c, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b, b.ada_w, b.ada_b});
+    } else {
+      h = block_forward(b, h, silu_c);
+    }
+  }
   auto mod = at::linear(silu_c, final_ada_w_, final_ada_b_).unsqueeze(1).chunk(2, -1);      // shift, scale
   h = at::layer_norm(h, {D}, {}, {}, 1e-6) * (1 + mod[1]) + mod[0];
   h = at::linear(h, final_w_, final_b_);                                                    // [N, T, p p Co]

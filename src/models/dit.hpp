@@ -33,6 +33,8 @@ class DiT {
   void load_state_dict(const std::map<std::string, at::Tensor>& sd, const std::string& origin);
 
   void to(const at::TensorOptions& options);  // device and/or dtype of every parameter
+  // Training: recompute each block's activations in the backward pass instead of storing them.
+  void set_activation_checkpointing(bool on) { checkpointing_ = on; }
   void set_requires_grad(bool on);             // trainable parameters only; pos_embed stays frozen
 
  private:
@@ -44,6 +46,7 @@ class DiT {
   void init_weights(uint64_t seed);
 
   DiTConfig cfg_;
+  bool checkpointing_ = false;
   at::Tensor pos_embed_, x_w_, x_b_, t_w0_, t_b0_, t_w2_, t_b2_, y_table_, final_ada_w_, final_ada_b_, final_w_,
       final_b_;
   std::vector<Block> blocks_;

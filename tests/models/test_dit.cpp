@@ -181,3 +181,34 @@ TEST(DiT, ConfigValidation) {
   EXPECT_THROW(c.validate(), Error);
   EXPECT_THROW(DiT(c, 0), Error);
 }
+
+TEST(DiT, ActivationCheckpointingGivesTheSameGradients) {
+  DiTConfig cfg = tiny_config();
+  cfg.learn_sigma = true;
+  DiT model(cfg, 5);
+  for (auto& [name, t] : model.named_parameters())
+    if (name != "pos_embed") t->copy_(0.1 * at::randn(t->sizes()));
+  model.set_requires_grad(true);
+  at::Tensor x = at::randn({3, 3, 8, 8}), t = at::tensor({3.0, 400.0, 999.0});
+  at::Tensor y = at::tensor({int64_t{1}, int64_t{10}, int64_t{4}});
+  auto grads = [&](bool ckpt) {
+    model.set_activation_checkpointing(ckpt);
+    for (auto& [name, p] : model.named_parameters())
+      if (p->grad().defined()) p->mutable_grad() = at::Tensor();
+    at::Tensor loss = (model.forward(x, t, y) * at::linspace(-1, 1, 6).view({1, 6, 1, 1})).pow(2).sum();
+    loss.backward();
+    std::map<std::string, at::Tensor> g;
+    for (auto& [name, p] : model.named_parameters())
+      if (p->grad().defined()) g[name] = p->grad().clone();
+    return std::make_pair(loss.item<double>(), g);
+  };
+  auto [loss_plain, plain] = grads(false);
+  auto [loss_ckpt, ckpt] = grads(true);
+  EXPECT_EQ(loss_plain, loss_ckpt);
+  ASSERT_EQ(plain.size(), ckpt.size());
+  EXPECT_EQ(plain.count("pos_embed"), 0u);
+  for (const auto& [name, g] : plain) {
+    double err = (g - ckpt.at(name)).abs().max().item<double>() / (g.abs().max().item<double>() + 1e-30);
+    EXPECT_LE(err, 1e-6) << name;
+  }
+}
