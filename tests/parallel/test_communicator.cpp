@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "core/error.hpp"
 #include "parallel/communicator.hpp"
 
 using namespace opendit;
@@ -44,6 +45,9 @@ TEST_F(CommTest, RankAndSizeMatchTheMpiCommunicator) {
   EXPECT_EQ(comm.size(), s);
   EXPECT_EQ(comm.backend(), "mpi");
   EXPECT_EQ(make_communicator(MPI_COMM_WORLD, at::kCPU)->backend(), "mpi");
+#ifndef OPENDIT_WITH_CUDA
+  EXPECT_THROW(make_communicator(MPI_COMM_WORLD, at::Device(at::kCUDA, 0)), Error);  // a build without NCCL says so
+#endif
 }
 
 TEST_F(CommTest, AllReduceSumAndMaxEveryDtype) {
