@@ -153,7 +153,7 @@ INSTANTIATE_TEST_SUITE_P(DataParallel, Strategies,
                          ::testing::Values(DpStrategy::Ddp, DpStrategy::Zero1, DpStrategy::Zero2),
                          [](const auto& info) { return std::string(dp_strategy_name(info.param)); });
 
-TEST(Strategies, ClippingWasExercised) {
+TEST(DpStrategy, ClippingWasExercised) {
   // The steps above include clipped and unclipped ones: otherwise the test would not cover clipping.
   FlatLayout layout(specs(), 16);
   int clipped = 0;
@@ -165,7 +165,7 @@ TEST(Strategies, ClippingWasExercised) {
   EXPECT_LT(clipped, kSteps);
 }
 
-TEST(Strategies, NamesParse) {
+TEST(DpStrategy, NamesParse) {
   EXPECT_EQ(parse_dp_strategy("zero1"), DpStrategy::Zero1);
   EXPECT_EQ(std::string(dp_strategy_name(parse_dp_strategy("ddp"))), "ddp");
   EXPECT_THROW(parse_dp_strategy("zero3"), Error);
