@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <type_traits>
 
 #include "core/build_info.hpp"
 #include "core/error.hpp"
@@ -219,12 +220,35 @@ std::int64_t LatentDataset::bytes_per_sample() const {
   return b;
 }
 
-// Reads the runs (start, length) of ds into one tensor of `distinct` rows, then puts its rows in the asked order
-// (order[i] = which distinct row answers request i; undefined when the request was sorted and distinct).
+namespace {
+
+// out[i] = float(raw[src(i)]) row by row, on this thread: a batch takes about a millisecond, and ATen's intra-op
+// threads are better left to the training step (on a busy machine, waking them costs more than the copy).
+template <typename From, typename To>
+void copy_rows(const at::Tensor& raw, const std::vector<std::int64_t>& order, at::Tensor& out) {
+  const std::int64_t rows = out.size(0), row = rows > 0 ? out.numel() / rows : 0;
+  const From* src = static_cast<const From*>(raw.data_ptr());
+  To* dst = static_cast<To*>(out.data_ptr());
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const From* s = src + (order.empty() ? i : order[i]) * row;
+    To* d = dst + i * row;
+    if constexpr (std::is_same_v<From, To>) {
+      std::memcpy(d, s, row * sizeof(To));
+    } else {
+      for (std::int64_t k = 0; k < row; ++k) d[k] = static_cast<To>(s[k]);
+    }
+  }
+}
+
+}  // namespace
+
+// Reads the runs (start, length) of ds into `distinct` rows, then puts them in the asked order (order[i]: which
+// distinct row answers request i; empty when the request was sorted and distinct) and converts to float32.
 at::Tensor LatentDataset::gather(const H5Dataset& ds, const std::vector<std::pair<std::int64_t, std::int64_t>>& runs,
-                                 std::int64_t distinct, const at::Tensor& order, bool to_float, bool pin) const {
+                                 std::int64_t distinct, const std::vector<std::int64_t>& order, bool to_float,
+                                 bool pin) const {
   const at::ScalarType out_type = to_float ? at::kFloat : ds.dtype();
-  const bool direct = ds.dtype() == out_type && !order.defined();  // the rows as read are the answer
+  const bool direct = ds.dtype() == out_type && order.empty();  // the rows as read are the answer
   auto dims = ds.shape();
   dims[0] = distinct;
   at::Tensor raw = at::empty(dims, at::TensorOptions().dtype(ds.dtype()).pinned_memory(pin && direct));
@@ -237,9 +261,14 @@ at::Tensor LatentDataset::gather(const H5Dataset& ds, const std::vector<std::pai
     }
   }
   if (direct) return raw;
-  dims[0] = order.defined() ? order.numel() : distinct;
+  dims[0] = order.empty() ? distinct : std::int64_t(order.size());
   at::Tensor out = at::empty(dims, at::TensorOptions().dtype(out_type).pinned_memory(pin));
-  out.copy_(order.defined() ? raw.index_select(0, order) : raw);
+  switch (ds.dtype()) {
+    case at::kFloat: copy_rows<float, float>(raw, order, out); break;
+    case at::kHalf: copy_rows<at::Half, float>(raw, order, out); break;
+    case at::kBFloat16: copy_rows<at::BFloat16, float>(raw, order, out); break;
+    default: copy_rows<std::uint8_t, std::uint8_t>(raw, order, out); break;  // text_mask
+  }
   return out;
 }
 
@@ -255,13 +284,9 @@ LatentBatch LatentDataset::read(const std::vector<std::int64_t>& indices, bool p
     if (!runs.empty() && runs.back().first + runs.back().second == r) ++runs.back().second;
     else runs.push_back({r, 1});
   }
-  at::Tensor order;  // position of each asked row among the distinct sorted rows
-  if (rows != indices) {
-    order = at::empty({std::int64_t(indices.size())}, at::kLong);
-    auto* o = order.data_ptr<std::int64_t>();
-    for (std::size_t i = 0; i < indices.size(); ++i)
-      o[i] = std::lower_bound(rows.begin(), rows.end(), indices[i]) - rows.begin();
-  }
+  std::vector<std::int64_t> order;  // position of each asked row among the distinct sorted rows
+  if (rows != indices)
+    for (std::int64_t i : indices) order.push_back(std::lower_bound(rows.begin(), rows.end(), i) - rows.begin());
   const auto n = std::int64_t(rows.size());
 
   LatentBatch b;

@@ -91,7 +91,7 @@ class LatentDataset {
 
  private:
   at::Tensor gather(const H5Dataset& ds, const std::vector<std::pair<std::int64_t, std::int64_t>>& runs,
-                    std::int64_t distinct, const at::Tensor& order, bool to_float, bool pin) const;
+                    std::int64_t distinct, const std::vector<std::int64_t>& order, bool to_float, bool pin) const;
 
   std::string path_;
   std::optional<H5File> file_;
