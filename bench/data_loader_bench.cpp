@@ -80,8 +80,8 @@ int main(int argc, char** argv) {
     const double mb_per_sample = dataset->bytes_per_sample() / 1e6;
     std::printf("write       %10.0f samples/s %8.1f MB/s\n", samples / write_s, samples * mb_per_sample / write_s);
 
-    const Mode modes[] = {{"sync", 0, 0}, {"prefetch", 4, 0}, {"sync+compute", 0, compute_ms},
-                          {"prefetch+compute", 4, compute_ms}};
+    const Mode modes[] = {
+        {"sync", 0, 0}, {"prefetch", 4, 0}, {"sync+compute", 0, compute_ms}, {"prefetch+compute", 4, compute_ms}};
     for (const Mode& m : modes) {
       if (cold) drop_page_cache(path);
       io::DataLoader loader(dataset, batch, 0, 1, 1, io::DataLoaderOptions{true, m.prefetch});

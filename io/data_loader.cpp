@@ -21,7 +21,11 @@ std::uint64_t splitmix64(std::uint64_t x) {
 
 DataLoader::DataLoader(std::shared_ptr<const LatentDataset> dataset, std::int64_t global_batch, int dp_rank,
                        int dp_size, std::uint64_t seed, DataLoaderOptions options)
-    : dataset_(std::move(dataset)), global_batch_(global_batch), dp_rank_(dp_rank), dp_size_(dp_size), seed_(seed),
+    : dataset_(std::move(dataset)),
+      global_batch_(global_batch),
+      dp_rank_(dp_rank),
+      dp_size_(dp_size),
+      seed_(seed),
       options_(options) {
   if (!dataset_) throw Error("data loader: no dataset");
   const std::string where = cat("data loader for '", dataset_->path(), "': ");

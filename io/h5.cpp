@@ -69,15 +69,24 @@ std::recursive_mutex& h5_mutex() {
 
 std::string dtype_name(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kDouble: return "float64";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: return c10::toString(dtype);
+    case at::kFloat:
+      return "float32";
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kDouble:
+      return "float64";
+    case at::kLong:
+      return "int64";
+    case at::kInt:
+      return "int32";
+    case at::kByte:
+      return "uint8";
+    case at::kBool:
+      return "bool";
+    default:
+      return c10::toString(dtype);
   }
 }
 
@@ -85,11 +94,16 @@ std::string h5_type_name(hid_t t) {
   Lock lock;
   const std::size_t bits = 8 * H5Tget_size(t);
   switch (H5Tget_class(t)) {
-    case H5T_FLOAT: return cat("float", bits);
-    case H5T_INTEGER: return cat(H5Tget_sign(t) == H5T_SGN_NONE ? "uint" : "int", bits);
-    case H5T_STRING: return "string";
-    case H5T_COMPOUND: return "compound";
-    default: return cat("type class ", int(H5Tget_class(t)));
+    case H5T_FLOAT:
+      return cat("float", bits);
+    case H5T_INTEGER:
+      return cat(H5Tget_sign(t) == H5T_SGN_NONE ? "uint" : "int", bits);
+    case H5T_STRING:
+      return "string";
+    case H5T_COMPOUND:
+      return "compound";
+    default:
+      return cat("type class ", int(H5Tget_class(t)));
   }
 }
 
@@ -314,12 +328,18 @@ H5Handle half_type() {
 // The type a dtype is stored as. Tensors in memory use the same type (little-endian hosts), so nothing converts.
 H5Handle stored_type(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return {H5Tcopy(H5T_IEEE_F32LE), H5Tclose};
-    case at::kHalf: return half_type();
-    case at::kBFloat16: return {H5Tcopy(H5T_STD_U16LE), H5Tclose};
-    case at::kLong: return {H5Tcopy(H5T_STD_I64LE), H5Tclose};
-    case at::kByte: return {H5Tcopy(H5T_STD_U8LE), H5Tclose};
-    default: return {};
+    case at::kFloat:
+      return {H5Tcopy(H5T_IEEE_F32LE), H5Tclose};
+    case at::kHalf:
+      return half_type();
+    case at::kBFloat16:
+      return {H5Tcopy(H5T_STD_U16LE), H5Tclose};
+    case at::kLong:
+      return {H5Tcopy(H5T_STD_I64LE), H5Tclose};
+    case at::kByte:
+      return {H5Tcopy(H5T_STD_U8LE), H5Tclose};
+    default:
+      return {};
   }
 }
 
@@ -327,12 +347,13 @@ constexpr const char* kSupportedDtypes = "float32, float16, bfloat16 (uint16 + d
 
 }  // namespace
 
-H5Dataset H5Group::create_dataset(const std::string& name, at::ScalarType dtype,
-                                  const std::vector<std::int64_t>& shape, const H5DatasetOptions& options) {
+H5Dataset H5Group::create_dataset(const std::string& name, at::ScalarType dtype, const std::vector<std::int64_t>& shape,
+                                  const H5DatasetOptions& options) {
   Lock lock;
   const std::string where = child_path(name);
   H5Handle type = stored_type(dtype);
-  if (!type.valid()) h5_fail(file_, where, cat("cannot store dtype ", dtype_name(dtype), " (supported: ", kSupportedDtypes, ")"));
+  if (!type.valid())
+    h5_fail(file_, where, cat("cannot store dtype ", dtype_name(dtype), " (supported: ", kSupportedDtypes, ")"));
   if (options.extensible && shape.empty()) h5_fail(file_, where, "a scalar dataset cannot be extensible");
   std::vector<std::int64_t> max_dims = shape;
   if (options.extensible) max_dims[0] = -1;  // unlimited
@@ -420,8 +441,7 @@ std::vector<std::int64_t> H5Dataset::chunk() const {
 }
 
 // Reads or writes rows [start, start + count) along dim 0 between the file and a contiguous buffer.
-void H5Dataset::transfer_rows(bool write, std::int64_t start, std::int64_t count, void* buf,
-                              Transfer transfer) const {
+void H5Dataset::transfer_rows(bool write, std::int64_t start, std::int64_t count, void* buf, Transfer transfer) const {
   Lock lock;
   H5Space file_space(H5Dget_space(id()));
   const auto dims = file_space.dims();
@@ -541,8 +561,10 @@ void refuse_serial_writes(const std::string& path, MPI_Comm comm, const char* wh
   int size = 1;
   MPI_Comm_size(comm, &size);
   if (size > 1)
-    h5_fail(path, "", cat("cannot ", what, " one file from ", size, " ranks: this HDF5 library is serial (build "
-                          "with parallel HDF5, or write from one rank)"));
+    h5_fail(path, "",
+            cat("cannot ", what, " one file from ", size,
+                " ranks: this HDF5 library is serial (build "
+                "with parallel HDF5, or write from one rank)"));
 }
 }  // namespace
 

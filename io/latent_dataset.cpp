@@ -43,9 +43,12 @@ std::vector<std::int64_t> with_rows(std::int64_t rows, std::vector<std::int64_t>
 
 // ---- writer ----------------------------------------------------------------------------------------
 
-LatentDatasetWriter::LatentDatasetWriter(std::string path, std::vector<std::int64_t> sample_shape,
-                                         at::ScalarType dtype, LatentDatasetInfo info, std::int64_t chunk_rows)
-    : path_(std::move(path)), partial_(path_ + ".partial"), sample_shape_(std::move(sample_shape)), dtype_(dtype),
+LatentDatasetWriter::LatentDatasetWriter(std::string path, std::vector<std::int64_t> sample_shape, at::ScalarType dtype,
+                                         LatentDatasetInfo info, std::int64_t chunk_rows)
+    : path_(std::move(path)),
+      partial_(path_ + ".partial"),
+      sample_shape_(std::move(sample_shape)),
+      dtype_(dtype),
       info_(std::move(info)) {
   if (sample_shape_.size() != 3 && sample_shape_.size() != 4)
     fail(cat("sample shape must be [C, H, W] or [C, T, H, W], found ", shape_str(sample_shape_)));
@@ -105,7 +108,8 @@ void LatentDatasetWriter::append(const at::Tensor& latents, const at::Tensor& la
              shape_str(latents.sizes())));
   const std::int64_t n = latents.size(0);
   if (labels_) {
-    if (!labels.defined() || labels.sizes().vec() != std::vector<std::int64_t>{n} || at::isFloatingType(labels.scalar_type()))
+    if (!labels.defined() || labels.sizes().vec() != std::vector<std::int64_t>{n} ||
+        at::isFloatingType(labels.scalar_type()))
       fail(cat("labels must be an integer tensor [", n, "] (num_classes = ", info_.num_classes, "), found ",
                labels.defined() ? shape_str(labels.sizes()) : "none"));
     if (n > 0) {
@@ -165,7 +169,8 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
   scale_factor_ = root.read_attr_double("scale_factor");
   space_ = root.read_attr_string("space");
   if (space_ != "latent" && space_ != "pixel") root.fail(cat("space is \"", space_, "\", expected latent or pixel"));
-  if (!std::isfinite(scale_factor_) || scale_factor_ <= 0) root.fail(cat("scale_factor ", scale_factor_, " is not > 0"));
+  if (!std::isfinite(scale_factor_) || scale_factor_ <= 0)
+    root.fail(cat("scale_factor ", scale_factor_, " is not > 0"));
   if (num_classes_ < 0) root.fail(cat("num_classes ", num_classes_, " is negative"));
 
   // Random rows want no chunk cache: a partial chunk is then read straight from the file, not the whole chunk.
@@ -201,10 +206,11 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
     text_mask_.emplace(root.open_dataset("text_mask", 0));
     const auto e = text_emb_->shape(), m = text_mask_->shape();
     if (e.size() != 3 || e[0] != count_ || !is_float_dtype(text_emb_->dtype()))
-      text_emb_->fail(cat("must be float [", count_, ", L, D], found ", dtype_name(text_emb_->dtype()), " ", shape_str(e)));
+      text_emb_->fail(
+          cat("must be float [", count_, ", L, D], found ", dtype_name(text_emb_->dtype()), " ", shape_str(e)));
     if (text_mask_->dtype() != at::kByte || m != std::vector<std::int64_t>{count_, e[1]})
-      text_mask_->fail(cat("must be uint8 [", count_, ", ", e[1], "], found ", dtype_name(text_mask_->dtype()), " ",
-                           shape_str(m)));
+      text_mask_->fail(
+          cat("must be uint8 [", count_, ", ", e[1], "], found ", dtype_name(text_mask_->dtype()), " ", shape_str(m)));
   }
 }
 
@@ -264,10 +270,18 @@ at::Tensor LatentDataset::gather(const H5Dataset& ds, const std::vector<std::pai
   dims[0] = order.empty() ? distinct : std::int64_t(order.size());
   at::Tensor out = at::empty(dims, at::TensorOptions().dtype(out_type).pinned_memory(pin));
   switch (ds.dtype()) {
-    case at::kFloat: copy_rows<float, float>(raw, order, out); break;
-    case at::kHalf: copy_rows<at::Half, float>(raw, order, out); break;
-    case at::kBFloat16: copy_rows<at::BFloat16, float>(raw, order, out); break;
-    default: copy_rows<std::uint8_t, std::uint8_t>(raw, order, out); break;  // text_mask
+    case at::kFloat:
+      copy_rows<float, float>(raw, order, out);
+      break;
+    case at::kHalf:
+      copy_rows<at::Half, float>(raw, order, out);
+      break;
+    case at::kBFloat16:
+      copy_rows<at::BFloat16, float>(raw, order, out);
+      break;
+    default:
+      copy_rows<std::uint8_t, std::uint8_t>(raw, order, out);
+      break;  // text_mask
   }
   return out;
 }
@@ -281,8 +295,10 @@ LatentBatch LatentDataset::read(const std::vector<std::int64_t>& indices, bool p
   rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
   std::vector<std::pair<std::int64_t, std::int64_t>> runs;  // neighbours coalesce into one hyperslab
   for (std::int64_t r : rows) {
-    if (!runs.empty() && runs.back().first + runs.back().second == r) ++runs.back().second;
-    else runs.push_back({r, 1});
+    if (!runs.empty() && runs.back().first + runs.back().second == r)
+      ++runs.back().second;
+    else
+      runs.push_back({r, 1});
   }
   std::vector<std::int64_t> order;  // position of each asked row among the distinct sorted rows
   if (rows != indices)

@@ -29,7 +29,7 @@ struct LatentDatasetInfo {
   std::int64_t num_classes = 0;   // > 0: every append carries labels in [0, num_classes)
   std::int64_t text_length = 0;   // L and D > 0: every append carries text_emb [n, L, D] and text_mask [n, L]
   std::int64_t text_dim = 0;
-  std::string created_by;         // empty: "opendit VERSION (COMMIT)"
+  std::string created_by;  // empty: "opendit VERSION (COMMIT)"
 };
 
 class LatentDatasetWriter {

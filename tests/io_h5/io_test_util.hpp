@@ -24,8 +24,9 @@ class TempDir {
   }
   explicit TempDir(std::string existing) : path_(std::move(existing)) {}
   ~TempDir() {
-    nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
-         FTW_DEPTH | FTW_PHYS);
+    nftw(
+        path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
+        FTW_DEPTH | FTW_PHYS);
   }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
@@ -61,8 +62,8 @@ inline std::int64_t synthetic_label(std::int64_t i, std::int64_t num_classes) { 
 
 // Writes n synthetic samples with labels (num_classes > 0) in batches of `batch`.
 inline void write_synthetic(const std::string& path, std::int64_t n, const std::vector<std::int64_t>& shape,
-                            at::ScalarType dtype = at::kHalf, std::int64_t num_classes = 10,
-                            std::int64_t batch = 64, std::int64_t chunk_rows = 0) {
+                            at::ScalarType dtype = at::kHalf, std::int64_t num_classes = 10, std::int64_t batch = 64,
+                            std::int64_t chunk_rows = 0) {
   io::LatentDatasetInfo info;
   info.num_classes = num_classes;
   info.source = "synthetic test data";

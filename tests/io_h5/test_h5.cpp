@@ -38,7 +38,6 @@ std::string error_of(F&& f) {
   try {
     f();
   } catch (const Error& e) {
-    if (std::getenv("SHOWMSG")) std::printf("%s\n", e.what());
     return e.what();
   }
   ADD_FAILURE() << "no opendit::Error thrown";
@@ -118,8 +117,8 @@ TEST(H5, OneDimensionalSlicesOfFlattenedTensors) {
   {
     H5File f = H5File::create(path);
     H5Dataset ds = f.root().create_dataset("flat", at::kBFloat16, {63});
-    ds.write_slice(0, t.narrow(0, 0, 2));    // 18 elements
-    ds.write_slice(18, t.narrow(0, 2, 5));   // 45 elements
+    ds.write_slice(0, t.narrow(0, 0, 2));               // 18 elements
+    ds.write_slice(18, t.narrow(0, 2, 5));              // 45 elements
     ds.write_slice(63, at::empty({0}, at::kBFloat16));  // nothing, at the end: valid
   }
   H5Dataset ds = H5File::open(path).root().open_dataset("flat");
@@ -195,8 +194,7 @@ TEST(H5, ErrorsNameFileObjectAndLibraryMessage) {
 
   // A type this layer does not read, written with the C API.
   H5Space space = H5Space::simple({3});
-  H5Handle raw(H5Dcreate2(g.id(), "int32", H5T_STD_I32LE, space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-               H5Dclose);
+  H5Handle raw(H5Dcreate2(g.id(), "int32", H5T_STD_I32LE, space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
   ASSERT_TRUE(raw.valid());
   msg = error_of([&] { g.open_dataset("int32"); });
   EXPECT_NE(msg.find("object '/grp/int32': stored type int32 is not supported"), std::string::npos) << msg;

@@ -37,7 +37,8 @@ struct SharedDir {
   std::string path;
   SharedDir() {
     char buf[4096] = {};
-    if (world_rank() == 0) owner = std::make_unique<TempDir>(), std::snprintf(buf, sizeof buf, "%s", owner->path().c_str());
+    if (world_rank() == 0)
+      owner = std::make_unique<TempDir>(), std::snprintf(buf, sizeof buf, "%s", owner->path().c_str());
     MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, MPI_COMM_WORLD);
     path = buf;
   }

@@ -25,7 +25,6 @@ void expect_open_error(const std::string& path, const std::vector<std::string>& 
     ADD_FAILURE() << "opened " << path << " without error";
   } catch (const Error& e) {
     const std::string msg = e.what();
-    if (std::getenv("SHOWMSG")) std::printf("%s\n", msg.c_str());
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;  // one line
     for (const auto& w : want) EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' not in: " << msg;
   }
@@ -127,18 +126,18 @@ TEST(LatentDataset, WriterRefusesBadInputAndCleansUp) {
   {
     LatentDatasetWriter w(path, kShape, at::kHalf, info);
     EXPECT_TRUE(exists(path + ".partial"));
-    EXPECT_THROW(w.append(at::zeros({2, 4, 8, 9})), Error);                               // shape
-    EXPECT_THROW(w.append(at::zeros({2, 4, 8, 8})), Error);                               // labels missing
+    EXPECT_THROW(w.append(at::zeros({2, 4, 8, 9})), Error);                                  // shape
+    EXPECT_THROW(w.append(at::zeros({2, 4, 8, 8})), Error);                                  // labels missing
     EXPECT_THROW(w.append(at::zeros({2, 4, 8, 8}), at::tensor({0, 10}, at::kLong)), Error);  // out of range
     w.append(at::zeros({2, 4, 8, 8}), at::tensor({0, 9}, at::kLong));
     EXPECT_EQ(w.count(), 2);
   }  // never finalized
   EXPECT_FALSE(exists(path + ".partial"));
   EXPECT_FALSE(exists(path));
-  EXPECT_THROW(LatentDatasetWriter(path, {4, 8}, at::kHalf, info), Error);      // rank
-  EXPECT_THROW(LatentDatasetWriter(path, kShape, at::kLong, info), Error);      // dtype
+  EXPECT_THROW(LatentDatasetWriter(path, {4, 8}, at::kHalf, info), Error);  // rank
+  EXPECT_THROW(LatentDatasetWriter(path, kShape, at::kLong, info), Error);  // dtype
   info.space = "pixels";
-  EXPECT_THROW(LatentDatasetWriter(path, kShape, at::kFloat, info), Error);     // space
+  EXPECT_THROW(LatentDatasetWriter(path, kShape, at::kFloat, info), Error);  // space
 }
 
 // ---- bad files: one test each ---------------------------------------------------------------------
