@@ -1,0 +1,106 @@
+// Latent datasets: precomputed training inputs in one HDF5 file (format "opendit.latents", docs/FORMATS.md).
+//
+//   LatentDatasetWriter w(path, {4, 32, 32}, at::kHalf, info);     // writes path + ".partial"
+//   w.append(latents, labels);  ...                                 // [n, 4, 32, 32], [n]
+//   w.finalize();                                                   // count, created_at; renamed to path
+//
+//   LatentDataset ds(path);                                         // validated on open
+//   LatentBatch b = ds.read({7, 3, 4});                             // float32 [3, 4, 32, 32], labels [3]
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "io/h5.hpp"
+
+namespace opendit::io {
+
+inline constexpr const char* kLatentsFormat = "opendit.latents";
+inline constexpr std::int64_t kLatentsVersion = 1;
+
+// The root attributes a writer sets (count and created_at come at finalize()).
+struct LatentDatasetInfo {
+  double scale_factor = 0.18215;  // SD VAE; 1 for pixel data
+  std::string space = "latent";   // "latent" or "pixel"
+  std::string source;             // free text: data set, split, resolution, VAE
+  std::int64_t num_classes = 0;   // > 0: every append carries labels in [0, num_classes)
+  std::int64_t text_length = 0;   // L and D > 0: every append carries text_emb [n, L, D] and text_mask [n, L]
+  std::int64_t text_dim = 0;
+  std::string created_by;  // empty: "opendit VERSION (COMMIT)"
+};
+
+class LatentDatasetWriter {
+ public:
+  // sample_shape: [C, H, W] or [C, T, H, W]; dtype: float32, float16 or bfloat16 (also used for text_emb).
+  // chunk_rows: samples per chunk; 0 picks about 1 MiB.
+  LatentDatasetWriter(std::string path, std::vector<std::int64_t> sample_shape, at::ScalarType dtype,
+                      LatentDatasetInfo info, std::int64_t chunk_rows = 0);
+  ~LatentDatasetWriter();  // without finalize(): the partial file is removed
+  LatentDatasetWriter(const LatentDatasetWriter&) = delete;
+  LatentDatasetWriter& operator=(const LatentDatasetWriter&) = delete;
+
+  // Appends n samples (any float dtype, converted to the stored one; any device).
+  void append(const at::Tensor& latents, const at::Tensor& labels = {}, const at::Tensor& text_emb = {},
+              const at::Tensor& text_mask = {});
+  std::int64_t count() const { return count_; }
+  void finalize();
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const;
+  void append_rows(H5Dataset& ds, const at::Tensor& rows);
+
+  std::string path_, partial_;
+  std::vector<std::int64_t> sample_shape_;
+  at::ScalarType dtype_;
+  LatentDatasetInfo info_;
+  std::int64_t count_ = 0;
+  std::optional<H5File> file_;
+  std::optional<H5Dataset> latents_, labels_, text_emb_, text_mask_;
+};
+
+// Rows of a latent dataset, in the order they were asked for.
+struct LatentBatch {
+  at::Tensor latents;    // [n, C, H, W] or [n, C, T, H, W], float32
+  at::Tensor labels;     // [n] int64; undefined when the data has no labels
+  at::Tensor text_emb;   // [n, L, D] float32; undefined without text
+  at::Tensor text_mask;  // [n, L] uint8
+  at::Tensor indices;    // [n] int64: which rows
+};
+
+class LatentDataset {
+ public:
+  explicit LatentDataset(const std::string& path);  // opens read-only and validates (throws opendit::Error)
+
+  const std::string& path() const { return path_; }
+  std::int64_t size() const { return count_; }
+  const std::vector<std::int64_t>& sample_shape() const { return sample_shape_; }
+  at::ScalarType stored_dtype() const { return latents_->dtype(); }
+  std::int64_t num_classes() const { return num_classes_; }
+  bool has_labels() const { return labels_.defined(); }
+  bool has_text() const { return text_emb_.has_value(); }
+  double scale_factor() const { return scale_factor_; }
+  const std::string& space() const { return space_; }
+  std::int64_t bytes_per_sample() const;  // as stored, all datasets
+
+  // Any rows in any order (repeats allowed). Reads the sorted distinct rows in contiguous runs, one hyperslab per
+  // run, then puts them in the asked order. pin_memory: the float tensors are in pinned host memory (needs CUDA).
+  LatentBatch read(const std::vector<std::int64_t>& indices, bool pin_memory = false) const;
+
+ private:
+  at::Tensor gather(const H5Dataset& ds, const std::vector<std::pair<std::int64_t, std::int64_t>>& runs,
+                    std::int64_t distinct, const std::vector<std::int64_t>& order, bool to_float, bool pin) const;
+
+  std::string path_;
+  std::optional<H5File> file_;
+  std::optional<H5Dataset> latents_, text_emb_, text_mask_;
+  std::vector<std::int64_t> sample_shape_;
+  std::int64_t count_ = 0, num_classes_ = 0;
+  double scale_factor_ = 1;
+  std::string space_;
+  at::Tensor labels_;  // all labels, read on open
+};
+
+}  // namespace opendit::io
