@@ -50,6 +50,7 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
   add_info(app, mpi);
   add_convert(app, mpi);
   add_sample(app, mpi);
+  add_train(app, mpi);
   add_bench(app, mpi);
   try {
     app.parse(argc, argv);

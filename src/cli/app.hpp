@@ -26,5 +26,6 @@ void add_info(CLI::App& app, MpiRuntime& mpi);
 void add_convert(CLI::App& app, MpiRuntime& mpi);
 void add_sample(CLI::App& app, MpiRuntime& mpi);
 void add_bench(CLI::App& app, MpiRuntime& mpi);
+void add_train(CLI::App& app, MpiRuntime& mpi);
 
 }  // namespace opendit::cli

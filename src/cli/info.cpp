@@ -54,11 +54,7 @@ std::string gpu_text(const GpuInfo& g) {
 
 // One line per rank: host and the device the rank would use (local rank modulo the visible GPUs).
 std::string ranks_table(const Mesh& mesh, const std::vector<GpuInfo>& gpus) {
-  MPI_Comm node;
-  MPI_Comm_split_type(mesh.world_comm(), MPI_COMM_TYPE_SHARED, mesh.rank(), MPI_INFO_NULL, &node);
-  int local = 0;
-  MPI_Comm_rank(node, &local);
-  MPI_Comm_free(&node);
+  const int local = mesh.local_rank();
 
   constexpr int kLine = 160;
   char host[64] = {0};

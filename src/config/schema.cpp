@@ -15,7 +15,10 @@ const Schema& schema() {
         {"model", "The DiT network. `preset` sets depth, width, heads and patch; a non-zero explicit key overrides it."},
         {"diffusion", "The Gaussian diffusion process (IDDPM, as in DiT)."},
         {"sample", "Sampling defaults; the `opendit sample` options override them."},
-        {"parallel", "How the MPI ranks are split into sequence-parallel and data-parallel groups."},
+        {"train", "Optimisation: precision, AdamW, schedule, clipping, EMA, accumulation, logging, checkpoints."},
+        {"data", "The training dataset (an opendit.latents HDF5 file, docs/FORMATS.md) and batching."},
+        {"run", "Where a run writes and how it is seeded."},
+        {"parallel", "How the MPI ranks are split into groups, and how data parallelism shards the optimizer."},
     };
     const double inf = 1e300;
     auto presets = std::vector<std::string>{"custom"};
@@ -55,6 +58,45 @@ const Schema& schema() {
          {"all", "first3"}},
         {"sample.seed", Type::Int, int64_t{0}, "Seed of the initial noise and of DDPM's per-step noise.", 0,
          9.0e18, {}},
+        {"run.name", Type::String, std::string("dit"), "Run name: its files go to out_dir/name.", -inf, inf, {}},
+        {"run.out_dir", Type::String, std::string("out"), "Folder that holds run folders.", -inf, inf, {}},
+        {"run.seed", Type::Int, int64_t{0}, "Seed of the initial weights, data order, timesteps, noise and label "
+         "dropout (all world-size independent).", 0, 9.0e18, {}},
+        {"data.path", Type::String, std::string(""), "The dataset file (required by `train`).", -inf, inf, {}},
+        {"data.global_batch", Type::Int, int64_t{256}, "Samples per optimizer step over all data-parallel ranks.", 1,
+         1 << 24, {}},
+        {"data.prefetch", Type::Int, int64_t{4}, "Batches read ahead by a background thread (0 = none).", 0, 64,
+         {}},
+        {"train.steps", Type::Int, int64_t{1000}, "Optimizer steps of the run.", 1, 1e12, {}},
+        {"train.precision", Type::Choice, std::string("bf16"), "`bf16`: bf16 compute, fp32 master weights, "
+         "optimizer state, EMA and loss; `fp32`: everything fp32.", -inf, inf, {"bf16", "fp32"}},
+        {"train.lr", Type::Float, 1e-4, "Peak learning rate of AdamW.", 0, 10, {}},
+        {"train.beta1", Type::Float, 0.9, "AdamW beta1.", 0, 1, {}},
+        {"train.beta2", Type::Float, 0.999, "AdamW beta2.", 0, 1, {}},
+        {"train.eps", Type::Float, 1e-8, "AdamW epsilon.", 0, 1, {}},
+        {"train.weight_decay", Type::Float, 0.0, "Decoupled weight decay (DiT trains with 0).", 0, 10, {}},
+        {"train.lr_schedule", Type::Choice, std::string("constant"), "After warmup: `constant`, or `cosine` decay "
+         "to min_lr at the last step.", -inf, inf, {"constant", "cosine"}},
+        {"train.warmup_steps", Type::Int, int64_t{0}, "Linear warmup steps.", 0, 1e12, {}},
+        {"train.min_lr", Type::Float, 0.0, "Final learning rate of the cosine schedule.", 0, 10, {}},
+        {"train.grad_clip", Type::Float, 0.0, "Clip the global gradient norm to this (0 = off).", 0, 1e6, {}},
+        {"train.accumulation", Type::Int, int64_t{1}, "Micro-batches per optimizer step (gradient accumulation).", 1,
+         1 << 16, {}},
+        {"train.activation_checkpointing", Type::Bool, false, "Recompute each block's activations in backward "
+         "(less memory, one more forward).", -inf, inf, {}},
+        {"train.ema_decay", Type::Float, 0.9999, "EMA decay per optimizer step.", 0, 1, {}},
+        {"train.log_every", Type::Int, int64_t{10}, "Steps between log lines and metrics records.", 1, 1e9, {}},
+        {"train.checkpoint_every", Type::Int, int64_t{1000}, "Steps between checkpoints (and one at the end).", 1,
+         1e12, {}},
+        {"train.keep_checkpoints", Type::Int, int64_t{3}, "Complete checkpoints kept; older ones are deleted.", 1,
+         1000, {}},
+        {"train.max_nonfinite_steps", Type::Int, int64_t{5}, "Consecutive steps with a NaN/Inf loss or gradient "
+         "that are skipped before the run stops.", 1, 1000000, {}},
+        {"parallel.strategy", Type::Choice, std::string("zero2"), "Data parallelism: `ddp` (all-reduce), `zero1` "
+         "(optimizer state sharded), `zero2` (gradients and optimizer state sharded). The EMA is sharded like the "
+         "optimizer state.", -inf, inf, {"ddp", "zero1", "zero2"}},
+        {"parallel.device", Type::Choice, std::string("auto"), "`auto` (a GPU per rank when there are GPUs), `cpu` "
+         "or `cuda`.", -inf, inf, {"auto", "cpu", "cuda"}},
         {"parallel.sp_size", Type::Int, int64_t{1},
          "Ranks per sequence-parallel group (contiguous ranks). The data-parallel size is world / sp_size, which "
          "must divide.",

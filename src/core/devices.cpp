@@ -3,6 +3,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 
 #ifdef OPENDIT_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #endif
@@ -55,6 +56,37 @@ std::string nccl_version() {
   if (ncclGetVersion(&v) == ncclSuccess && v > 0) return dotted(v, 10000, 100);  // e.g. 22809
 #endif
   return "none";
+}
+
+int gpu_count() {
+  try {
+    return at::detail::getCUDAHooks().hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+double peak_memory_gib(int device) {
+#ifdef OPENDIT_WITH_CUDA
+  auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+  return stats.allocated_bytes[0].peak /  // [0]: the aggregate over pools
+         double(1ull << 30);
+#else
+  return 0;
+#endif
+}
+
+void reset_peak_memory(int device) {
+#ifdef OPENDIT_WITH_CUDA
+  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+#endif
+}
+
+double dense_bf16_peak_tflops(const std::string& name) {
+  // Dense bf16 tensor-core peaks of the SXM parts (the H100 figure is the one the ROADMAP's MFU uses).
+  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989;
+  if (name.find("A100") != std::string::npos) return 312;
+  return 0;
 }
 
 }  // namespace opendit

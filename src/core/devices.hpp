@@ -16,4 +16,9 @@ std::string cuda_runtime_version();  // "13.0", or "none"
 std::string cudnn_version();         // "9.19.0", or "none"
 std::string nccl_version();          // "2.28.9", or "none"
 
+int gpu_count();                                // 0 without CUDA, a driver or a device
+double peak_memory_gib(int device);             // torch's caching allocator: peak allocated since the reset
+void reset_peak_memory(int device);
+double dense_bf16_peak_tflops(const std::string& gpu_name);  // for MFU; 0 when the GPU is not in the table
+
 }  // namespace opendit

@@ -34,6 +34,10 @@ Mesh::Mesh(MPI_Comm world, int sp_size) : sp_(sp_size) {
   mpi_check(MPI_Comm_dup(world, &world_comm_), "MPI_Comm_dup");
   mpi_check(MPI_Comm_split(world_comm_, coord_.sp_group, coord_.sp_rank, &sp_comm_), "MPI_Comm_split(sp)");
   mpi_check(MPI_Comm_split(world_comm_, coord_.dp_group, coord_.dp_rank, &dp_comm_), "MPI_Comm_split(dp)");
+  MPI_Comm node;
+  mpi_check(MPI_Comm_split_type(world_comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  MPI_Comm_rank(node, &local_rank_);
+  MPI_Comm_free(&node);
 }
 
 Mesh::~Mesh() {

@@ -28,6 +28,7 @@ class Mesh {
   int sp_size() const { return sp_; }
   int dp_size() const { return world_ / sp_; }
   const MeshCoord& coord() const { return coord_; }
+  int local_rank() const { return local_rank_; }  // among the ranks of this node (picks the GPU)
   MPI_Comm world_comm() const { return world_comm_; }
   MPI_Comm sp_comm() const { return sp_comm_; }
   MPI_Comm dp_comm() const { return dp_comm_; }
@@ -38,7 +39,7 @@ class Mesh {
   std::string describe() const;  // a few lines for `opendit info` and run logs
 
  private:
-  int rank_ = 0, world_ = 1, sp_ = 1;
+  int rank_ = 0, world_ = 1, sp_ = 1, local_rank_ = 0;
   MeshCoord coord_{};
   MPI_Comm world_comm_ = MPI_COMM_NULL, sp_comm_ = MPI_COMM_NULL, dp_comm_ = MPI_COMM_NULL;
 };

@@ -65,6 +65,7 @@ class DataParallelOptimizer {
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t step) { step_ = step; }
   const DataParallelOptions& options() const { return opts_; }
+  void set_lr(double lr) { opts_.adamw.lr = lr; }  // the schedule's value for the next update
 
  private:
   bool sharded() const { return opts_.strategy != DpStrategy::Ddp; }

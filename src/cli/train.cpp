@@ -1,0 +1,28 @@
+// `opendit train`: see train/trainer.hpp.
+#include "cli/app.hpp"
+#include "parallel/mesh.hpp"
+#include "train/trainer.hpp"
+
+namespace opendit::cli {
+
+namespace {
+struct TrainArgs {
+  DeckArgs deck;
+  train::TrainOptions options;
+};
+}  // namespace
+
+void add_train(CLI::App& app, MpiRuntime& mpi) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "Train DiT on an opendit.latents dataset (mpirun -np N for data parallelism)");
+  a->deck.add_to(*cmd);
+  cmd->add_flag("--dry-run", a->options.dry_run, "Validate the deck, the data and the mesh, print the plan, stop");
+  cmd->callback([a, &mpi] {
+    config::Deck deck = a->deck.load();
+    Mesh mesh(MPI_COMM_WORLD, static_cast<int>(deck.get_int("parallel.sp_size")));
+    int rc = train::train(deck, mesh, a->options);
+    if (rc != 0) throw Error(cat("train ended with status ", rc));
+  });
+}
+
+}  // namespace opendit::cli

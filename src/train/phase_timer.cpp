@@ -1,0 +1,45 @@
+#include "train/phase_timer.hpp"
+
+#include <cstdio>
+
+namespace opendit::train {
+
+void PhaseTimer::switch_to(Phase p) {
+  if (sync_) sync_();
+  auto t = now();
+  total_[static_cast<int>(current_)] += std::chrono::duration<double>(t - mark_).count();
+  mark_ = t;
+  current_ = p;
+}
+
+double PhaseTimer::total() const {
+  double s = 0;
+  for (double x : total_) s += x;
+  return s;
+}
+
+std::string PhaseTimer::report(MPI_Comm comm) {
+  switch_to(current_);  // account for the time up to now
+  static const char* names[kPhases] = {"data wait", "forward", "backward", "communication", "optimizer",
+                                       "checkpoint", "other"};
+  std::array<double, kPhases> mn{}, mx{}, sum{};
+  int size = 1;
+  MPI_Comm_size(comm, &size);
+  MPI_Reduce(total_.data(), mn.data(), kPhases, MPI_DOUBLE, MPI_MIN, 0, comm);
+  MPI_Reduce(total_.data(), mx.data(), kPhases, MPI_DOUBLE, MPI_MAX, 0, comm);
+  MPI_Reduce(total_.data(), sum.data(), kPhases, MPI_DOUBLE, MPI_SUM, 0, comm);
+  double all = 0;
+  for (double s : sum) all += s / size;
+  std::string out = "phase            min (s)    avg (s)    max (s)   % total\n";
+  char line[128];
+  for (int i = 0; i < kPhases; ++i) {
+    double avg = sum[i] / size;
+    std::snprintf(line, sizeof line, "%-14s %9.2f  %9.2f  %9.2f   %6.1f%%\n", names[i], mn[i], avg, mx[i],
+                  all > 0 ? 100 * avg / all : 0.0);
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "%-14s %9s  %9.2f\n", "total", "", all);
+  return out + line;
+}
+
+}  // namespace opendit::train

@@ -1,0 +1,35 @@
+// Where the time of a training run goes: wall time per phase, summed over steps, reported at the end as a table
+// of min/avg/max over ranks and the share of the total (the LAMMPS habit).
+#pragma once
+#include <mpi.h>
+
+#include <array>
+#include <chrono>
+#include <functional>
+#include <string>
+
+namespace opendit::train {
+
+enum class Phase { Data, Forward, Backward, Comm, Optimizer, Checkpoint, Other };
+constexpr int kPhases = 7;
+
+class PhaseTimer {
+ public:
+  // `sync` waits for the device, so that GPU work is charged to the phase that queued it.
+  explicit PhaseTimer(std::function<void()> sync = nullptr) : sync_(std::move(sync)) { mark_ = now(); }
+  // Charges the time since the last switch to the current phase, then makes `p` current.
+  void switch_to(Phase p);
+  double seconds(Phase p) const { return total_[static_cast<int>(p)]; }
+  double total() const;
+  // Collective over `comm`: the table, for rank 0 to print.
+  std::string report(MPI_Comm comm);
+
+ private:
+  static std::chrono::steady_clock::time_point now() { return std::chrono::steady_clock::now(); }
+  std::function<void()> sync_;
+  std::chrono::steady_clock::time_point mark_;
+  Phase current_ = Phase::Other;
+  std::array<double, kPhases> total_{};
+};
+
+}  // namespace opendit::train
