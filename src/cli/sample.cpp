@@ -66,7 +66,9 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   if (!pixel && is_png)
     throw Error(cat("--out ", a.out, ": a latent model's samples are latents; write them to a .safetensors file "
                                      "(decoding to images needs the VAE, which opendit does not have yet)"));
-  if (pixel && !is_png) throw Error(cat("--out ", a.out, ": a pixel-space model writes a PNG grid (NAME.png)"));
+  const bool is_st = a.out.size() > 12 && a.out.substr(a.out.size() - 12) == ".safetensors";
+  if (!is_png && !is_st)
+    throw Error(cat("--out ", a.out, ": expected NAME.safetensors (the samples)", pixel ? " or NAME.png (a grid)" : ""));
   if (pixel && cfg.in_channels != 1 && cfg.in_channels != 3)
     throw Error(cat("a PNG needs 1 or 3 channels; the model has ", cfg.in_channels));
   diffusion::GaussianDiffusion diff = diffusion::make_diffusion(
@@ -134,7 +136,7 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   at::Tensor samples = at::cat(outs, 0);  // [N, C, H, W]
   if (!at::isfinite(samples).all().item<bool>())
     throw Error("the samples contain NaN or Inf: the weights or the sampling settings are broken");
-  if (pixel) {
+  if (is_png) {
     io::write_png(a.out, io::image_grid(samples.clamp(-1, 1), a.per_class));
   } else {
     io::save_safetensors(a.out, {{"samples", samples}, {"labels", at::tensor(labels)}},
@@ -152,7 +154,8 @@ void add_sample(CLI::App& app, MpiRuntime& mpi) {
                                            "class) or latents (latent models: .safetensors) from DiT weights");
   a->deck.add_to(*cmd);
   cmd->add_option("--checkpoint", a->checkpoint, "DiT weights (opendit or diffusers safetensors)")->required();
-  cmd->add_option("--out", a->out, "Output: NAME.png (pixel models) or NAME.safetensors (latent models)")->required();
+  cmd->add_option("--out", a->out, "Output: NAME.safetensors ('samples' [N, C, H, W], 'labels'), or NAME.png (a grid, "
+                                   "pixel models)")->required();
   cmd->add_option("--classes", a->classes, "Class ids, comma-separated (default: every class of a model of <= 16)");
   cmd->add_option("--per-class", a->per_class, "Samples per class")->default_val(1);
   cmd->add_option("--steps", a->steps, "250 (DDPM, respaced), ddim50 (DDIM), ... (default: sample.steps)");
