@@ -145,6 +145,23 @@ def main():
             check(f"bad input {setting}: one clear error", rc != 0 and message in out
                   and out.count("opendit: error") == 1, out[-1500:])
 
+        if torch.cuda.is_available():
+            # The GPU path: NCCL communicator (world of 1), CUDA kernels; fp32 to GPU-vs-CPU tolerance.
+            rc, out = train(tmp, "gpu", 1, "parallel.device=cuda")
+            err = max(max_rel(weights(tmp, "gpu", w), base[w]) for w in ("model", "ema")) if rc == 0 else 1
+            check(f"GPU (NCCL, world of 1) = CPU run (max rel. error {err:.2e} <= 1e-4)", err <= 1e-4, out[-2000:])
+            rc, out = train(tmp, "gpu_bf16", 1, "parallel.device=cuda", "train.precision=bf16")
+            if rc == 0:
+                dl = max(abs(a - b) / a for a, b in zip(losses(tmp, "gpu"), losses(tmp, "gpu_bf16")))
+                err = rel_norm(weights(tmp, "gpu_bf16", "model"), weights(tmp, "gpu", "model"))
+                print(f"GPU bf16 vs fp32 loss curve: {losses(tmp, 'gpu')} vs {losses(tmp, 'gpu_bf16')}")
+                check(f"GPU bf16 tracks fp32 (loss {dl:.2e} <= 2e-2, weights {err:.2e} <= 1e-3)",
+                      dl <= 2e-2 and err <= 1e-3)
+            else:
+                check("GPU bf16 runs", False, out)
+        else:
+            print("no GPU: the GPU training checks are skipped")
+
         nan = os.path.join(tmp, "nan.h5")
         subprocess.run([MAKE, nan, "64", "4", "3", "8", "nan"], check=True)
         rc, out = train(tmp, "nan", 2, "data.path=" + nan, "train.max_nonfinite_steps=3", timeout=60)
