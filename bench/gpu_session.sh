@@ -24,10 +24,12 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $extra > "$OUT/build.log" 2>&1 &&
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -5 "$OUT/build.log"
 [ $rc -eq 0 ] || exit $rc
-(cd build && ctest --output-on-failure) > "$OUT/ctest.log" 2>&1; echo "ctest rc=$?"; tail -25 "$OUT/ctest.log"
+(cd build && ctest --output-on-failure -V) > "$OUT/ctest.log" 2>&1; echo "ctest rc=$?"; grep -E "tests passed|Failed|FAIL" "$OUT/ctest.log" | head -20
 build/bin/opendit info | tee "$OUT/info.log"
 mpirun -np 2 build/bin/opendit info --set parallel.sp_size=2 | tail -4 | tee -a "$OUT/info.log"
 {
   for dt in fp32 bf16; do bench/forward.sh DiT-XL/2 8 $dt cuda; done
   bench/forward.sh DiT-S/2 8 fp32 cpu
+  bench/train.sh 30
 } 2>&1 | grep -E "^(BENCH|PEER|RESULT)" | tee "$OUT/bench.log"
+grep -E "GPU|skipped" "$OUT/ctest.log" | head -20
