@@ -165,7 +165,8 @@ struct CrcRecord {
 // Rank 0: every rank's records combined into one crc per (group, entry), in C order; an element missing from the
 // records is an internal error. Other ranks: empty.
 std::vector<std::int64_t> combine_crcs(const std::vector<CrcRecord>& mine, const FlatLayout& layout,
-                                       std::size_t ngroups, MPI_Comm comm, std::string* gap) {
+                                       std::size_t ngroups, const std::vector<std::size_t>& groups, MPI_Comm comm,
+                                       std::string* gap) {
   static_assert(sizeof(CrcRecord) == 5 * sizeof(std::int64_t));
   const int n = comm_size(comm), rank = comm_rank(comm);
   int count = int(mine.size() * 5);
@@ -192,7 +193,8 @@ std::vector<std::int64_t> combine_crcs(const std::vector<CrcRecord>& mine, const
     done[k] += r.count;
   }
   for (std::size_t k = 0; k < done.size(); ++k)
-    if (done[k] != entries[k % entries.size()].numel && gap->empty())
+    if (std::count(groups.begin(), groups.end(), k / entries.size()) &&
+        done[k] != entries[k % entries.size()].numel && gap->empty())
       *gap = cat("elements [", done[k], ", ", entries[k % entries.size()].numel, ") of ",
                  entries[k % entries.size()].name);
   return crcs;
@@ -476,7 +478,7 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
                          std::int64_t(crc_bytes(data, p.count * 4))});
     }
   std::string gap;
-  std::vector<std::int64_t> crcs = combine_crcs(records, layout, kGroups.size(), comm, &gap);
+  std::vector<std::int64_t> crcs = combine_crcs(records, layout, kGroups.size(), groups, comm, &gap);
   crcs.resize(kGroups.size() * entries.size());
   MPI_Bcast(crcs.data(), int(crcs.size()), MPI_INT64_T, 0, comm);
 
@@ -594,7 +596,9 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
       });
     }
   }
-  if (!gap.empty()) throw Error(cat("save_checkpoint: internal error: no checksum for ", gap));
+  agree(comm, [&] {
+    if (!gap.empty()) throw Error(cat("save_checkpoint: internal error: no checksum for ", gap));
+  });
 
   // Durable, then visible, then marked complete.
   agree(comm, [&] {
@@ -695,7 +699,7 @@ CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout
 
   // 3. Checksums, combined and compared on rank 0.
   std::string gap;
-  const auto crcs = combine_crcs(records, layout, kGroups.size(), comm, &gap);
+  const auto crcs = combine_crcs(records, layout, kGroups.size(), groups, comm, &gap);
   agree(comm, [&] {
     if (rank != 0) return;
     if (!gap.empty()) throw Error(cat("load_checkpoint: internal error: no checksum for ", gap));
