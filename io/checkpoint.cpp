@@ -110,8 +110,8 @@ std::vector<Interval> subtract(const std::vector<Interval>& a, Interval b) {
 
 // The flat intervals of [0, numel) that rank r handles: its range minus the ranges of lower ranks; rank 0 also
 // gets what no range holds when `rank0_takes_rest` (loading verifies every element), else that is returned in *rest.
-std::vector<Interval> assigned(const std::vector<FlatRange>& ranges, int r, std::int64_t numel,
-                               bool rank0_takes_rest, std::vector<Interval>* rest) {
+std::vector<Interval> assigned(const std::vector<FlatRange>& ranges, int r, std::int64_t numel, bool rank0_takes_rest,
+                               std::vector<Interval>* rest) {
   std::vector<Interval> mine = {{std::max<std::int64_t>(ranges[r].begin, 0), std::min(ranges[r].end, numel)}};
   if (mine[0].first >= mine[0].second) mine.clear();
   for (int q = 0; q < r; ++q) mine = subtract(mine, {ranges[q].begin, ranges[q].end});
@@ -193,8 +193,8 @@ std::vector<std::int64_t> combine_crcs(const std::vector<CrcRecord>& mine, const
     done[k] += r.count;
   }
   for (std::size_t k = 0; k < done.size(); ++k)
-    if (std::count(groups.begin(), groups.end(), k / entries.size()) &&
-        done[k] != entries[k % entries.size()].numel && gap->empty())
+    if (std::count(groups.begin(), groups.end(), k / entries.size()) && done[k] != entries[k % entries.size()].numel &&
+        gap->empty())
       *gap = cat("elements [", done[k], ", ", entries[k % entries.size()].numel, ") of ",
                  entries[k % entries.size()].name);
   return crcs;
@@ -219,9 +219,12 @@ void select_run(hid_t space, const std::vector<std::int64_t>& dims, std::int64_t
     const std::int64_t coord = (offset / stride[i]) % dims[i];
     const std::int64_t m = std::min(count / stride[i], dims[i] - coord);
     for (std::size_t j = 0; j < nd; ++j) {
-      if (j < i) start[j] = hsize_t((offset / stride[j]) % dims[j]), size[j] = 1;
-      else if (j == i) start[j] = hsize_t(coord), size[j] = hsize_t(m);
-      else start[j] = 0, size[j] = hsize_t(dims[j]);
+      if (j < i)
+        start[j] = hsize_t((offset / stride[j]) % dims[j]), size[j] = 1;
+      else if (j == i)
+        start[j] = hsize_t(coord), size[j] = hsize_t(m);
+      else
+        start[j] = 0, size[j] = hsize_t(dims[j]);
     }
     if (H5Sselect_hyperslab(space, H5S_SELECT_OR, start.data(), nullptr, size.data(), nullptr) < 0)
       throw Error("cannot select a hyperslab");
@@ -323,10 +326,9 @@ void prune(const std::string& dir, std::int64_t current_step, int keep_last) {
     if (p && p->second.empty() && exists(path + ".done")) complete.push_back(p->first);
   }
   std::sort(complete.rbegin(), complete.rend());
-  std::vector<std::int64_t> keep(complete.begin(),
-                                 keep_last > 0 && std::size_t(keep_last) < complete.size()
-                                     ? complete.begin() + keep_last
-                                     : complete.end());
+  std::vector<std::int64_t> keep(complete.begin(), keep_last > 0 && std::size_t(keep_last) < complete.size()
+                                                       ? complete.begin() + keep_last
+                                                       : complete.end());
   for (const auto& [name, path] : list_dir(dir)) {
     auto p = parse_name(name);
     if (!p || p->first == current_step || std::find(keep.begin(), keep.end(), p->first) != keep.end()) continue;
@@ -441,8 +443,8 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
       if (it == mine.groups.end()) throw Error(cat("save_checkpoint: group '", kGroups[g], "' is missing"));
       const at::Tensor& t = it->second;
       if (t.scalar_type() != at::kFloat || t.dim() != 1 || t.size(0) != mine.range.size())
-        throw Error(cat("save_checkpoint: group '", kGroups[g], "' must be float32 [", mine.range.size(),
-                        "], found ", dtype_name(t.scalar_type()), " ", shape_str(t.sizes().vec())));
+        throw Error(cat("save_checkpoint: group '", kGroups[g], "' must be float32 [", mine.range.size(), "], found ",
+                        dtype_name(t.scalar_type()), " ", shape_str(t.sizes().vec())));
     }
     for (const auto& e : entries)
       if (e.name.empty() || e.name.find('/') != std::string::npos || e.name == "." || e.name == "..")
@@ -463,8 +465,9 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
   const auto my_ivs = assigned(ranges, rank, layout.numel(), false, &rest);
   const auto rest_pieces = pieces_of(layout, rest);
   if (!rest_pieces.empty())
-    throw Error(cat("save_checkpoint: elements [", rest_pieces[0].param, ", ", rest_pieces[0].param + rest_pieces[0].count,
-                    ") of parameter '", entries[rest_pieces[0].entry].name, "' are in no rank's range"));
+    throw Error(cat("save_checkpoint: elements [", rest_pieces[0].param, ", ",
+                    rest_pieces[0].param + rest_pieces[0].count, ") of parameter '", entries[rest_pieces[0].entry].name,
+                    "' are in no rank's range"));
   const auto my_pieces = pieces_of(layout, my_ivs);
 
   // Checksums: pieces from memory, combined on rank 0, then known to all.
@@ -474,8 +477,8 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
   for (std::size_t g : groups)
     for (const auto& p : my_pieces) {
       const float* data = host[g].data_ptr<float>() + (p.flat - mine.range.begin);
-      records.push_back({std::int64_t(g), std::int64_t(p.entry), p.param, p.count,
-                         std::int64_t(crc_bytes(data, p.count * 4))});
+      records.push_back(
+          {std::int64_t(g), std::int64_t(p.entry), p.param, p.count, std::int64_t(crc_bytes(data, p.count * 4))});
     }
   std::string gap;
   std::vector<std::int64_t> crcs = combine_crcs(records, layout, kGroups.size(), groups, comm, &gap);
@@ -489,8 +492,8 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
   meta.strategy = bcast_string(meta.strategy, comm);
   meta.deck_json = bcast_string(meta.deck_json, comm);
   meta.model_json = bcast_string(meta.model_json, comm);
-  std::int64_t ints[8] = {meta.step, meta.loader_epoch, meta.loader_cursor, meta.skipped_in_a_row,
-                          meta.world_size, meta.dp_size, meta.sp_size, std::int64_t(meta.seed)};
+  std::int64_t ints[8] = {meta.step,       meta.loader_epoch, meta.loader_cursor, meta.skipped_in_a_row,
+                          meta.world_size, meta.dp_size,      meta.sp_size,       std::int64_t(meta.seed)};
   MPI_Bcast(ints, 8, MPI_INT64_T, 0, comm);
   meta.step = ints[0], meta.loader_epoch = ints[1], meta.loader_cursor = ints[2], meta.skipped_in_a_row = ints[3];
   meta.world_size = int(ints[4]), meta.dp_size = int(ints[5]), meta.sp_size = int(ints[6]);
@@ -530,8 +533,8 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
     write_meta(root, meta);
     H5Group optim = root.create_group("optim");
     for (std::size_t g : groups) {
-      H5Group grp = kGroups[g].rfind("optim/", 0) == 0 ? optim.create_group(kGroups[g].substr(6))
-                                                        : root.create_group(kGroups[g]);
+      H5Group grp =
+          kGroups[g].rfind("optim/", 0) == 0 ? optim.create_group(kGroups[g].substr(6)) : root.create_group(kGroups[g]);
       for (std::size_t e = 0; e < entries.size(); ++e) {
         H5Dataset ds = grp.create_dataset(entries[e].name, at::kFloat, entries[e].shape);
         ds.write_attr("crc32", crcs[g * entries.size() + e]);
@@ -641,8 +644,7 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   return check_and_read_meta(file.root());
 }
 
-CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout, ShardedState& mine,
-                               MPI_Comm comm) {
+CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout, ShardedState& mine, MPI_Comm comm) {
   const int rank = comm_rank(comm);
   const auto& entries = layout.entries();
   std::unique_ptr<H5File> file;
@@ -717,7 +719,8 @@ CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout
 
 std::map<std::string, at::Tensor> read_checkpoint_weights(const std::string& path, const std::string& group) {
   if (std::find(kGroups.begin(), kGroups.end(), group) == kGroups.end())
-    throw Error(cat("read_checkpoint_weights: unknown group '", group, "' (model, ema, optim/exp_avg, optim/exp_avg_sq)"));
+    throw Error(
+        cat("read_checkpoint_weights: unknown group '", group, "' (model, ema, optim/exp_avg, optim/exp_avg_sq)"));
   H5File file = H5File::open(path);
   H5Group root = file.root();
   check_and_read_meta(root);

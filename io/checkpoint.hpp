@@ -62,8 +62,8 @@ std::string checkpoint_path(const std::string& dir, std::int64_t step);
 // layout (DiT's pos_embed), written under /model and /ema too so that both are complete state dicts.
 // force_serial: the serial path even when HDF5 is parallel (rank 0 creates the file, the ranks write in turn).
 std::string save_checkpoint(const std::string& dir, const train::FlatLayout& layout, const ShardedState& mine,
-                            const std::map<std::string, at::Tensor>& frozen, const CheckpointMeta& meta,
-                            MPI_Comm comm, int keep_last, bool force_serial = false);
+                            const std::map<std::string, at::Tensor>& frozen, const CheckpointMeta& meta, MPI_Comm comm,
+                            int keep_last, bool force_serial = false);
 
 // The newest complete checkpoint in DIR (ckpt-NNNNNNNN.h5 with its .done marker), or nullopt. One process.
 std::optional<std::string> latest_checkpoint(const std::string& dir);

@@ -42,8 +42,8 @@ int main(int argc, char** argv) {
     } else if (mode == "check") {
       auto latest = io::latest_checkpoint(dir);
       if (!latest || *latest != io::checkpoint_path(dir, step))
-        throw Error(cat("latest checkpoint: expected ", io::checkpoint_path(dir, step), ", found ",
-                        latest ? *latest : "none"));
+        throw Error(
+            cat("latest checkpoint: expected ", io::checkpoint_path(dir, step), ", found ", latest ? *latest : "none"));
       auto meta = io::read_checkpoint_meta(*latest);
       auto weights = io::read_checkpoint_weights(*latest, "model");
       auto layout = layout_of(weights.at("blocks.0.weight").size(0) * 1024 * 4 * 4 / (1 << 20));
