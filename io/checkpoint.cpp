@@ -358,6 +358,7 @@ void write_meta(H5Group& root, const CheckpointMeta& m) {
   root.write_attr("loader_epoch", m.loader_epoch);
   root.write_attr("loader_cursor", m.loader_cursor);
   root.write_attr("skipped_in_a_row", m.skipped_in_a_row);
+  root.write_attr("optimizer_step", m.optimizer_step);
   root.write_attr("world_size", m.world_size);
   root.write_attr("dp_size", m.dp_size);
   root.write_attr("sp_size", m.sp_size);
@@ -382,6 +383,7 @@ CheckpointMeta check_and_read_meta(const H5Group& root) {
   m.loader_epoch = root.read_attr_int64("loader_epoch");
   m.loader_cursor = root.read_attr_int64("loader_cursor");
   m.skipped_in_a_row = root.read_attr_int64("skipped_in_a_row");
+  m.optimizer_step = root.read_attr_int64("optimizer_step");
   m.world_size = int(root.read_attr_int64("world_size"));
   m.dp_size = int(root.read_attr_int64("dp_size"));
   m.sp_size = int(root.read_attr_int64("sp_size"));
@@ -492,9 +494,11 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
   meta.strategy = bcast_string(meta.strategy, comm);
   meta.deck_json = bcast_string(meta.deck_json, comm);
   meta.model_json = bcast_string(meta.model_json, comm);
-  std::int64_t ints[8] = {meta.step,       meta.loader_epoch, meta.loader_cursor, meta.skipped_in_a_row,
-                          meta.world_size, meta.dp_size,      meta.sp_size,       std::int64_t(meta.seed)};
-  MPI_Bcast(ints, 8, MPI_INT64_T, 0, comm);
+  std::int64_t ints[9] = {meta.step,       meta.loader_epoch, meta.loader_cursor, meta.skipped_in_a_row,
+                          meta.world_size, meta.dp_size,      meta.sp_size,       std::int64_t(meta.seed),
+                          meta.optimizer_step};
+  MPI_Bcast(ints, 9, MPI_INT64_T, 0, comm);
+  meta.optimizer_step = ints[8];
   meta.step = ints[0], meta.loader_epoch = ints[1], meta.loader_cursor = ints[2], meta.skipped_in_a_row = ints[3];
   meta.world_size = int(ints[4]), meta.dp_size = int(ints[5]), meta.sp_size = int(ints[6]);
   meta.seed = std::uint64_t(ints[7]);

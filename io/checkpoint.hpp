@@ -33,6 +33,7 @@ struct CheckpointMeta {
   std::int64_t step = 0;  // optimizer steps done
   std::int64_t loader_epoch = 0, loader_cursor = 0;
   std::int64_t skipped_in_a_row = 0;
+  std::int64_t optimizer_step = 0;  // AdamW updates done (steps minus skipped ones): bias correction resumes here
   int world_size = 1, dp_size = 1, sp_size = 1;  // as written
   std::string strategy, deck_json, model_json;   // "ddp"|"zero1"|"zero2"; the resolved deck; DiTConfig as JSON
   std::uint64_t seed = 0;

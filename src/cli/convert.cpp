@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/app.hpp"
+#include "io/checkpoint.hpp"
 #include "core/error.hpp"
 #include "models/dit.hpp"
 #include "models/dit_weights.hpp"
@@ -14,7 +15,7 @@ namespace opendit::cli {
 namespace {
 
 struct ConvertArgs {
-  std::string in, out, to = "opendit";
+  std::string in, out, to = "opendit", group = "ema";
   DeckArgs deck;
 };
 
@@ -36,10 +37,13 @@ void read_diffusers_config(const std::string& in, models::DiTConfig& c) {
 
 void run_convert(const ConvertArgs& a, MpiRuntime& mpi) {
   if (mpi.size() > 1) throw Error("convert is a single-process tool: run it without mpirun");
-  models::StateDict sd = models::load_dit_weights(a.in);
+  const bool checkpoint = a.in.size() > 3 && a.in.substr(a.in.size() - 3) == ".h5";
+  models::StateDict sd = checkpoint ? io::read_checkpoint_weights(a.in, a.group) : models::load_dit_weights(a.in);
   models::DiTConfig cfg;
   if (!a.deck.config_path.empty() || !a.deck.sets.empty()) {
     cfg = models::dit_config_from(a.deck.load());
+  } else if (checkpoint) {
+    cfg = models::dit_config_from_json(io::read_checkpoint_meta(a.in).model_json);
   } else {
     cfg = models::infer_dit_config(sd);
     if (!sd.count("pos_embed")) cfg.input_size = 0;  // unknown from the weights alone
@@ -62,8 +66,13 @@ void add_convert(CLI::App& app, MpiRuntime& mpi) {
   auto* cmd = app.add_subcommand(
       "convert", "Convert DiT weights: diffusers safetensors (file or model folder) or opendit weights -> opendit "
                  "weights (official key names) or diffusers safetensors");
-  cmd->add_option("input", a->in, "Weights: .safetensors (official or diffusers names) or a diffusers folder")
+  cmd->add_option("input", a->in,
+                  "Weights: .safetensors (official or diffusers names), a diffusers folder, or a training "
+                  "checkpoint (.h5)")
       ->required();
+  cmd->add_option("--group", a->group, "From a checkpoint: the ema or the model (master) weights")
+      ->check(CLI::IsMember({"ema", "model"}))
+      ->default_str("ema");
   cmd->add_option("output", a->out, "Output .safetensors")->required();
   cmd->add_option("--to", a->to, "Output layout")->check(CLI::IsMember({"opendit", "diffusers"}))
       ->default_str("opendit");

@@ -116,6 +116,21 @@ std::string config_to_json(const DiTConfig& c) {
   return j.dump();
 }
 
+DiTConfig dit_config_from_json(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw Error(cat("not a DiT configuration: ", text));
+  DiTConfig c;
+  try {
+    c.depth = j.at("depth"), c.hidden_size = j.at("hidden_size"), c.num_heads = j.at("num_heads");
+    c.patch_size = j.at("patch_size"), c.in_channels = j.at("in_channels"), c.input_size = j.at("input_size");
+    c.num_classes = j.at("num_classes"), c.learn_sigma = j.at("learn_sigma"), c.mlp_ratio = j.at("mlp_ratio");
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cat("DiT configuration ", text, ": ", e.what()));
+  }
+  c.validate();
+  return c;
+}
+
 StateDict load_dit_weights(const std::string& path) {
   std::string file = path;
   if (std::filesystem::is_directory(path)) {

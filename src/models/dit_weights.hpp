@@ -32,5 +32,6 @@ void save_dit_weights(const std::string& path, const StateDict& official, const 
                       WeightLayout layout = WeightLayout::Official);
 
 std::string config_to_json(const DiTConfig& cfg);
+DiTConfig dit_config_from_json(const std::string& json);  // the inverse (throws opendit::Error on bad JSON)
 
 }  // namespace opendit::models

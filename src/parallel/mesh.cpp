@@ -37,6 +37,7 @@ Mesh::Mesh(MPI_Comm world, int sp_size) : sp_(sp_size) {
   MPI_Comm node;
   mpi_check(MPI_Comm_split_type(world_comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
   MPI_Comm_rank(node, &local_rank_);
+  MPI_Comm_size(node, &local_size_);
   MPI_Comm_free(&node);
 }
 

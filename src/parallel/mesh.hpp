@@ -29,6 +29,7 @@ class Mesh {
   int dp_size() const { return world_ / sp_; }
   const MeshCoord& coord() const { return coord_; }
   int local_rank() const { return local_rank_; }  // among the ranks of this node (picks the GPU)
+  int local_size() const { return local_size_; }  // ranks on this node
   MPI_Comm world_comm() const { return world_comm_; }
   MPI_Comm sp_comm() const { return sp_comm_; }
   MPI_Comm dp_comm() const { return dp_comm_; }
@@ -39,7 +40,7 @@ class Mesh {
   std::string describe() const;  // a few lines for `opendit info` and run logs
 
  private:
-  int rank_ = 0, world_ = 1, sp_ = 1, local_rank_ = 0;
+  int rank_ = 0, world_ = 1, sp_ = 1, local_rank_ = 0, local_size_ = 1;
   MeshCoord coord_{};
   MPI_Comm world_comm_ = MPI_COMM_NULL, sp_comm_ = MPI_COMM_NULL, dp_comm_ = MPI_COMM_NULL;
 };

@@ -13,6 +13,7 @@
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
+#include "io/checkpoint.hpp"
 #include "io/data_loader.hpp"
 #include "models/dit.hpp"
 #include "models/dit_weights.hpp"
@@ -79,12 +80,18 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
   const bool root = mesh.rank() == 0;
   const int dp = mesh.dp_size(), dp_rank = mesh.coord().dp_rank;
   TrainSettings s = train_settings_from(deck, dp);
+  if (mesh.sp_size() > 1)
+    throw Error("parallel.sp_size > 1: sequence parallelism is not implemented for training yet; use sp_size = 1");
   models::DiTConfig cfg = models::dit_config_from(deck);
 
   // Device: one GPU per rank on a node (local rank modulo the GPUs), or the CPU.
   const int gpus = gpu_count();
   if (s.device == "cuda" && gpus == 0) throw Error("parallel.device = \"cuda\" but no GPU is visible");
   const bool gpu = s.device == "cuda" || (s.device == "auto" && gpus > 0);
+  // NCCL needs a GPU of its own per rank. Every rank of a node sees the same count, so all fail alike.
+  if (gpu && mesh.local_size() > gpus)
+    throw Error(cat(mesh.local_size(), " ranks share a node with ", gpus, " GPU(s): each rank needs its own GPU; run ",
+                    "at most ", gpus, " ranks per node, or set parallel.device = \"cpu\""));
   const at::Device device = gpu ? at::Device(at::kCUDA, mesh.local_rank() % gpus) : at::Device(at::kCPU);
   const std::string gpu_name = gpu ? visible_gpus()[device.index()].name : "";
 
@@ -146,6 +153,70 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
   DataParallelOptimizer opt(params, *comm, s.dp);
 
   make_dirs(s.run_dir());
+  const std::string ckpt_dir = s.run_dir() + "/checkpoints";
+  auto state_of = [&] {  // this rank's sharded state, as CPU float32 tensors over the optimizer's range
+    io::ShardedState st;
+    st.range = opt.state_range();
+    st.groups["model"] = params.data().narrow(0, st.range.begin, st.range.size()).to(at::kCPU);
+    st.groups["ema"] = opt.ema().to(at::kCPU);
+    st.groups["optim/exp_avg"] = opt.exp_avg().to(at::kCPU);
+    st.groups["optim/exp_avg_sq"] = opt.exp_avg_sq().to(at::kCPU);
+    return st;
+  };
+  int64_t start_step = 0, skipped_in_a_row = 0;
+  if (!options.resume.empty()) {
+    std::string path = options.resume;
+    if (path == "auto") {
+      // Rank 0 looks, everyone follows: all ranks resume from the same file.
+      std::string found = root ? io::latest_checkpoint(ckpt_dir).value_or("") : "";
+      int len = static_cast<int>(found.size());
+      MPI_Bcast(&len, 1, MPI_INT, 0, mesh.world_comm());
+      found.resize(len);
+      MPI_Bcast(found.data(), len, MPI_CHAR, 0, mesh.world_comm());
+      path = found;
+      if (root && path.empty()) std::printf("resume auto: no complete checkpoint in %s: starting at step 0\n", ckpt_dir.c_str());
+    }
+    if (!path.empty()) {
+      io::ShardedState st;
+      st.range = opt.state_range();
+      io::CheckpointMeta meta = io::load_checkpoint(path, params.layout(), st, mesh.dp_comm());
+      if (meta.model_json != models::config_to_json(cfg))
+        throw Error(cat(path, ": written for the model ", meta.model_json, ", the deck describes ",
+                        models::config_to_json(cfg)));
+      at::NoGradGuard no_grad;
+      params.data().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
+      opt.ema().copy_(st.groups.at("ema"));
+      opt.exp_avg().copy_(st.groups.at("optim/exp_avg"));
+      opt.exp_avg_sq().copy_(st.groups.at("optim/exp_avg_sq"));
+      if (params.working().defined())
+        params.working().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
+      opt.gather_params();
+      opt.set_step_count(meta.optimizer_step);
+      loader.restore({meta.loader_epoch, meta.loader_cursor});
+      start_step = meta.step;
+      skipped_in_a_row = meta.skipped_in_a_row;
+      if (root)
+        std::printf("resumed from %s: step %lld (written by %d ranks, %s)\n", path.c_str(), (long long)start_step,
+                    meta.world_size, meta.strategy.c_str());
+    }
+  }
+  auto save = [&](int64_t steps_done) {
+    io::CheckpointMeta meta;
+    meta.step = steps_done;
+    meta.optimizer_step = opt.step_count();
+    const auto ls = loader.state();
+    meta.loader_epoch = ls.epoch, meta.loader_cursor = ls.cursor;
+    meta.skipped_in_a_row = skipped_in_a_row;
+    meta.world_size = mesh.world_size(), meta.dp_size = dp, meta.sp_size = mesh.sp_size();
+    meta.strategy = dp_strategy_name(s.dp.strategy);
+    meta.deck_json = deck.to_json();
+    meta.model_json = models::config_to_json(cfg);
+    meta.seed = s.seed;
+    std::string path = io::save_checkpoint(ckpt_dir, params.layout(), state_of(),
+                                           {{"pos_embed", pos_embed->to(at::kCPU, at::kFloat)}}, meta,
+                                           mesh.dp_comm(), static_cast<int>(s.keep_checkpoints));
+    if (root) std::fprintf(stderr, "checkpoint: %s\n", path.c_str());
+  };
   std::ofstream metrics;
   if (root) metrics.open(s.run_dir() + "/metrics.jsonl", std::ios::app);
 
@@ -157,11 +228,12 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
   Progress progress("train", s.steps, root);
   const double peak_tflops = dense_bf16_peak_tflops(gpu_name);
   double window_loss = 0;
-  int64_t window_steps = 0, skipped_in_a_row = 0, skipped_total = 0;
+  int64_t window_steps = 0, skipped_total = 0;
   auto window_start = std::chrono::steady_clock::now();
   const auto run_start = window_start;
 
-  for (int64_t step = 0; step < s.steps; ++step) {
+  progress.update(start_step);
+  for (int64_t step = start_step; step < s.steps; ++step) {
     opt.set_lr(s.lr_at(step));
     StepRandom rnd = draw_step(s.seed, step, s.global_batch, dataset->sample_shape(), diff.num_timesteps(),
                                cfg.class_dropout_prob);
@@ -213,13 +285,14 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
       const double mfu = peak_tflops > 0 ? 3 * cfg.forward_flops() * img_s / dp / (peak_tflops * 1e12) : 0;
       const double mem = gpu ? peak_memory_gib(device.index()) : 0;
       const double done = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+      const int64_t steps_here = step + 1 - start_step;
       const auto state = loader.state();
       if (root) {
         std::string line = cat("step ", step + 1, "/", s.steps, "  epoch ", state.epoch, "  loss ",
                                fmt("%.4f", window_loss / window_steps), "  grad ", fmt("%.3f", norm), "  lr ",
                                fmt("%.3g", s.lr_at(step)), "  ", fmt("%.1f", img_s), " img/s");
         if (gpu) line += cat("  MFU ", fmt("%.1f", 100 * mfu), "%  mem ", fmt("%.1f", mem), " GiB");
-        line += cat("  ETA ", format_duration(done / (step + 1) * (s.steps - step - 1)));
+        line += cat("  ETA ", format_duration(done / steps_here * (s.steps - step - 1)));
         std::fprintf(stderr, "%s\n", line.c_str());
         nlohmann::ordered_json j = {{"step", step + 1}, {"epoch", state.epoch}, {"loss", window_loss / window_steps},
                                     {"grad_norm", norm}, {"lr", s.lr_at(step)}, {"img_per_s", img_s},
@@ -229,6 +302,11 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
       }
       window_loss = 0, window_steps = 0;
       window_start = std::chrono::steady_clock::now();
+    }
+    if ((step + 1) % s.checkpoint_every == 0 || step + 1 == s.steps) {
+      timer.switch_to(Phase::Checkpoint);
+      save(step + 1);
+      timer.switch_to(Phase::Other);
     }
     progress.update(step + 1);
   }

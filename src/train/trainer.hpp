@@ -14,6 +14,7 @@ namespace opendit::train {
 
 struct TrainOptions {
   bool dry_run = false;  // validate deck, data and mesh, print the plan, do not train
+  std::string resume;    // "": start fresh; "auto": the newest complete checkpoint of the run, if any; else a path
 };
 
 // Collective over the mesh's world. Returns the process exit code.

@@ -41,6 +41,8 @@ ema_decay = 0.9
 log_every = 1
 [run]
 out_dir = "{out}"
+[parallel]
+device = "cpu"
 """
 
 
@@ -49,9 +51,11 @@ def check(name, ok, detail=""):
     print(("ok   " if ok else "FAIL ") + name + ("" if ok else f"\n     {detail}"), flush=True)
 
 
-def train(tmp, name, np=1, *sets, deck="deck.toml", timeout=600):
+def train(tmp, name, np=1, *sets, deck="deck.toml", timeout=600, resume=None):
     cmd = ([MPIRUN, "-np", str(np), "--oversubscribe"] if np > 1 else []) + \
           [BIN, "train", "--config", os.path.join(tmp, deck), "--set", f"run.name={name}"]
+    if resume:
+        cmd += ["--resume", resume]
     for s in sets:
         cmd += ["--set", s]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -103,6 +107,31 @@ def main():
         rc, out = train(tmp, "np2_accum2", 2, "train.accumulation=2")
         err = max(max_rel(weights(tmp, "np2_accum2", w), base[w]) for w in ("model", "ema")) if rc == 0 else 1
         check(f"2 ranks x 2 micro-batches = 1 rank (max rel. error {err:.2e})", err <= 1e-5, out[-2000:])
+
+        # Resume: 3 steps, then --resume auto to 6 on the same world size is bit-exact; from 4 ranks (zero2) to
+        # 2 ranks (ddp) it is equal to tolerance.
+        rc1, out1 = train(tmp, "resume", 1, "train.steps=3")
+        rc2, out2 = train(tmp, "resume", 1, resume="auto")
+        err = max(max_rel(weights(tmp, "resume", w), base[w]) for w in ("model", "ema")) if rc1 == rc2 == 0 else 1
+        check(f"resumed after 3 steps = uninterrupted, same world size (max rel. error {err:.1e} == 0)",
+              err == 0 and "resumed from" in out2 and "ckpt-00000003.h5" in out2, out1[-1500:] + out2[-1500:])
+        rc1, out1 = train(tmp, "resume4to2", 4, "train.steps=3", "parallel.strategy=zero2")
+        rc2, out2 = train(tmp, "resume4to2", 2, "parallel.strategy=ddp", resume="auto")
+        err = max(max_rel(weights(tmp, "resume4to2", w), base[w]) for w in ("model", "ema")) if rc1 == rc2 == 0 else 1
+        check(f"written by 4 ranks (zero2), resumed on 2 (ddp) = uninterrupted (max rel. error {err:.1e} <= 1e-5)",
+              err <= 1e-5 and "written by 4 ranks" in out2, out1[-1500:] + out2[-1500:])
+        exported = os.path.join(tmp, "from_ckpt.safetensors")
+        p = subprocess.run([BIN, "convert", os.path.join(tmp, "out", "base", "checkpoints", "ckpt-00000006.h5"),
+                            exported], capture_output=True, text=True)
+        same = p.returncode == 0 and all(torch.equal(load_file(exported)[k], base["ema"][k]) for k in base["ema"])
+        check("opendit convert: checkpoint EMA -> safetensors equals the run's ema.safetensors", same,
+              p.stdout + p.stderr)
+        rc, out = train(tmp, "fresh", 1, "train.steps=1", resume="auto")
+        check("--resume auto without a checkpoint starts fresh", rc == 0 and "starting at step 0" in out, out[-1500:])
+        ckpt = os.path.join(tmp, "out", "base", "checkpoints", "ckpt-00000006.h5")
+        rc, out = train(tmp, "other", 1, "model.depth=3", resume=ckpt, timeout=60)
+        check("resuming another model's checkpoint is one clear error", rc != 0 and out.count("opendit: error") == 1
+              and "ckpt-00000006.h5" in out, out[-1500:])
 
         rc, out = train(tmp, "bf16", 1, "train.precision=bf16")
         if rc == 0:
