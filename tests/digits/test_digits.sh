@@ -5,15 +5,15 @@
 # samples as their class. Chance is 10%; a model, diffusion, sampler or training that is broken stays near it.
 set -euo pipefail
 BIN=$1 PY=$2 MPIRUN=$3 SRC=$4
-STEPS=${DIGITS_TEST_STEPS:-500}
-MIN_SCORE=${DIGITS_TEST_MIN_SCORE:-0.5}
+STEPS=${DIGITS_TEST_STEPS:-1000}
+MIN_SCORE=${DIGITS_TEST_MIN_SCORE:-0.35}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 set +e
 OPENDIT_BIN=$BIN PYTHON=$PY MPIRUN=$MPIRUN NP=2 MIN_SCORE=$MIN_SCORE "$SRC/tools/digits_demo.sh" \
-  --set run.out_dir="$tmp" --set run.name=digits --set train.steps="$STEPS" --set train.warmup_steps=50 \
-  --set train.ema_decay=0.99 --set train.log_every=50 >"$tmp/log" 2>&1
+  --set run.out_dir="$tmp" --set run.name=digits --set train.steps="$STEPS" \
+  --set train.log_every=50 --set sample.cfg_scale=4 >"$tmp/log" 2>&1
 rc=$?
 set -e
 grep -v "^train [0-9]*/\|^sample [0-9]*/" "$tmp/log" | tail -20
