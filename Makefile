@@ -8,7 +8,7 @@ export OMPI_ALLOW_RUN_AS_ROOT = 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
 export OMPI_MCA_rmaps_base_oversubscribe = 1
 
-.PHONY: all deps deps-test build run test bench clean
+.PHONY: all deps deps-test deps-demo build run test bench clean
 
 all: build
 
@@ -18,15 +18,19 @@ deps:
 deps-test:
 	@tools/bootstrap.sh --test
 
+deps-demo:
+	@tools/bootstrap.sh --demo
+
 # Configure once (or when CMAKE_ARGS is given); afterwards CMake re-configures itself when CMakeLists change.
 build: deps
 	@if [ ! -f $(BUILD)/CMakeCache.txt ] || [ -n "$(CMAKE_ARGS)" ]; then \
 	  cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS); fi
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# The bundled default job.
-run: build
-	mpirun -np $(NP) $(BUILD)/bin/opendit info --config inputs/example.toml
+# The bundled default job: a small DiT trained on the bundled digits with NP ranks, a grid of samples, the loss
+# curve and a quality score, in out/digits/ (tools/digits_demo.sh; RUN_ARGS="--set key=value ..." overrides the deck).
+run: deps-demo build
+	NP=$(NP) BUILD=$(BUILD) tools/digits_demo.sh $(RUN_ARGS)
 
 test: deps-test build
 	ctest --test-dir $(BUILD) --output-on-failure

@@ -2,7 +2,8 @@
 # Installs what opendit needs to build (and, with --test, to run its reference tests).
 # Idempotent: when everything is present it only checks, in a few seconds.
 #   tools/bootstrap.sh          Debian packages + LibTorch (torch==2.11.0 wheel in .venv/)
-#   tools/bootstrap.sh --test   ... plus the Python packages used by the reference-test scripts
+#   tools/bootstrap.sh --test   ... plus the Python packages used by the reference-test scripts and the digits test
+#   tools/bootstrap.sh --demo   ... plus the Python packages of `make run` (digits quality score and plots)
 # Where a python3 that already imports torch 2.11 exists (the GPU machines), it is used and nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,13 +12,17 @@ TORCH_VERSION=2.11.0
 APT_PACKAGES=(cmake g++ make pkg-config ccache python3-venv
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
   libgtest-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libpng-dev)
-TEST_PIP_PACKAGES=(numpy diffusers safetensors)
+# pip name[:import name]
+DEMO_PIP_PACKAGES=(numpy safetensors scikit-learn:sklearn matplotlib)
+TEST_PIP_PACKAGES=(numpy diffusers safetensors scikit-learn:sklearn matplotlib)
 
 want_test=0
+want_demo=0
 for a in "$@"; do
   case "$a" in
     --test) want_test=1 ;;
-    *) echo "bootstrap: unknown argument '$a' (expected --test)" >&2; exit 2 ;;
+    --demo) want_demo=1 ;;
+    *) echo "bootstrap: unknown argument '$a' (expected --test or --demo)" >&2; exit 2 ;;
   esac
 done
 
@@ -58,17 +63,21 @@ else
   PY=.venv/bin/python
 fi
 
-if [ $want_test -eq 1 ]; then
+pip_wanted=()
+[ $want_test -eq 1 ] && pip_wanted+=("${TEST_PIP_PACKAGES[@]}")
+[ $want_demo -eq 1 ] && pip_wanted+=("${DEMO_PIP_PACKAGES[@]}")
+if [ ${#pip_wanted[@]} -gt 0 ]; then
   missing=()
-  for p in "${TEST_PIP_PACKAGES[@]}"; do
-    "$PY" -c "import $p" 2>/dev/null || missing+=("$p")
+  for spec in "${pip_wanted[@]}"; do
+    p=${spec%%:*} mod=${spec#*:}
+    "$PY" -c "import $mod" 2>/dev/null || [[ " ${missing[*]} " == *" $p "* ]] || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$PY" = .venv/bin/python ]; then
-      say "installing test packages: ${missing[*]}"
+      say "installing Python packages: ${missing[*]}"
       .venv/bin/python -m pip install -q --disable-pip-version-check "${missing[@]}"
     else
-      say "warning: $PY lacks ${missing[*]} (not ours to install into): the reference tests that need them will fail"
+      say "warning: $PY lacks ${missing[*]} (not ours to install into): what needs them will fail"
     fi
   fi
 fi
