@@ -85,6 +85,8 @@ const Schema& schema() {
         {"train.activation_checkpointing", Type::Bool, false, "Recompute each block's activations in backward "
          "(less memory, one more forward).", -inf, inf, {}},
         {"train.ema_decay", Type::Float, 0.9999, "EMA decay per optimizer step.", 0, 1, {}},
+        {"train.ema_every", Type::Int, int64_t{1}, "Optimizer updates between EMA updates (each applies ema_decay "
+         "once).", 1, 1e9, {}},
         {"train.log_every", Type::Int, int64_t{10}, "Steps between log lines and metrics records.", 1, 1e9, {}},
         {"train.checkpoint_every", Type::Int, int64_t{1000}, "Steps between checkpoints (and one at the end).", 1,
          1e12, {}},

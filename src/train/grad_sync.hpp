@@ -66,6 +66,7 @@ class DataParallelOptimizer {
   void set_step_count(int64_t step) { step_ = step; }
   const DataParallelOptions& options() const { return opts_; }
   void set_lr(double lr) { opts_.adamw.lr = lr; }  // the schedule's value for the next update
+  void set_ema_decay(double decay) { opts_.ema_decay = decay; }  // 1 leaves the EMA as it is
 
  private:
   bool sharded() const { return opts_.strategy != DpStrategy::Ddp; }

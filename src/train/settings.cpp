@@ -46,6 +46,7 @@ TrainSettings train_settings_from(const config::Deck& deck, int dp_size) {
   s.dp.max_grad_norm = deck.get_float("train.grad_clip");
   s.dp.ema = true;
   s.dp.ema_decay = deck.get_float("train.ema_decay");
+  s.ema_every = deck.get_int("train.ema_every");
   if (s.data_path.empty()) throw Error("data.path is not set: training needs a dataset (an opendit.latents HDF5 file)");
   if (s.global_batch % (int64_t(dp_size) * s.accumulation) != 0)
     throw Error(cat("data.global_batch = ", s.global_batch, " must be a multiple of the data-parallel size (", dp_size,

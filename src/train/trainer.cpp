@@ -272,6 +272,7 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
     }
     skipped_in_a_row = 0;
     timer.switch_to(Phase::Optimizer);
+    opt.set_ema_decay((opt.step_count() + 1) % s.ema_every == 0 ? s.dp.ema_decay : 1.0);
     opt.update(clip_scale_for(norm, s.dp.max_grad_norm));
     timer.switch_to(Phase::Comm);
     opt.gather_params();

@@ -145,6 +145,14 @@ def main():
         else:
             check("bf16 runs", False, out)
 
+        rc, out = train(tmp, "ema3", 1, "train.ema_every=3")
+        if rc == 0:
+            m, e, e1 = weights(tmp, "ema3", "model"), weights(tmp, "ema3", "ema"), base["ema"]
+            check("train.ema_every=3: the EMA moves less often (differs from every-step EMA, model weights equal)",
+                  max_rel(m, base["model"]) == 0 and max_rel(e, e1) > 1e-6)
+        else:
+            check("train.ema_every runs", False, out)
+
         rc, out = train(tmp, "ckpt", 1, "train.activation_checkpointing=true")
         err = max_rel(weights(tmp, "ckpt", "model"), base["model"]) if rc == 0 else 1
         check(f"activation checkpointing gives the same weights ({err:.2e} <= 1e-6)", err <= 1e-6, out[-2000:])
