@@ -71,7 +71,8 @@ out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" 2>&1)
 check "sample_dit.sbatch without a checkpoint prints its usage" $? "$out"
 
 grep -q "NCCL_NVLS_ENABLE=0" "$SRC/jobs/env.sh"; check "env.sh turns NVLink multicast off" $?
-! grep -v '^[[:space:]]*#' "${scripts[@]}" | grep -q -- "--resume"; check "no --resume (not available yet)" $?
+grep -v '^[[:space:]]*#' "$SRC/jobs/dit_xl2_imagenet256.sbatch" | grep -q -- "--resume auto"
+check "the training job resumes (--resume auto)" $?
 
 echo "jobs: $pass passed, $fail failed"
 [ $fail -eq 0 ]
