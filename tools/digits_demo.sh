@@ -29,6 +29,12 @@ mkdir -p "$RUN"
 rm -f "$RUN/metrics.jsonl"
 
 t0=$(date +%s)
+# Each rank needs a GPU of its own: with fewer GPUs than ranks, use one rank per GPU.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [ "${gpus:-0}" -gt 0 ] && [ "$NP" -gt "$gpus" ]; then
+  echo "== $gpus GPU(s): training with $gpus rank(s) instead of $NP (one GPU per rank)"
+  NP=$gpus
+fi
 echo "== train: $MPIRUN -np $NP $BIN train --config $DECK ${sets[*]}"
 "$MPIRUN" -np "$NP" "$BIN" train --config $DECK "${sets[@]}"
 t1=$(date +%s)
