@@ -6,6 +6,7 @@
 
 #include "cli/app.hpp"
 #include "io/checkpoint.hpp"
+#include "train/flat_params.hpp"
 #include "core/error.hpp"
 #include "models/dit.hpp"
 #include "models/dit_weights.hpp"
@@ -35,6 +36,29 @@ void read_diffusers_config(const std::string& in, models::DiTConfig& c) {
   }
 }
 
+// Weights -> a step-0 training checkpoint in folder `dir` (model = EMA = the weights, fresh AdamW state), so that
+// `opendit train --resume DIR/ckpt-00000000.h5` fine-tunes from them on any number of ranks.
+void write_start_checkpoint(const std::string& dir, models::DiT& model, const models::DiTConfig& cfg) {
+  train::FlatParams::Slots trainable;
+  at::Tensor pos_embed;
+  for (const auto& slot : model.named_parameters())
+    (slot.first == "pos_embed" ? (void)(pos_embed = *slot.second) : trainable.push_back(slot));
+  train::FlatParams params(trainable, 1, 0);
+  io::ShardedState st;
+  st.range = {0, params.data().numel()};
+  st.groups["model"] = params.data();
+  st.groups["ema"] = params.data();
+  st.groups["optim/exp_avg"] = at::zeros_like(params.data());
+  st.groups["optim/exp_avg_sq"] = at::zeros_like(params.data());
+  io::CheckpointMeta meta;
+  meta.strategy = "ddp";
+  meta.deck_json = "{}";
+  meta.model_json = models::config_to_json(cfg);
+  std::string path = io::save_checkpoint(dir, params.layout(), st, {{"pos_embed", pos_embed}}, meta, MPI_COMM_SELF, 0);
+  std::printf("wrote %s: step 0, model and EMA = the weights; fine-tune with opendit train --resume %s\n",
+              path.c_str(), path.c_str());
+}
+
 void run_convert(const ConvertArgs& a, MpiRuntime& mpi) {
   if (mpi.size() > 1) throw Error("convert is a single-process tool: run it without mpirun");
   const bool checkpoint = a.in.size() > 3 && a.in.substr(a.in.size() - 3) == ".h5";
@@ -54,6 +78,10 @@ void run_convert(const ConvertArgs& a, MpiRuntime& mpi) {
   }
   models::DiT model(cfg, 0);
   model.load_state_dict(sd, a.in);  // checks names, shapes and finiteness
+  if (a.to == "checkpoint") {
+    write_start_checkpoint(a.out, model, cfg);
+    return;
+  }
   auto layout = a.to == "diffusers" ? models::WeightLayout::Diffusers : models::WeightLayout::Official;
   models::save_dit_weights(a.out, model.state_dict(), cfg, layout);
   std::printf("%s -> %s (%s layout)\n  %s\n", a.in.c_str(), a.out.c_str(), a.to.c_str(), cfg.describe().c_str());
@@ -73,8 +101,9 @@ void add_convert(CLI::App& app, MpiRuntime& mpi) {
   cmd->add_option("--group", a->group, "From a checkpoint: the ema or the model (master) weights")
       ->check(CLI::IsMember({"ema", "model"}))
       ->default_str("ema");
-  cmd->add_option("output", a->out, "Output .safetensors")->required();
-  cmd->add_option("--to", a->to, "Output layout")->check(CLI::IsMember({"opendit", "diffusers"}))
+  cmd->add_option("output", a->out, "Output .safetensors, or a folder with --to checkpoint")->required();
+  cmd->add_option("--to", a->to, "opendit or diffusers weights, or a step-0 training checkpoint to fine-tune from")
+      ->check(CLI::IsMember({"opendit", "diffusers", "checkpoint"}))
       ->default_str("opendit");
   a->deck.add_to(*cmd);
   cmd->callback([a, &mpi] { run_convert(*a, mpi); });

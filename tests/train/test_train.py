@@ -126,6 +126,17 @@ def main():
         same = p.returncode == 0 and all(torch.equal(load_file(exported)[k], base["ema"][k]) for k in base["ema"])
         check("opendit convert: checkpoint EMA -> safetensors equals the run's ema.safetensors", same,
               p.stdout + p.stderr)
+        start = os.path.join(tmp, "start")
+        p = subprocess.run([BIN, "convert", os.path.join(tmp, "out", "base", "ema.safetensors"), start, "--to",
+                            "checkpoint", "--config", os.path.join(tmp, "deck.toml")], capture_output=True, text=True)
+        rc, out = train(tmp, "finetune", 2, "train.steps=2", resume=os.path.join(start, "ckpt-00000000.h5"))
+        back = os.path.join(tmp, "start_back.safetensors")
+        q = subprocess.run([BIN, "convert", os.path.join(start, "ckpt-00000000.h5"), back, "--group", "model"],
+                           capture_output=True, text=True)
+        same = q.returncode == 0 and all(torch.equal(load_file(back)[k], base["ema"][k]) for k in base["ema"])
+        check("safetensors -> step-0 checkpoint holds the weights, and 2 ranks fine-tune from it",
+              p.returncode == 0 and same and rc == 0 and "resumed from" in out,
+              p.stdout + p.stderr + q.stdout + q.stderr + out[-1500:])
         rc, out = train(tmp, "fresh", 1, "train.steps=1", resume="auto")
         check("--resume auto without a checkpoint starts fresh", rc == 0 and "starting at step 0" in out, out[-1500:])
         ckpt = os.path.join(tmp, "out", "base", "checkpoints", "ckpt-00000006.h5")
