@@ -5,9 +5,11 @@
 
 #include "config/deck.hpp"
 #include "core/error.hpp"
+#include "support.hpp"
 
 using namespace opendit;
 using namespace opendit::config;
+using opendit::test::error_of;
 
 namespace {
 
@@ -28,16 +30,6 @@ const Schema& test_schema() {
   return s;
 }
 
-// The message of the opendit::Error that `f` throws ("" if none).
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

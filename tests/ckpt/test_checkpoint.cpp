@@ -14,6 +14,7 @@
 
 using namespace opendit;
 using namespace opendit::io;
+using opendit::test::SharedDir;
 using opendit::test::TempDir;
 using train::FlatLayout;
 using train::FlatRange;
@@ -31,19 +32,6 @@ int size_of(MPI_Comm c = MPI_COMM_WORLD) {
   return s;
 }
 
-struct SharedDir {
-  std::unique_ptr<TempDir> owner;
-  std::string path;
-  SharedDir() {
-    char buf[4096] = {};
-    if (rank_of() == 0)
-      owner = std::make_unique<TempDir>(), std::snprintf(buf, sizeof buf, "%s", owner->path().c_str());
-    MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, MPI_COMM_WORLD);
-    path = buf;
-  }
-  ~SharedDir() { MPI_Barrier(MPI_COMM_WORLD); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
 
 // Odd shapes, a 4-D one; the second layout has another order and alignment (placement differs, names agree).
 const std::vector<FlatLayout::Spec> kSpecs = {{"x_embedder.weight", {7, 5}},

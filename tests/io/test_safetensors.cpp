@@ -12,27 +12,23 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "../support.hpp"
 #include "io/safetensors.hpp"
 
 using opendit::Error;
 using opendit::io::load_safetensors;
 using opendit::io::save_safetensors;
 using TensorMap = std::map<std::string, at::Tensor>;
+using opendit::test::bit_equal;
+using opendit::test::error_of;
+using opendit::test::read_bytes;
+using opendit::test::write_bytes;
 
 namespace {
 
 const std::map<std::string, at::ScalarType> kDtypes = {
     {"F64", at::kDouble}, {"F32", at::kFloat}, {"F16", at::kHalf}, {"BF16", at::kBFloat16}, {"I64", at::kLong},
     {"I32", at::kInt},    {"I16", at::kShort}, {"I8", at::kChar},  {"U8", at::kByte},        {"BOOL", at::kBool}};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 std::string le64(std::uint64_t n) {
   std::string s(8, '\0');
@@ -51,28 +47,6 @@ std::string tensor_bytes(const at::Tensor& t) {
   return {static_cast<const char*>(c.data_ptr()), c.nbytes()};
 }
 
-::testing::AssertionResult bit_equal(const at::Tensor& got, const at::Tensor& want) {
-  if (got.scalar_type() != want.scalar_type() || got.sizes() != want.sizes())
-    return ::testing::AssertionFailure() << "got " << got.scalar_type() << " " << got.sizes() << ", want "
-                                         << want.scalar_type() << " " << want.sizes();
-  if (tensor_bytes(got) != tensor_bytes(want)) return ::testing::AssertionFailure() << "bytes differ";
-  return ::testing::AssertionSuccess();
-}
-
-// The message of the opendit::Error that f throws; the test fails if f throws nothing or something else.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "not an opendit::Error: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no error thrown";
-  return "";
-}
 
 // The error is one line and names every word given.
 void expect_message(const std::string& message, const std::vector<std::string>& words) {

@@ -1,5 +1,5 @@
-// Helpers shared by the HDF5 / latent dataset / data loader tests: a temporary folder, raw file bytes, and a
-// synthetic latent dataset whose every row is a known function of its index.
+// Helpers of the HDF5 / latent dataset / data loader tests: a synthetic latent dataset whose every row is a known
+// function of its index (the general helpers are in tests/support.hpp).
 #pragma once
 #include <ftw.h>
 #include <unistd.h>
@@ -9,42 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "../support.hpp"
 #include "io/latent_dataset.hpp"
 
 namespace opendit::test {
-
-// A folder under $TMPDIR (or /tmp) that removes itself and everything in it.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string templ = std::string(base && *base ? base : "/tmp") + "/opendit_io_XXXXXX";
-    if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = templ;
-  }
-  explicit TempDir(std::string existing) : path_(std::move(existing)) {}
-  ~TempDir() {
-    nftw(
-        path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
-        FTW_DEPTH | FTW_PHYS);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-inline std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-inline void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 // Row i of the synthetic data, before rounding to the stored dtype: distinct for every (i, element).
 inline at::Tensor synthetic_row(std::int64_t i, const std::vector<std::int64_t>& shape) {

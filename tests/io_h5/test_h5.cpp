@@ -11,6 +11,8 @@
 
 using namespace opendit::io;
 using opendit::Error;
+using opendit::test::bit_equal;
+using opendit::test::error_of;
 using opendit::test::TempDir;
 
 namespace {
@@ -22,27 +24,6 @@ at::Tensor sample(at::ScalarType dtype, std::vector<std::int64_t> shape) {
   return (dtype == at::kLong || dtype == at::kByte) ? t.abs().to(dtype) : t.to(dtype);
 }
 
-// Same dtype, shape and bytes (NaN-safe and -0.0-safe).
-::testing::AssertionResult bit_equal(const at::Tensor& got, const at::Tensor& want) {
-  if (got.scalar_type() != want.scalar_type() || got.sizes() != want.sizes())
-    return ::testing::AssertionFailure() << "got " << got.scalar_type() << got.sizes() << ", want "
-                                         << want.scalar_type() << want.sizes();
-  if (std::memcmp(got.contiguous().data_ptr(), want.contiguous().data_ptr(), got.nbytes()) != 0)
-    return ::testing::AssertionFailure() << "bytes differ";
-  return ::testing::AssertionSuccess();
-}
-
-// Runs f, expects an opendit::Error and returns its message.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no opendit::Error thrown";
-  return "";
-}
 
 }  // namespace
 

@@ -20,31 +20,6 @@ namespace {
 const std::vector<std::int64_t> kShape = {4, 8, 8};
 constexpr std::int64_t kN = 500;
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
-
-// A folder rank 0 makes (and removes, after every rank is done); every rank knows its path.
-struct SharedDir {
-  std::unique_ptr<TempDir> owner;
-  std::string path;
-  SharedDir() {
-    char buf[4096] = {};
-    if (world_rank() == 0)
-      owner = std::make_unique<TempDir>(), std::snprintf(buf, sizeof buf, "%s", owner->path().c_str());
-    MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, MPI_COMM_WORLD);
-    path = buf;
-  }
-  ~SharedDir() { MPI_Barrier(MPI_COMM_WORLD); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
 
 // The dataset every test reads: written by rank 0, then opened by all.
 std::shared_ptr<const LatentDataset> shared_dataset(const SharedDir& dir) {

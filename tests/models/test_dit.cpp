@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "../support.hpp"
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
 #include "models/dit.hpp"
@@ -11,6 +12,7 @@
 
 using namespace opendit;
 using namespace opendit::models;
+using opendit::test::error_of;
 
 namespace {
 
@@ -52,15 +54,6 @@ void expect_matches_diffusers(const std::string& name, const DiTConfig& cfg) {
               io.at("out").abs().max().item<double>());
 }
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
