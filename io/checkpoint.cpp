@@ -12,7 +12,6 @@
 // Rank 0 finally fsyncs, renames NAME.tmp to NAME, writes and fsyncs NAME.done and the folder, and prunes.
 #include "io/checkpoint.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -30,6 +29,7 @@
 
 #include "core/build_info.hpp"
 #include "core/error.hpp"
+#include "io/files.hpp"
 #include "io/h5.hpp"
 
 namespace opendit::io {
@@ -263,42 +263,6 @@ H5Group open_path(const H5Group& root, const std::string& path) {
 
 // ---- files and folders -------------------------------------------------------------------------------------
 
-std::string errno_text() { return std::strerror(errno); }
-
-void fsync_path(const std::string& path, bool dir) {
-  const int fd = ::open(path.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw Error(cat("checkpoint '", path, "': cannot open for fsync (", errno_text(), ")"));
-  const int rc = ::fsync(fd);
-  const std::string why = errno_text();
-  ::close(fd);
-  if (rc != 0 && !dir) throw Error(cat("checkpoint '", path, "': fsync failed (", why, ")"));
-}
-
-void make_dirs(const std::string& dir) {
-  std::string cur;
-  std::size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = dir.find('/', pos + 1);
-    cur = dir.substr(0, pos);
-    if (cur.empty()) continue;
-    struct stat st;
-    if (::stat(cur.c_str(), &st) == 0) {
-      if (!S_ISDIR(st.st_mode))
-        throw Error(cat("checkpoint folder '", dir, "': cannot create it, '", cur, "' is not a folder"));
-      continue;
-    }
-    if (::mkdir(cur.c_str(), 0777) != 0 && errno != EEXIST)
-      throw Error(cat("checkpoint folder '", dir, "': cannot create '", cur, "' (", errno_text(), ")"));
-  }
-  if (::access(dir.c_str(), W_OK | X_OK) != 0)
-    throw Error(cat("checkpoint folder '", dir, "': not writable (", errno_text(), ")"));
-}
-
-bool exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 // ckpt-<digits>.h5, ckpt-<digits>.h5.tmp, ckpt-<digits>.h5.done: the step and the suffix ("", ".tmp", ".done").
 std::optional<std::pair<std::int64_t, std::string>> parse_name(const std::string& name) {
   if (name.rfind("ckpt-", 0) != 0) return std::nullopt;
@@ -310,20 +274,11 @@ std::optional<std::pair<std::int64_t, std::string>> parse_name(const std::string
   return std::make_pair(std::stoll(name.substr(5, i - 5)), suffix);
 }
 
-std::vector<std::pair<std::string, std::string>> list_dir(const std::string& dir) {  // (name, full path)
-  std::vector<std::pair<std::string, std::string>> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return out;
-  while (dirent* e = ::readdir(d)) out.push_back({e->d_name, dir + "/" + e->d_name});
-  ::closedir(d);
-  return out;
-}
-
 void prune(const std::string& dir, std::int64_t current_step, int keep_last) {
   std::vector<std::int64_t> complete;
   for (const auto& [name, path] : list_dir(dir)) {
     auto p = parse_name(name);
-    if (p && p->second.empty() && exists(path + ".done")) complete.push_back(p->first);
+    if (p && p->second.empty() && path_exists(path + ".done")) complete.push_back(p->first);
   }
   std::sort(complete.rbegin(), complete.rend());
   std::vector<std::int64_t> keep(complete.begin(), keep_last > 0 && std::size_t(keep_last) < complete.size()
@@ -340,14 +295,6 @@ void prune(const std::string& dir, std::int64_t current_step, int keep_last) {
   }
 }
 
-std::string now_iso8601() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 // ---- meta --------------------------------------------------------------------------------------------
 
@@ -457,7 +404,7 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
         if (t.dim() == 0 || name.find('/') != std::string::npos)
           throw Error(cat("save_checkpoint: frozen tensor '", name, "' must have a name without '/' and rank >= 1"));
       }
-      make_dirs(dir);
+      make_dirs(dir, "checkpoint folder");
     }
   });
 
@@ -634,7 +581,7 @@ std::optional<std::string> latest_checkpoint(const std::string& dir) {
   std::optional<std::pair<std::int64_t, std::string>> best;
   for (const auto& [name, path] : list_dir(dir)) {
     auto p = parse_name(name);
-    if (!p || !p->second.empty() || !exists(path + ".done")) continue;
+    if (!p || !p->second.empty() || !path_exists(path + ".done")) continue;
     if (!best || p->first > best->first) best = std::make_pair(p->first, path);
   }
   if (!best) return std::nullopt;

@@ -13,6 +13,7 @@
 
 #include "core/build_info.hpp"
 #include "core/error.hpp"
+#include "io/files.hpp"
 
 namespace opendit::io {
 namespace {
@@ -21,15 +22,6 @@ std::string shape_str(at::IntArrayRef shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
-}
-
-std::string iso_time_now() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 bool is_float_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
@@ -143,7 +135,7 @@ void LatentDatasetWriter::finalize() {
   {
     H5Group root = file_->root();
     root.write_attr("count", count_);
-    root.write_attr("created_at", iso_time_now());
+    root.write_attr("created_at", now_iso8601());
   }
   latents_.reset(), labels_.reset(), text_emb_.reset(), text_mask_.reset();
   file_->close();

@@ -1,7 +1,6 @@
 #include "train/trainer.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdio>
@@ -15,6 +14,7 @@
 #include "diffusion/gaussian_diffusion.hpp"
 #include "io/checkpoint.hpp"
 #include "io/data_loader.hpp"
+#include "io/files.hpp"
 #include "models/dit.hpp"
 #include "models/dit_weights.hpp"
 #include "parallel/communicator.hpp"
@@ -55,17 +55,6 @@ double all_reduce_sum(double x, MPI_Comm comm) {
   double s = 0;
   MPI_Allreduce(&x, &s, 1, MPI_DOUBLE, MPI_SUM, comm);
   return s;
-}
-
-void make_dirs(const std::string& path) {
-  std::string part;
-  for (size_t i = 0; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      if (!part.empty() && ::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST)
-        throw Error(cat(part, ": cannot create the run folder: ", std::strerror(errno)));
-    }
-    if (i < path.size()) part += path[i];
-  }
 }
 
 std::string fmt(const char* f, double x) {
@@ -152,7 +141,7 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
   auto comm = make_communicator(mesh.dp_comm(), device);
   DataParallelOptimizer opt(params, *comm, s.dp);
 
-  make_dirs(s.run_dir());
+  io::make_dirs(s.run_dir(), "run folder");
   const std::string ckpt_dir = s.run_dir() + "/checkpoints";
   auto state_of = [&] {  // this rank's sharded state, as CPU float32 tensors over the optimizer's range
     io::ShardedState st;

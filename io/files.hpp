@@ -1,0 +1,24 @@
+// Small POSIX helpers for the writers in io/ and the run folder of `train`: folders, durability, listing, time.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace opendit::io {
+
+std::string errno_text();  // strerror(errno)
+
+// mkdir -p, then checks the folder is writable; errors are opendit::Error "<what> '<dir>': ...".
+void make_dirs(const std::string& dir, const std::string& what);
+
+// fsync of a file (failure is an error) or of a folder (best effort: some filesystems refuse it).
+void fsync_path(const std::string& path, bool dir);
+
+bool path_exists(const std::string& path);
+
+// The entries of a folder as (name, full path); empty when it cannot be read.
+std::vector<std::pair<std::string, std::string>> list_dir(const std::string& dir);
+
+std::string now_iso8601();  // UTC, e.g. 2026-11-25T02:53:40Z
+
+}  // namespace opendit::io
