@@ -1,8 +1,8 @@
 // AdamW (decoupled weight decay, as torch.optim.AdamW) followed by DiT's EMA update, over flat float32 shards.
 //
-// adamw_ema_step is the function boundary a fused CUDA kernel replaces: one pass that reads param, grad, exp_avg,
-// exp_avg_sq and ema and writes param, exp_avg, exp_avg_sq, ema (and optionally a bf16 working copy). This file
-// holds the reference, on ATen ops in torch's order of operations (torch/optim/adam.py, _single_tensor_adam):
+// adamw_ema_step checks the shard and runs kernels::adamw_ema (cuda/ops.hpp): one fused pass on the GPU that reads
+// param, grad, exp_avg, exp_avg_sq and ema and writes param, exp_avg, exp_avg_sq, ema and the bf16 working copy;
+// its ATen definition elsewhere. Both follow torch's order of operations (torch/optim/adam.py, _single_tensor_adam):
 //   g = grad * clip_scale
 //   param *= 1 - lr * weight_decay                 (where the decay mask is true)
 //   exp_avg.lerp_(g, 1 - beta1)

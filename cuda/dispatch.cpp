@@ -1,0 +1,128 @@
+// cuda/ops.hpp: shape checks shared by both paths, then the fused kernel or the reference.
+#include <ATen/core/grad_mode.h>
+
+#include "cuda/ops.hpp"
+#if defined(OPENDIT_WITH_CUDA) && defined(OPENDIT_FUSED_KERNELS)
+#include "cuda/launch.hpp"
+#define OPENDIT_ROUTE(call)                 \
+  if (fused_available(first)) return cuda_impl::call; \
+  return reference::call
+#else
+#define OPENDIT_ROUTE(call) \
+  (void)first;              \
+  return reference::call
+#endif
+
+namespace opendit::kernels {
+namespace {
+
+void check_tokens(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.dim() == 3 && t.is_contiguous(), what, " must be a contiguous [N, T, D] tensor, got ", t.sizes(),
+              t.is_contiguous() ? "" : " (not contiguous)");
+}
+
+// [N, D] per-sample vector with unit stride along D, matching tokens [N, T, D].
+void check_per_sample(const at::Tensor& v, const at::Tensor& tokens, const char* what) {
+  TORCH_CHECK(v.dim() == 2 && v.size(0) == tokens.size(0) && v.size(1) == tokens.size(2) && v.stride(1) == 1 &&
+                  v.stride(0) >= v.size(1),
+              what, " must be [N, D] = [", tokens.size(0), ", ", tokens.size(2), "] with unit stride along D, got ",
+              v.sizes(), " strides ", v.strides());
+  TORCH_CHECK(v.device() == tokens.device(), what, " is on ", v.device(), ", the tokens on ", tokens.device());
+}
+
+void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
+  TORCH_CHECK(a.sizes() == b.sizes() && a.device() == b.device() && a.is_contiguous(), what, " must be contiguous ",
+              b.sizes(), " on ", b.device(), ", got ", a.sizes(), " on ", a.device());
+}
+
+}  // namespace
+
+bool fused_available(const at::Tensor& like) {
+#if defined(OPENDIT_WITH_CUDA) && defined(OPENDIT_FUSED_KERNELS)
+  return like.is_cuda() && (like.scalar_type() == at::kFloat || like.scalar_type() == at::kBFloat16);
+#else
+  (void)like;
+  return false;
+#endif
+}
+
+NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
+  check_tokens(x, "norm_modulate: x");
+  check_per_sample(shift, x, "norm_modulate: shift");
+  check_per_sample(scale, x, "norm_modulate: scale");
+  TORCH_CHECK(shift.scalar_type() == scale.scalar_type(), "norm_modulate: shift and scale differ in dtype");
+  const at::Tensor& first = x;
+  OPENDIT_ROUTE(norm_modulate(x, shift, scale, eps));
+}
+
+NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& rstd, const at::Tensor& scale) {
+  check_tokens(x, "norm_modulate_backward: x");
+  check_same(dy, x, "norm_modulate_backward: dy");
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "norm_modulate_backward: dy and x differ in dtype");
+  TORCH_CHECK(mean.sizes() == x.sizes().slice(0, 2) && rstd.sizes() == mean.sizes() && mean.is_contiguous() &&
+                  rstd.is_contiguous(),
+              "norm_modulate_backward: mean and rstd must be contiguous [N, T]");
+  check_per_sample(scale, x, "norm_modulate_backward: scale");
+  const at::Tensor& first = x;
+  OPENDIT_ROUTE(norm_modulate_backward(dy, x, mean, rstd, scale));
+}
+
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+  check_tokens(x, "gated_residual: x");
+  check_same(y, x, "gated_residual: y");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type(), "gated_residual: x and y differ in dtype");
+  check_per_sample(gate, x, "gated_residual: gate");
+  const at::Tensor& first = x;
+  OPENDIT_ROUTE(gated_residual(x, y, gate));
+}
+
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate) {
+  check_tokens(y, "gated_residual_backward: y");
+  check_same(dout, y, "gated_residual_backward: dout");
+  TORCH_CHECK(dout.scalar_type() == y.scalar_type(), "gated_residual_backward: dout and y differ in dtype");
+  check_per_sample(gate, y, "gated_residual_backward: gate");
+  const at::Tensor& first = y;
+  OPENDIT_ROUTE(gated_residual_backward(dout, y, gate));
+}
+
+at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
+  TORCH_CHECK(a.dim() >= 1 && a.is_contiguous(), "bias_gelu: a must be contiguous, got ", a.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
+              "bias_gelu: bias must be a contiguous [", a.size(-1), "] on ", a.device(), ", got ", bias.sizes());
+  const at::Tensor& first = a;
+  OPENDIT_ROUTE(bias_gelu(a, bias));
+}
+
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias) {
+  TORCH_CHECK(a.dim() >= 1 && a.is_contiguous(), "bias_gelu_backward: a must be contiguous, got ", a.sizes());
+  check_same(dg, a, "bias_gelu_backward: dg");
+  TORCH_CHECK(dg.scalar_type() == a.scalar_type(), "bias_gelu_backward: dg and a differ in dtype");
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
+              "bias_gelu_backward: bias must be a contiguous [", a.size(-1), "] on ", a.device());
+  const at::Tensor& first = a;
+  OPENDIT_ROUTE(bias_gelu_backward(dg, a, bias));
+}
+
+void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
+  const at::Tensor& p = t.param;
+  TORCH_CHECK(p.defined() && t.grad.defined() && t.exp_avg.defined() && t.exp_avg_sq.defined(),
+              "adamw_ema: param, grad, exp_avg and exp_avg_sq are required");
+  for (const at::Tensor* x : {&t.param, &t.grad, &t.exp_avg, &t.exp_avg_sq, &t.ema, &t.decay_mask, &t.working}) {
+    if (!x->defined()) continue;
+    TORCH_CHECK(x->dim() == 1 && x->numel() == p.numel() && x->device() == p.device() && x->is_contiguous(),
+                "adamw_ema: every tensor must be a contiguous [", p.numel(), "] on ", p.device(), ", got ",
+                x->sizes(), " on ", x->device());
+  }
+  for (const at::Tensor* x : {&t.grad, &t.exp_avg, &t.exp_avg_sq, &t.ema})
+    TORCH_CHECK(!x->defined() || x->scalar_type() == p.scalar_type(), "adamw_ema: optimizer state must be ",
+                p.scalar_type(), " like param, got ", x->scalar_type());
+  TORCH_CHECK(!t.decay_mask.defined() || t.decay_mask.scalar_type() == at::kBool, "adamw_ema: decay_mask must be bool");
+  at::NoGradGuard no_grad;
+#if defined(OPENDIT_WITH_CUDA) && defined(OPENDIT_FUSED_KERNELS)
+  if (p.is_cuda() && p.scalar_type() == at::kFloat) return cuda_impl::adamw_ema(t, s);
+#endif
+  reference::adamw_ema(t, s);
+}
+
+}  // namespace opendit::kernels

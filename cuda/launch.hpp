@@ -1,0 +1,15 @@
+// The CUDA launchers behind cuda/ops.hpp (defined in cuda/*.cu, built only with nvcc). Callers go through ops.hpp,
+// which checks shapes and picks these for float32/bfloat16 CUDA tensors.
+#pragma once
+#include "cuda/ops.hpp"
+
+namespace opendit::kernels::cuda_impl {
+NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
+NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& rstd, const at::Tensor& scale);
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
+at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias);
+void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
+}  // namespace opendit::kernels::cuda_impl

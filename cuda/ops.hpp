@@ -1,0 +1,86 @@
+// The fused operations of DiT training and sampling. Each has a definition on ATen ops (cuda/reference.cpp, used on
+// the CPU, and the ground truth of the GPU tests) and, when opendit is built with CUDA, a fused kernel (cuda/*.cu)
+// that runs on torch's current stream for CUDA tensors of dtype float32 or bfloat16. Every other case (CPU tensors,
+// float64, a build without nvcc) runs the reference. Shapes: N batch, T tokens, D channels.
+//
+// Statistics and reductions are accumulated in float32 (float64 for float64 inputs); outputs have the input's dtype
+// unless stated. Any N, T, D >= 1 are allowed, including sizes that are not multiples of 8.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace opendit::kernels {
+
+// ---- a. LayerNorm (no affine) fused with adaLN modulation --------------------------------------------------------
+// y = (x - mean) * rstd * (1 + scale) + shift, mean/rstd over D, rstd = 1 / sqrt(var + eps) (biased variance).
+// x [N, T, D] contiguous; shift, scale [N, D] with unit stride along D (rows may be strided: chunks of the adaLN
+// output). mean, rstd [N, T] in float32 (float64 for float64 x) are what the backward needs besides x and scale.
+struct NormModulate {
+  at::Tensor y, mean, rstd;
+};
+NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
+
+// dx [N, T, D] (x's dtype); dshift = sum_t dy, dscale = sum_t dy * xhat, both [N, D] in shift's dtype.
+struct NormModulateGrads {
+  at::Tensor dx, dshift, dscale;
+};
+NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& rstd, const at::Tensor& scale);
+
+// ---- b. gated residual -------------------------------------------------------------------------------------------
+// out = x + gate * y; x, y [N, T, D] contiguous; gate [N, D] with unit stride along D.
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+
+// dy = dout * gate [N, T, D]; dgate = sum_t dout * y [N, D] in gate's dtype. (dx is dout itself.)
+struct GatedResidualGrads {
+  at::Tensor dy, dgate;
+};
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
+
+// ---- c. bias + GELU (tanh approximation) -------------------------------------------------------------------------
+// g = gelu_tanh(a + bias): a [..., K] contiguous, bias [K].
+// gelu_tanh(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
+
+// da = dg * gelu_tanh'(a + bias) (a's dtype, a's shape); dbias = sum over all rows of da [K] in bias's dtype.
+struct BiasGeluGrads {
+  at::Tensor da, dbias;
+};
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias);
+
+// ---- d. AdamW + EMA in one pass ----------------------------------------------------------------------------------
+// Over flat 1-D tensors of one length n on one device, in torch.optim.AdamW's order of operations:
+//   g = grad * clip_scale
+//   param *= 1 - lr * weight_decay                      (where decay_mask is true; everywhere if it is undefined)
+//   exp_avg += (g - exp_avg) * (1 - beta1)              (lerp)
+//   exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * g * g
+//   param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)
+//   ema = ema * ema_decay + (1 - ema_decay) * param     (if ema is defined)
+//   working = param in working's dtype                  (if working is defined)
+// param, grad, exp_avg, exp_avg_sq, ema: float32 (float64 on the reference path); decay_mask bool; working any float.
+struct AdamWScalars {
+  double lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  double step_size = 1e-4;             // lr / (1 - beta1^step)
+  double bias_correction2_sqrt = 1.0;  // sqrt(1 - beta2^step)
+  double clip_scale = 1.0, ema_decay = 0.9999;
+};
+struct AdamWTensors {
+  at::Tensor param, grad, exp_avg, exp_avg_sq, ema, decay_mask, working;
+};
+void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
+
+// ---- references (ATen ops; any device and float dtype) -----------------------------------------------------------
+namespace reference {
+NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
+NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& rstd, const at::Tensor& scale);
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
+at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias);
+void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
+}  // namespace reference
+
+// True when the call would run a fused CUDA kernel (for benchmarks and tests that must know).
+bool fused_available(const at::Tensor& like);
+
+}  // namespace opendit::kernels

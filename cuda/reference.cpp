@@ -1,0 +1,98 @@
+// The definitions of the fused operations on ATen ops (see cuda/ops.hpp). Low-precision inputs are computed in
+// float32 and rounded once at the end, as the kernels do.
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+
+#include "cuda/ops.hpp"
+
+namespace opendit::kernels::reference {
+namespace {
+
+at::ScalarType opmath(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// [N, D] -> [N, 1, D] in the compute dtype.
+at::Tensor per_sample(const at::Tensor& v, at::ScalarType dt) { return v.to(dt).unsqueeze(1); }
+
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+constexpr double kGeluCoeff = 0.044715;
+
+}  // namespace
+
+NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
+  const auto dt = opmath(x);
+  at::Tensor xf = x.to(dt);
+  at::Tensor mean = xf.mean(-1);                                                   // [N, T]
+  at::Tensor xc = xf - mean.unsqueeze(-1);
+  at::Tensor rstd = at::rsqrt(xc.pow(2).mean(-1) + eps);                          // [N, T]
+  at::Tensor y = xc * rstd.unsqueeze(-1) * (1 + per_sample(scale, dt)) + per_sample(shift, dt);
+  return {y.to(x.scalar_type()), mean, rstd};
+}
+
+NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& rstd, const at::Tensor& scale) {
+  const auto dt = opmath(x);
+  at::Tensor r = rstd.to(dt).unsqueeze(-1);
+  at::Tensor xhat = (x.to(dt) - mean.to(dt).unsqueeze(-1)) * r;                  // [N, T, D]
+  at::Tensor dyf = dy.to(dt);
+  at::Tensor dxhat = dyf * (1 + per_sample(scale, dt));
+  at::Tensor dx = r * (dxhat - dxhat.mean(-1, true) - xhat * (dxhat * xhat).mean(-1, true));
+  return {dx.to(x.scalar_type()), dyf.sum(1).to(scale.scalar_type()), (dyf * xhat).sum(1).to(scale.scalar_type())};
+}
+
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+  const auto dt = opmath(x);
+  return (x.to(dt) + per_sample(gate, dt) * y.to(dt)).to(x.scalar_type());
+}
+
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate) {
+  const auto dt = opmath(dout);
+  at::Tensor d = dout.to(dt);
+  return {(d * per_sample(gate, dt)).to(y.scalar_type()), (d * y.to(dt)).sum(1).to(gate.scalar_type())};
+}
+
+at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
+  const auto dt = opmath(a);
+  at::Tensor u = a.to(dt) + bias.to(dt);
+  at::Tensor g = 0.5 * u * (1 + at::tanh(kSqrt2OverPi * (u + kGeluCoeff * u.pow(3))));
+  return g.to(a.scalar_type());
+}
+
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias) {
+  const auto dt = opmath(a);
+  at::Tensor u = a.to(dt) + bias.to(dt);
+  at::Tensor th = at::tanh(kSqrt2OverPi * (u + kGeluCoeff * u.pow(3)));
+  at::Tensor dgelu = 0.5 * (1 + th) + 0.5 * u * (1 - th * th) * kSqrt2OverPi * (1 + 3 * kGeluCoeff * u * u);
+  at::Tensor da = dg.to(dt) * dgelu;
+  return {da.to(a.scalar_type()), da.reshape({-1, a.size(-1)}).sum(0).to(bias.scalar_type())};
+}
+
+void adamw_ema(const AdamWTensors& all, const AdamWScalars& s) {
+  at::NoGradGuard no_grad;
+  // Slices of a few MiB keep the temporaries (scaled gradient, denominator) small and in cache.
+  const int64_t n = all.param.numel(), chunk = int64_t(1) << 20;
+  for (int64_t b = 0; b < n; b += chunk) {
+    const int64_t len = std::min(chunk, n - b);
+    auto cut = [&](const at::Tensor& t) { return t.defined() ? t.narrow(0, b, len) : t; };
+    at::Tensor p = cut(all.param), grad = cut(all.grad), m = cut(all.exp_avg), v = cut(all.exp_avg_sq),
+               ema = cut(all.ema), mask = cut(all.decay_mask), working = cut(all.working);
+    const at::Tensor g = s.clip_scale == 1.0 ? grad : grad * s.clip_scale;
+    if (s.weight_decay != 0) {
+      const double keep = 1 - s.lr * s.weight_decay;
+      if (mask.defined())
+        p.mul_(at::where(mask, at::scalar_tensor(keep, p.options()), at::scalar_tensor(1.0, p.options())));
+      else
+        p.mul_(keep);
+    }
+    m.lerp_(g, 1 - s.beta1);
+    v.mul_(s.beta2).addcmul_(g, g, 1 - s.beta2);
+    const at::Tensor denom = (v.sqrt() / s.bias_correction2_sqrt).add_(s.eps);
+    p.addcdiv_(m, denom, -s.step_size);
+    if (ema.defined()) ema.mul_(s.ema_decay).add_(p, 1 - s.ema_decay);
+    if (working.defined()) working.copy_(p);
+  }
+}
+
+}  // namespace opendit::kernels::reference
