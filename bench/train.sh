@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
 # Training benchmark on one GPU: opendit DiT-XL/2 (bf16, zero2) at batch 32 and 64 on a synthetic latent dataset,
-# and the plain-PyTorch peer (bench/peer_pytorch_dit.py) in the same run. Also checks on the GPU that bf16 tracks
-# fp32 and that a GPU run (NCCL path, world of 1) matches the CPU run on a tiny deck.
-# usage: bench/train.sh [STEPS]        (prints BENCH/PEER/RESULT lines)
+# at batch 64 also with K blocks recomputed (train.checkpoint_blocks) and with every block recomputed, and the
+# plain-PyTorch peer (bench/peer_pytorch_dit.py) in the same run.
+# usage: bench/train.sh [STEPS] [PROFILE_DIR]   (prints BENCH/PEER lines; with PROFILE_DIR, a per-op profile of
+#        one batch-64 step of each side is written there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-30}
+PROFILE=${2:-}
 PY=$(cat build/.python 2>/dev/null || echo python3)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 build/tests/train/make_toy_dataset "$tmp/latents.h5" 1024 1000 4 32
-xl() {  # xl BATCH EXTRA-SETS...: one opendit XL/2 run; prints its last log line
+xl() {  # xl BATCH EXTRA-SETS...: one opendit XL/2 run; prints its last log line (the last 10 steps' img/s)
   local b=$1; shift
   build/bin/opendit train --set model.preset=DiT-XL/2 --set data.path="$tmp/latents.h5" --set data.global_batch="$b" \
     --set train.steps="$STEPS" --set train.log_every=10 --set run.out_dir="$tmp/out" --set run.name="xl$b" \
-    --set parallel.strategy=zero2 --set train.precision=bf16 "$@" 2>&1 | grep "^step $STEPS/" | tail -1
+    --set train.checkpoint_every=1000000 --set parallel.strategy=zero2 --set train.precision=bf16 "$@" \
+    > "$tmp/log" 2>&1 || { tail -20 "$tmp/log"; return 1; }
+  grep "^step $STEPS/" "$tmp/log" | tail -1
 }
 for b in 32 64; do
   echo "BENCH train DiT-XL/2 bf16 zero2 batch $b: $(xl $b)"
+done
+for k in 2 4; do
+  echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 checkpoint_blocks $k: $(xl 64 --set train.checkpoint_blocks=$k)"
 done
 echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 activation checkpointing: $(xl 64 --set train.activation_checkpointing=true)"
 for b in 32 64; do
   "$PY" bench/peer_pytorch_dit.py --batch "$b" --steps 20 | grep '^PEER'
 done
+if [ -n "$PROFILE" ]; then
+  mkdir -p "$PROFILE"
+  xl 64 --set train.profile_step=12 --set train.steps=14 > /dev/null || true
+  cp "$tmp/out/xl64/profile.txt" "$tmp/out/xl64/profile.json" "$PROFILE/" 2>/dev/null || echo "no opendit profile"
+  "$PY" bench/peer_pytorch_dit.py --batch 64 --steps 5 --profile > "$PROFILE/peer_profile.txt" 2>&1 || true
+fi

@@ -46,6 +46,10 @@ const Schema& schema() {
         {"model.space", Type::Choice, std::string("latent"), "What the model denoises: `latent` (VAE latents; "
          "samples are written as latents) or `pixel` (images in [-1, 1]; samples are written as a PNG grid).",
          -inf, inf, {"latent", "pixel"}},
+        {"model.attention", Type::Choice, std::string("auto"), "GPU attention kernel of "
+         "scaled_dot_product_attention: `auto` tries cuDNN, then flash, memory-efficient and math, taking the first "
+         "that supports the inputs; a named backend is tried first, the others stay as fallbacks.", -inf, inf,
+         {"auto", "cudnn", "flash", "efficient", "math"}},
         {"diffusion.num_steps", Type::Int, int64_t{1000}, "Diffusion steps T of training.", 1, 100000, {}},
         {"diffusion.schedule", Type::Choice, std::string("linear"), "Noise schedule: `linear` betas (scaled by "
          "1000/T) or `cosine` (IDDPM).", -inf, inf, {"linear", "cosine"}},
@@ -84,6 +88,11 @@ const Schema& schema() {
          1 << 16, {}},
         {"train.activation_checkpointing", Type::Bool, false, "Recompute each block's activations in backward "
          "(less memory, one more forward).", -inf, inf, {}},
+        {"train.checkpoint_blocks", Type::Int, int64_t{0}, "Recompute the activations of only the first K blocks "
+         "in backward (memory traded for time one block at a time; `activation_checkpointing = true` means all).",
+         0, 1e6, {}},
+        {"train.profile_step", Type::Int, int64_t{0}, "Profile this step (counted from 1) with the torch profiler: a "
+         "per-op GPU/CPU time table on stdout and profile.json in the run folder; 0 = off.", 0, 1e12, {}},
         {"train.ema_decay", Type::Float, 0.9999, "EMA decay per optimizer step.", 0, 1, {}},
         {"train.ema_every", Type::Int, int64_t{1}, "Optimizer updates between EMA updates (each applies ema_decay "
          "once).", 1, 1e9, {}},

@@ -7,7 +7,9 @@
 
 #include "core/error.hpp"
 #include "core/strings.hpp"
+#include "cuda/ops.hpp"
 #include "models/checkpoint.hpp"
+#include "models/dit_ops.hpp"
 
 namespace opendit::models {
 
@@ -119,6 +121,24 @@ at::Tensor DiT::block_forward(const Block& b, const at::Tensor& x, const at::Ten
   return out + mod[5] * h;
 }
 
+bool DiT::use_fused(const at::Tensor& x) const {
+  return ops_ == Ops::Fused || (ops_ == Ops::Auto && kernels::fused_available(x));
+}
+
+// The same block on the fused functions: adaLN chunks stay [N, D] views of one [N, 6D] tensor.
+at::Tensor DiT::fused_block_forward(const Block& b, const at::Tensor& x, const at::Tensor& silu_c) const {
+  const int64_t N = x.size(0), T = x.size(1), D = cfg_.hidden_size, H = cfg_.num_heads, hd = cfg_.head_dim();
+  auto mod = at::linear(silu_c, b.ada_w, b.ada_b).chunk(6, 1);                              // 6 x [N, D]
+  at::Tensor qkv = ops::norm_modulate_linear(x, mod[0], mod[1], b.qkv_w, b.qkv_b, 1e-6)      // [N, T, 3D]
+                       .view({N, T, 3, H, hd})
+                       .permute({2, 0, 3, 1, 4});                                           // [3, N, H, T, hd]
+  at::Tensor a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]);                  // [N, H, T, hd]
+  a = at::linear(a.transpose(1, 2).reshape({N, T, D}), b.proj_w, b.proj_b);                 // [N, T, D]
+  at::Tensor out = ops::gated_residual(x, a, mod[2]);
+  at::Tensor m = ops::norm_modulate_mlp(out, mod[3], mod[4], b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b, 1e-6);
+  return ops::gated_residual(out, m, mod[5]);
+}
+
 at::Tensor DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) const {
   const int64_t N = x.size(0), p = cfg_.patch_size, g = cfg_.grid(), D = cfg_.hidden_size, Co = cfg_.out_channels();
   TORCH_CHECK(x.dim() == 4 && x.size(1) == cfg_.in_channels && x.size(2) == cfg_.input_size &&
@@ -128,27 +148,38 @@ at::Tensor DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tens
   TORCH_CHECK(t.dim() == 1 && t.size(0) == N && y.dim() == 1 && y.size(0) == N, "DiT expects t and y of shape [",
               N, "], got ", t.sizes(), " and ", y.sizes());
   at::Tensor h = at::conv2d(x, x_w_, x_b_, {p, p});                                         // [N, D, g, g]
-  h = h.flatten(2).transpose(1, 2) + pos_embed_;                                            // [N, T, D]
+  h = (h.flatten(2).transpose(1, 2) + pos_embed_).contiguous();                            // [N, T, D]
   at::Tensor temb = timestep_embedding(t, 256).to(t_w0_.scalar_type());                     // [N, 256]
   temb = at::linear(at::silu(at::linear(temb, t_w0_, t_b0_)), t_w2_, t_b2_);                // [N, D]
   at::Tensor c = temb + y_table_.index_select(0, y.to(at::kLong));                          // [N, D]
   at::Tensor silu_c = at::silu(c);  // every adaLN_modulation starts with SiLU
-  for (const auto& b : blocks_) {
-    if (checkpointing_ && at::GradMode::is_enabled()) {
+  const bool fused = use_fused(h);
+  auto run_block = [this, fused](const Block& k, const at::Tensor& x, const at::Tensor& c) {
+    return fused ? fused_block_forward(k, x, c) : block_forward(k, x, c);
+  };
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Block& b = blocks_[i];
+    const bool recompute = checkpoint_blocks_ < 0 || int64_t(i) < checkpoint_blocks_;
+    if (recompute && at::GradMode::is_enabled()) {
       // Inputs: activations, then the block's parameters (so that their gradients flow through the recompute).
       h = checkpointed(
-          [this](const std::vector<at::Tensor>& in) {
+          [run_block](const std::vector<at::Tensor>& in) {
             Block k{in[2], in[3], in[4], in[5], in[6], in[7], in[8], in[9], in[10], in[11]};
-            return block_forward(k, in[0], in[1]);
+            return run_block(k, in[0], in[1]);
           },
           {h, silu_c, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b, b.ada_w, b.ada_b});
     } else {
-      h = block_forward(b, h, silu_c);
+      h = run_block(b, h, silu_c);
     }
   }
-  auto mod = at::linear(silu_c, final_ada_w_, final_ada_b_).unsqueeze(1).chunk(2, -1);      // shift, scale
-  h = at::layer_norm(h, {D}, {}, {}, 1e-6) * (1 + mod[1]) + mod[0];
-  h = at::linear(h, final_w_, final_b_);                                                    // [N, T, p p Co]
+  if (fused) {
+    auto mod = at::linear(silu_c, final_ada_w_, final_ada_b_).chunk(2, 1);                  // shift, scale [N, D]
+    h = ops::norm_modulate_linear(h, mod[0], mod[1], final_w_, final_b_, 1e-6);             // [N, T, p p Co]
+  } else {
+    auto mod = at::linear(silu_c, final_ada_w_, final_ada_b_).unsqueeze(1).chunk(2, -1);    // shift, scale
+    h = at::layer_norm(h, {D}, {}, {}, 1e-6) * (1 + mod[1]) + mod[0];
+    h = at::linear(h, final_w_, final_b_);                                                  // [N, T, p p Co]
+  }
   // unpatchify: each token's vector is laid out (p_row, p_col, channel).
   h = h.view({N, g, g, p, p, Co}).permute({0, 5, 1, 3, 2, 4});                              // [N, Co, g, p, g, p]
   return h.reshape({N, Co, g * p, g * p});

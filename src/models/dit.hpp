@@ -34,7 +34,14 @@ class DiT {
 
   void to(const at::TensorOptions& options);  // device and/or dtype of every parameter
   // Training: recompute each block's activations in the backward pass instead of storing them.
-  void set_activation_checkpointing(bool on) { checkpointing_ = on; }
+  void set_activation_checkpointing(bool on) { checkpoint_blocks_ = on ? -1 : 0; }
+  // Recompute only the first `blocks` blocks (-1: all): memory traded for time in steps of one block.
+  void set_checkpoint_blocks(int blocks) { checkpoint_blocks_ = blocks; }
+  // Which block implementation runs: Auto uses the fused autograd functions of models/dit_ops.hpp where fused
+  // kernels exist (CUDA, float32/bfloat16) and plain ATen ops elsewhere; Fused forces the functions (on the CPU they
+  // run the ATen definitions: how the tests check their backward), Plain forces plain ATen ops.
+  enum class Ops { Auto, Fused, Plain };
+  void set_ops(Ops ops) { ops_ = ops; }
   void set_requires_grad(bool on);             // trainable parameters only; pos_embed stays frozen
 
  private:
@@ -42,11 +49,14 @@ class DiT {
     at::Tensor qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, ada_w, ada_b;
   };
   at::Tensor block_forward(const Block& b, const at::Tensor& x, const at::Tensor& silu_c) const;
+  at::Tensor fused_block_forward(const Block& b, const at::Tensor& x, const at::Tensor& silu_c) const;
+  bool use_fused(const at::Tensor& x) const;
   void register_all();
   void init_weights(uint64_t seed);
 
   DiTConfig cfg_;
-  bool checkpointing_ = false;
+  int checkpoint_blocks_ = 0;
+  Ops ops_ = Ops::Auto;
   at::Tensor pos_embed_, x_w_, x_b_, t_w0_, t_b0_, t_w2_, t_b2_, y_table_, final_ada_w_, final_ada_b_, final_w_,
       final_b_;
   std::vector<Block> blocks_;

@@ -1,6 +1,8 @@
 #include "train/flat_params.hpp"
 
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
 #include <stdexcept>
@@ -165,6 +167,7 @@ FlatParams::FlatParams(const Slots& params, int world, int rank, int64_t align, 
     view(data_, i).copy_(p);
   }
   bind(data_);
+  fresh_.assign(slots_.size(), 1);
 }
 
 at::Tensor FlatParams::view(const at::Tensor& flat, size_t entry) const {
@@ -186,15 +189,43 @@ void FlatParams::use_working_copy(at::ScalarType dtype) {
   bind(working_);
 }
 
+namespace {
+struct AbsorbGrad : torch::autograd::PostAccumulateGradHook {
+  AbsorbGrad(FlatParams* owner, size_t entry) : owner(owner), entry(entry) {}
+  void operator()(const torch::autograd::Variable& param) override { owner->absorb_grad(entry, param); }
+  FlatParams* owner;
+  size_t entry;
+};
+}  // namespace
+
+void FlatParams::stream_grads() {
+  for (size_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].second->requires_grad())
+      torch::autograd::impl::set_post_acc_grad_hooks(*slots_[i].second, std::make_unique<AbsorbGrad>(this, i));
+}
+
+void FlatParams::absorb_grad(size_t entry, const at::Tensor& param) {
+  at::NoGradGuard no_grad;
+  at::Tensor& g = param.mutable_grad();
+  if (!g.defined()) return;
+  at::Tensor dst = view(grad_, entry);
+  if (fresh_[entry])
+    dst.copy_(g);
+  else
+    dst.add_(g);
+  fresh_[entry] = 0;
+  g.reset();
+}
+
 void FlatParams::gather_grads() {
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < slots_.size(); ++i) {
     const at::Tensor& g = slots_[i].second->grad();
-    at::Tensor dst = view(grad_, i);
     if (g.defined())
-      dst.copy_(g);
-    else
-      dst.zero_();
+      absorb_grad(i, *slots_[i].second);
+    else if (fresh_[i])
+      view(grad_, i).zero_();
+    fresh_[i] = 1;  // the next step starts over
   }
 }
 

@@ -108,8 +108,13 @@ class FlatParams {
   void use_working_copy(at::ScalarType dtype);
   const at::Tensor& working() const { return working_; }  // undefined without a working copy
 
-  void gather_grads();  // each slot's .grad() into grad() (zeros where a slot has none)
+  // Streams gradients into grad() during backward: a post-accumulate hook per parameter copies (first micro-batch
+  // of a step) or adds (later ones) its .grad() into its float32 view and frees it at once, so no full set of
+  // per-parameter gradients ever exists. Without it, gather_grads() copies them after backward.
+  void stream_grads();
+  void gather_grads();  // completes grad() for the step: slots' .grad() copied, zeros where none arrived
   void clear_grads();   // drops every slot's .grad()
+  void absorb_grad(size_t entry, const at::Tensor& param);  // the hook's work (public for the hook object)
 
  private:
   void bind(const at::Tensor& flat);
@@ -118,6 +123,7 @@ class FlatParams {
   FlatLayout layout_;
   int world_ = 1, rank_ = 0;
   at::Tensor data_, grad_, working_;
+  std::vector<char> fresh_;  // per slot: no gradient absorbed yet in this step
 };
 
 }  // namespace opendit::train

@@ -49,7 +49,9 @@ DataParallelOptimizer::DataParallelOptimizer(FlatParams& params, Communicator& c
   exp_avg_sq_ = at::zeros_like(master);
   if (opts.ema) ema_ = master.clone();
   decay_mask_ = decay_mask_for(params.layout(), range_, opts.adamw.weight_decay, master.device());
-  if (opts.strategy == DpStrategy::Zero2) grad_shard_ = at::zeros_like(master);
+  // A world of one reduces nothing: its gradient shard is the flat gradient itself (no second copy in memory).
+  if (opts.strategy == DpStrategy::Zero2)
+    grad_shard_ = comm.size() == 1 ? params.grad().narrow(0, range_.begin, range_.size()) : at::zeros_like(master);
 }
 
 StepStats DataParallelOptimizer::step() {
@@ -63,6 +65,7 @@ StepStats DataParallelOptimizer::step() {
 }
 
 void DataParallelOptimizer::reduce_grads() {
+  if (comm_.size() == 1) return;  // the average over one rank
   if (opts_.strategy == DpStrategy::Zero2)
     comm_.reduce_scatter(grad_shard_, params_.grad(), ReduceOp::Avg);
   else

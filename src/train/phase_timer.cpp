@@ -4,10 +4,22 @@
 
 namespace opendit::train {
 
+void PhaseTimer::set_enabled(bool on) {
+  if (on && !enabled_) {
+    if (sync_) sync_();
+    mark_ = now();
+    ++timed_steps_;
+  } else if (on) {
+    ++timed_steps_;
+  }
+  enabled_ = on;
+}
+
 void PhaseTimer::switch_to(Phase p) {
-  if (sync_) sync_();
+  if (enabled_ && sync_) sync_();
   auto t = now();
-  total_[static_cast<int>(current_)] += std::chrono::duration<double>(t - mark_).count();
+  if (enabled_ || current_ == Phase::Checkpoint)
+    total_[static_cast<int>(current_)] += std::chrono::duration<double>(t - mark_).count();
   mark_ = t;
   current_ = p;
 }

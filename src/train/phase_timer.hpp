@@ -19,6 +19,10 @@ class PhaseTimer {
   explicit PhaseTimer(std::function<void()> sync = nullptr) : sync_(std::move(sync)) { mark_ = now(); }
   // Charges the time since the last switch to the current phase, then makes `p` current.
   void switch_to(Phase p);
+  // Disabled: switches neither synchronize nor charge time (except checkpoint time, which is host-bound and
+  // always charged). Enabling synchronizes and starts a timed step.
+  void set_enabled(bool on);
+  int64_t timed_steps() const { return timed_steps_; }
   double seconds(Phase p) const { return total_[static_cast<int>(p)]; }
   double total() const;
   // Collective over `comm`: the table, for rank 0 to print.
@@ -29,6 +33,8 @@ class PhaseTimer {
   std::function<void()> sync_;
   std::chrono::steady_clock::time_point mark_;
   Phase current_ = Phase::Other;
+  bool enabled_ = true;
+  int64_t timed_steps_ = 0;
   std::array<double, kPhases> total_{};
 };
 

@@ -29,6 +29,8 @@ TrainSettings train_settings_from(const config::Deck& deck, int dp_size) {
   s.accumulation = deck.get_int("train.accumulation");
   s.bf16 = deck.get_string("train.precision") == "bf16";
   s.activation_checkpointing = deck.get_bool("train.activation_checkpointing");
+  s.checkpoint_blocks = deck.get_int("train.checkpoint_blocks");
+  s.profile_step = deck.get_int("train.profile_step");
   s.lr_schedule = deck.get_string("train.lr_schedule");
   s.warmup_steps = deck.get_int("train.warmup_steps");
   s.min_lr = deck.get_float("train.min_lr");

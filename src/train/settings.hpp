@@ -12,6 +12,7 @@ struct TrainSettings {
   std::string run_name, out_dir, data_path;
   uint64_t seed = 0;
   int64_t global_batch = 256, steps = 1000, accumulation = 1, warmup_steps = 0, log_every = 10;
+  int64_t checkpoint_blocks = 0, profile_step = 0;
   int64_t ema_every = 1, checkpoint_every = 1000, keep_checkpoints = 3, max_nonfinite = 5;
   int prefetch = 4;
   bool bf16 = true, activation_checkpointing = false;

@@ -15,6 +15,7 @@
 #include "io/checkpoint.hpp"
 #include "io/data_loader.hpp"
 #include "io/files.hpp"
+#include "models/attention.hpp"
 #include "models/dit.hpp"
 #include "models/dit_weights.hpp"
 #include "parallel/communicator.hpp"
@@ -125,7 +126,10 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
 
   // Model and optimizer: the same seed gives the same initial weights on every rank.
   models::DiT model(cfg, s.seed);
-  model.set_activation_checkpointing(s.activation_checkpointing);
+  if (s.checkpoint_blocks > cfg.depth)
+    throw Error(cat("train.checkpoint_blocks = ", s.checkpoint_blocks, " exceeds the model's ", cfg.depth, " blocks"));
+  model.set_checkpoint_blocks(s.activation_checkpointing ? -1 : static_cast<int>(s.checkpoint_blocks));
+  if (gpu) models::set_attention_backend(deck.get_string("model.attention"));
   model.to(at::TensorOptions().device(device));
   model.set_requires_grad(true);
   FlatParams::Slots trainable;
@@ -138,6 +142,7 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
     params.use_working_copy(at::kBFloat16);
     *pos_embed = pos_embed->to(at::kBFloat16);
   }
+  params.stream_grads();  // after the working copy: hooks live on the tensors the model computes with
   auto comm = make_communicator(mesh.dp_comm(), device);
   DataParallelOptimizer opt(params, *comm, s.dp);
 
@@ -213,6 +218,7 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
     if (gpu) at::detail::getCUDAHooks().deviceSynchronize(device.index());
   };
   PhaseTimer timer(sync);
+  timer.set_enabled(false);  // phases are timed (device-synchronized) on log steps only
   if (gpu) reset_peak_memory(device.index());
   Progress progress("train", s.steps, root);
   const double peak_tflops = dense_bf16_peak_tflops(gpu_name);
@@ -224,17 +230,22 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
   progress.update(start_step);
   for (int64_t step = start_step; step < s.steps; ++step) {
     opt.set_lr(s.lr_at(step));
+    // Phase timing synchronizes the device at every switch: only on log steps, so that other steps run unhindered.
+    timer.set_enabled((step + 1) % s.log_every == 0);
     StepRandom rnd = draw_step(s.seed, step, s.global_batch, dataset->sample_shape(), diff.num_timesteps(),
                                cfg.class_dropout_prob);
-    double step_loss = 0;
+    // Pinned, so that the copies below do not stall the host behind the GPU's queue.
+    auto upload = [&](const at::Tensor& t) { return gpu ? t.pin_memory().to(device, /*non_blocking=*/true) : t; };
+    if (gpu) rnd.noise = rnd.noise.pin_memory();
+    at::Tensor loss_sum;  // on the device: read once per step
     for (int64_t m = 0; m < s.accumulation; ++m) {
       timer.switch_to(Phase::Data);
       io::LatentBatch batch = loader.next();
       const int64_t first = m * micro_global + int64_t(dp_rank) * local;  // this slice's place in the global batch
       at::Tensor x0 = batch.latents.to(device, /*non_blocking=*/true);
-      at::Tensor y = at::where(rnd.drop.narrow(0, first, local), cfg.num_classes, batch.labels).to(device);
-      at::Tensor t = rnd.t.narrow(0, first, local).to(device);
-      at::Tensor noise = rnd.noise.narrow(0, first, local).to(device);
+      at::Tensor y = upload(at::where(rnd.drop.narrow(0, first, local), cfg.num_classes, batch.labels));
+      at::Tensor t = upload(rnd.t.narrow(0, first, local));
+      at::Tensor noise = upload(rnd.noise.narrow(0, first, local));
       timer.switch_to(Phase::Forward);
       diffusion::Denoiser net = [&](const at::Tensor& xt, const at::Tensor& tt) {
         return model.forward(xt.to(compute), tt.to(at::kFloat), y).to(at::kFloat);  // loss terms in fp32
@@ -242,11 +253,11 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
       at::Tensor loss = diff.training_losses(net, x0, t, noise).loss.mean() / double(s.accumulation);
       timer.switch_to(Phase::Backward);
       loss.backward();
-      step_loss += loss.item<double>();
+      loss_sum = m == 0 ? loss.detach() : loss_sum + loss.detach();
     }
+    const double step_loss = loss_sum.item<double>();
     timer.switch_to(Phase::Comm);
-    params.gather_grads();
-    params.clear_grads();
+    params.gather_grads();  // most gradients were streamed into the flat buffer during backward
     opt.reduce_grads();
     const double norm = opt.global_grad_norm();
     const double loss_avg = all_reduce_sum(step_loss, mesh.dp_comm()) / dp;
@@ -316,7 +327,10 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
     std::printf("wrote %s/ema.safetensors and model.safetensors\n", s.run_dir().c_str());
   }
   std::string table = timer.report(mesh.world_comm());
-  if (root) std::printf("\ntime per phase over %d ranks:\n%s", mesh.world_size(), table.c_str());
+  if (root)
+    std::printf("\ntime per phase over %d ranks (%lld timed steps: every train.log_every-th, device-synchronized; "
+                "checkpoints: all):\n%s",
+                mesh.world_size(), (long long)timer.timed_steps(), table.c_str());
   return 0;
 }
 
