@@ -124,7 +124,8 @@ TEST(OpProfiler, ShortKernelNames) {
                               "float, float, at::native::binary_internal::MulFunctor<float> >, std::array<char*, 3ul> "
                               ">(int, at::native::BinaryFunctor<float, float, float, "
                               "at::native::binary_internal::MulFunctor<float> >, std::array<char*, 3ul>)"),
-            "vectorized_elementwise_kernel<4, BinaryFunctor<float, float, float, MulFunctor<float>>, array<char*, 3ul>>");
+            "vectorized_elementwise_kernel<4, BinaryFunctor<float, float, float, MulFunctor<float>>, "
+            "array<char*, 3ul>>");
   EXPECT_EQ(short_kernel_name("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>(int, "
                               "float, float const*, float*, float*, float*)"),
             "vectorized_layer_norm_kernel<float, float>");

@@ -322,7 +322,7 @@ std::string OpProfiler::table(int top) const {
   size_t shown = std::min(rows_.size(), static_cast<size_t>(std::max(top, 0)));
   for (size_t i = 0; i < shown; ++i) {
     const OpRow& r = rows_[i];
-    os << "  " << pad(cuda_ ? short_kernel_name(r.name, kName) : elide_middle(r.name, kName), kName) << " " << pad(r.category, 11)
+    os << "  " << pad(elide_middle(r.name, kName), kName) << " " << pad(r.category, 11)  // names are short already
        << lpad(fmt("%.3f", r.total_us / 1e3), 10) << lpad(std::to_string(r.count), 8)
        << lpad(fmt("%.1f", share(r.total_us)), 8) << "\n";
   }
