@@ -2,6 +2,7 @@
 // with random weights; on a GPU with each step's network call replayed as a CUDA graph, or eagerly.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
 #include <algorithm>

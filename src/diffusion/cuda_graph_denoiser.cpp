@@ -58,9 +58,9 @@ class Graph : public at::cuda::CUDAGraph {
     }
   }
 };
-#endif
 
-std::atomic<bool> warned{false};
+std::atomic<bool> warned{false};  // the capture-failure warning, once per process
+#endif
 
 }  // namespace
 
