@@ -31,5 +31,6 @@ mpirun -np 2 build/bin/opendit info --set parallel.sp_size=2 | tail -4 | tee -a 
   for dt in fp32 bf16; do bench/forward.sh DiT-XL/2 8 $dt cuda; done
   bench/forward.sh DiT-S/2 8 fp32 cpu
   bench/train.sh 30
+  bench/sample.sh DiT-XL/2 8 250 cuda
 } 2>&1 | grep -E "^(BENCH|PEER|RESULT)" | tee "$OUT/bench.log"
 grep -E "GPU|skipped" "$OUT/ctest.log" | head -20

@@ -80,6 +80,7 @@ void add_bench(CLI::App& app, MpiRuntime& mpi) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->default_str("auto");
   fwd->callback([a, &mpi] { run_forward_bench(*a, mpi); });
+  add_bench_sample(*cmd, mpi);
 }
 
 }  // namespace opendit::cli

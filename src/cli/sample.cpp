@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "core/strings.hpp"
+#include "diffusion/cuda_graph_denoiser.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/guidance.hpp"
 #include "io/image.hpp"
@@ -24,6 +25,7 @@ struct SampleArgs {
   DeckArgs deck;
   std::string checkpoint, out, classes, steps, init_noise;
   int per_class = 1, batch = 0;
+  bool no_graph = false;
   std::optional<double> cfg, eta;
   std::optional<int64_t> seed;
 };
@@ -57,6 +59,7 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   const double eta = a.eta.value_or(deck.get_float("sample.eta"));
   const int64_t seed = a.seed.value_or(deck.get_int("sample.seed"));
   const bool pixel = deck.get_string("model.space") == "pixel";
+  const bool graph_wanted = !a.no_graph && deck.get_bool("sample.cuda_graph");
   // Everything a user can get wrong is checked before any work starts.
   if (scale < 0) throw Error(cat("--cfg ", scale, ": the guidance scale must be >= 0"));
   if (eta < 0 || eta > 1) throw Error(cat("--eta ", eta, ": expected a value in [0, 1]"));
@@ -101,9 +104,10 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   models::DiT model(cfg, 0);
   model.load_state_dict(models::load_dit_weights(a.checkpoint), a.checkpoint);
   model.to(at::TensorOptions().device(device).dtype(at::kFloat));
+  const bool graph = gpu && graph_wanted;
   std::fprintf(stderr, "sampling %lld images (%zu classes x %d) with %s, %s %s, cfg %.2f, on %s\n  %s\n",
                (long long)N, classes.size(), a.per_class, a.checkpoint.c_str(), ddim ? "DDIM" : "DDPM", steps.c_str(),
-               scale, gpu ? "GPU" : "CPU", cfg.describe().c_str());
+               scale, gpu ? (graph ? "GPU (CUDA graph)" : "GPU") : "CPU", cfg.describe().c_str());
 
   at::NoGradGuard no_grad;
   diffusion::ConditionalDenoiser net = [&](const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
@@ -127,6 +131,8 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
       opt.guide_first_channels_only3 = deck.get_string("sample.cfg_channels") == "first3";
       denoise = diffusion::classifier_free_guidance(net, y, opt);
     }
+    // One graph per batch (the labels differ); a failed capture warns and samples eagerly.
+    if (graph) denoise = diffusion::CudaGraphDenoiser(denoise);
     auto report = [&, b](int step, int total) { progress.update(b * total + step); };
     outs.push_back((ddim ? diff.ddim_sample_loop(denoise, x, eta, gen, report)
                          : diff.p_sample_loop(denoise, x, gen, report))
@@ -164,6 +170,8 @@ void add_sample(CLI::App& app, MpiRuntime& mpi) {
   cmd->add_option("--seed", a->seed, "Noise seed (default: sample.seed)");
   cmd->add_option("--init-noise", a->init_noise, "Start from this noise: .safetensors with 'noise' [N, C, H, W]");
   cmd->add_option("--batch", a->batch, "Samples per forward batch (default: all)");
+  cmd->add_flag("--no-graph", a->no_graph, "On a GPU, run each step eagerly instead of replaying a CUDA graph "
+                                          "(default: sample.cuda_graph)");
   cmd->callback([a, &mpi] { run_sample(*a, mpi); });
 }
 

@@ -62,6 +62,8 @@ const Schema& schema() {
          {"all", "first3"}},
         {"sample.seed", Type::Int, int64_t{0}, "Seed of the initial noise and of DDPM's per-step noise.", 0,
          9.0e18, {}},
+        {"sample.cuda_graph", Type::Bool, true, "On a GPU, run each step's network call (forward and guidance) as "
+         "a captured CUDA graph; `false` runs it eagerly (as `opendit sample --no-graph`).", -inf, inf, {}},
         {"run.name", Type::String, std::string("dit"), "Run name: its files go to out_dir/name.", -inf, inf, {}},
         {"run.out_dir", Type::String, std::string("out"), "Folder that holds run folders.", -inf, inf, {}},
         {"run.seed", Type::Int, int64_t{0}, "Seed of the initial weights, data order, timesteps, noise and label "

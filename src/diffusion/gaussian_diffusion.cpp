@@ -79,20 +79,42 @@ GaussianDiffusion::GaussianDiffusion(const std::vector<double>& base_betas,
   }
 }
 
+GaussianDiffusion::DeviceTables& GaussianDiffusion::DeviceTables::operator=(const DeviceTables&) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_.clear();
+  return *this;
+}
+
+at::Tensor GaussianDiffusion::DeviceTables::get(const at::Tensor& host_view, at::Device device) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const Entry& e : entries_)
+    if (e.data == host_view.data_ptr() && e.device == device) return e.values;
+  entries_.push_back({host_view.data_ptr(), device, host_view.to(device)});
+  return entries_.back().values;
+}
+
+at::Tensor GaussianDiffusion::table_on(const std::vector<double>& table, at::Device device) const {
+  const at::Tensor view =
+      at::from_blob(const_cast<double*>(table.data()), {static_cast<int64_t>(table.size())}, at::kDouble);
+  return device.is_cpu() ? view : device_tables_.get(view, device);
+}
+
+at::Tensor GaussianDiffusion::table_on(const std::vector<int64_t>& table, at::Device device) const {
+  const at::Tensor view =
+      at::from_blob(const_cast<int64_t*>(table.data()), {static_cast<int64_t>(table.size())}, at::kLong);
+  return device.is_cpu() ? view : device_tables_.get(view, device);
+}
+
 at::Tensor GaussianDiffusion::extract(const std::vector<double>& table, const at::Tensor& t,
                                       const at::Tensor& like) const {
-  const at::Tensor values =
-      at::from_blob(const_cast<double*>(table.data()), {static_cast<int64_t>(table.size())}, at::kDouble);
-  at::Tensor out = values.to(t.device()).index_select(0, t).to(like.scalar_type());
+  at::Tensor out = table_on(table, t.device()).index_select(0, t).to(like.scalar_type());
   std::vector<int64_t> shape(like.dim(), 1);
   shape[0] = t.size(0);
   return out.view(shape);
 }
 
 at::Tensor GaussianDiffusion::original_timesteps(const at::Tensor& t) const {
-  const at::Tensor map = at::from_blob(const_cast<int64_t*>(timestep_map_.data()),
-                                       {static_cast<int64_t>(timestep_map_.size())}, at::kLong);
-  return map.to(t.device()).index_select(0, t);
+  return table_on(timestep_map_, t.device()).index_select(0, t);
 }
 
 void GaussianDiffusion::check_timesteps(const at::Tensor& t, const at::Tensor& x, const char* what) const {

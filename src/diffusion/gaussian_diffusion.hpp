@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,31 @@ class GaussianDiffusion {
   at::Tensor original_timesteps(const at::Tensor& t) const;
   void check_timesteps(const at::Tensor& t, const at::Tensor& x, const char* what) const;
   at::Tensor call_model(const Denoiser& denoise_fn, const at::Tensor& x, const at::Tensor& t) const;
+  // A table as a 1-D tensor on `device`: a view of the vector on the CPU, a cached copy elsewhere.
+  at::Tensor table_on(const std::vector<double>& table, at::Device device) const;
+  at::Tensor table_on(const std::vector<int64_t>& table, at::Device device) const;
+
+  // Copies of the tables on devices other than the CPU, made on first use: a step on a GPU then gathers its
+  // coefficients there instead of copying a table from pageable host memory (a copy that waits for the GPU, i.e.
+  // a host sync per coefficient per step). Entries are keyed by the tables' addresses, so a copied or moved
+  // GaussianDiffusion starts with an empty cache. Thread-safe.
+  class DeviceTables {
+   public:
+    DeviceTables() = default;
+    DeviceTables(const DeviceTables&) {}
+    DeviceTables& operator=(const DeviceTables&);
+    at::Tensor get(const at::Tensor& host_view, at::Device device);
+
+   private:
+    struct Entry {
+      const void* data;
+      at::Device device;
+      at::Tensor values;
+    };
+    std::mutex mutex_;
+    std::vector<Entry> entries_;
+  };
+  mutable DeviceTables device_tables_;
 
   bool learn_sigma_;
   std::vector<int64_t> timestep_map_;

@@ -1,6 +1,8 @@
 // The samplers of GaussianDiffusion: one ancestral (DDPM) or DDIM step, and the loops over all steps.
+#include <algorithm>
 #include <cmath>
 #include <optional>
+#include <vector>
 
 #include "core/error.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
@@ -22,13 +24,57 @@ void check_noise(const at::Tensor& noise, const at::Tensor& x, const char* what)
   }
 }
 
-// Standard normal noise of x's shape and dtype from the generator, on the generator's device, then on x's.
-at::Tensor draw_noise(const at::Tensor& x, const at::Generator& generator) {
-  if (!generator.defined()) return at::randn(x.sizes(), x.options());
-  const at::Device gen_device = generator.device();
-  at::Tensor z = at::randn(x.sizes(), generator, x.options().device(gen_device));
-  return gen_device == x.device() ? z : z.to(x.device());
-}
+// The per-step noise of a sampling loop: `steps` draws of standard normal noise of x's shape and dtype, in loop
+// order, each identical to at::randn(x.sizes(), generator) on the generator's device (an undefined generator: the
+// default one of x's device). When the generator is on the CPU and x on a GPU, it draws a chunk of steps ahead
+// into pinned memory and sends the chunk with one non-blocking copy, so that no step waits for a host-to-device
+// copy (one per step would be a host sync per step). It never draws more than `steps`, so the generator ends in
+// the state that one draw per step leaves.
+class StepNoise {
+ public:
+  StepNoise(const at::Tensor& x, at::Generator generator, int64_t steps)
+      : x_(x), generator_(std::move(generator)), left_(steps) {}
+
+  at::Tensor next() {
+    if (left_ <= 0) throw Error("sampling loop: asked for more noise draws than steps");
+    at::Tensor z = draw();
+    --left_;
+    return z;
+  }
+
+ private:
+  at::Tensor draw() {
+    if (!generator_.defined()) return at::randn(x_.sizes(), x_.options());
+    const at::Device gen_device = generator_.device();
+    if (gen_device == x_.device()) return at::randn(x_.sizes(), generator_, x_.options());
+    if (!gen_device.is_cpu() || x_.device().is_cpu()) {
+      return at::randn(x_.sizes(), generator_, x_.options().device(gen_device)).to(x_.device());
+    }
+    if (used_ == chunk_.size(0)) refill();
+    return chunk_[used_++];
+  }
+
+  // Draws the next min(left_, a chunk) steps on the CPU and sends them to x's device.
+  void refill() {
+    // A few steps at a time: the first chunk delays the first step, and a chunk's memory stays small.
+    constexpr int64_t kChunkSteps = 16, kChunkBytes = 64ll << 20;
+    const int64_t per_step = std::max<int64_t>(1, x_.numel() * x_.element_size());
+    const int64_t n = std::min({left_, kChunkSteps, std::max<int64_t>(1, kChunkBytes / per_step)});
+    std::vector<int64_t> shape{n};
+    shape.insert(shape.end(), x_.sizes().begin(), x_.sizes().end());
+    at::Tensor host = at::empty(shape, x_.options().device(at::kCPU).pinned_memory(true));  // [n, N, C, ...]
+    for (int64_t k = 0; k < n; ++k) host[k].copy_(at::randn(x_.sizes(), generator_, x_.options().device(at::kCPU)));
+    // The caching host allocator keeps `host` from reuse until this copy has finished.
+    chunk_ = host.to(x_.device(), /*non_blocking=*/true);
+    used_ = 0;
+  }
+
+  at::Tensor x_;
+  at::Generator generator_;
+  int64_t left_;  // draws not made yet
+  at::Tensor chunk_ = at::empty({0});
+  int64_t used_ = 0;
+};
 
 void check_start(const at::Tensor& noise, const char* what) {
   if (!noise.defined() || noise.dim() < 2) {
@@ -75,9 +121,10 @@ at::Tensor GaussianDiffusion::p_sample_loop(const Denoiser& denoise_fn, const at
   at::NoGradGuard no_grad;
   const int total = static_cast<int>(num_timesteps());
   at::Tensor x = noise;
+  StepNoise draws(x, generator, num_timesteps() - 1);
   for (int64_t i = num_timesteps() - 1; i >= 0; --i) {
     const at::Tensor t = at::full({x.size(0)}, i, x.options().dtype(at::kLong));
-    const at::Tensor z = i > 0 ? draw_noise(x, generator) : at::zeros_like(x);
+    const at::Tensor z = i > 0 ? draws.next() : at::zeros_like(x);
     x = p_sample(denoise_fn, x, t, z, clip_denoised).sample;
     if (progress) progress(total - static_cast<int>(i), total);
   }
@@ -92,10 +139,11 @@ at::Tensor GaussianDiffusion::ddim_sample_loop(const Denoiser& denoise_fn, const
   at::NoGradGuard no_grad;
   const int total = static_cast<int>(num_timesteps());
   at::Tensor x = noise;
+  StepNoise draws(x, generator, eta > 0.0 ? num_timesteps() - 1 : 0);
   for (int64_t i = num_timesteps() - 1; i >= 0; --i) {
     const at::Tensor t = at::full({x.size(0)}, i, x.options().dtype(at::kLong));
     at::Tensor z;
-    if (eta > 0.0) z = i > 0 ? draw_noise(x, generator) : at::zeros_like(x);
+    if (eta > 0.0) z = i > 0 ? draws.next() : at::zeros_like(x);
     x = ddim_sample(denoise_fn, x, t, eta, z, clip_denoised).sample;
     if (progress) progress(total - static_cast<int>(i), total);
   }

@@ -83,6 +83,19 @@ check "collective error on one rank only: under 10 s" test "$ms_partial" -lt 100
 run doc 30 "$BIN" info --config-doc
 check "config doc printed" has doc "# Input deck reference"
 
+# bench sample on the CPU: a tiny model, 3 DDPM steps with guidance (the GPU runs it through bench/sample.sh).
+TINY=(--set model.preset=custom --set model.depth=2 --set model.hidden_size=64 --set model.num_heads=4
+  --set model.patch_size=2 --set model.input_size=8 --set model.num_classes=10)
+run bsample 120 "$BIN" bench sample "${TINY[@]}" --device cpu --images 2 --steps 3 --cfg 4 --dtype fp32
+check "bench sample: exits 0" test "$rc_bsample" -eq 0
+check "bench sample: one BENCH line" test "$(count bsample '^BENCH sample ')" -eq 1
+check "bench sample: the settings" has bsample "preset=custom dtype=fp32 images=2 cfg=4 graph=off steps=3 loop_steps=3"
+check "bench sample: timings" has bsample "ms_per_step=[0-9.]* min_ms=[0-9.]* first_step_ms=[0-9.]* total_s=[0-9.]* img_per_s=[0-9.]*"
+run bsample_ddim 120 "$BIN" bench sample "${TINY[@]}" --device cpu --images 1 --steps ddim4 --cfg 1 --dtype bf16
+check "bench sample: DDIM, no guidance, bf16" has bsample_ddim "dtype=bf16 images=1 cfg=1 graph=off steps=ddim4 loop_steps=4"
+run bsample_bad 30 "$BIN" bench sample "${TINY[@]}" --device cpu --images 0
+check "bench sample: --images 0 rejected" has bsample_bad "--images 0: expected >= 1"
+
 if [ $fails -ne 0 ]; then
   for f in "$out"/*; do echo "---- $(basename "$f")"; cat "$f"; done
 fi

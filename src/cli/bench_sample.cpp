@@ -1,0 +1,175 @@
+// `opendit bench sample`: time a whole sampling loop (DDPM or DDIM, classifier-free guidance) of the deck's model
+// with random weights; on a GPU with each step's network call replayed as a CUDA graph, or eagerly.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <vector>
+
+#ifdef OPENDIT_WITH_CUDA
+#include <c10/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "cli/app.hpp"
+#include "core/error.hpp"
+#include "diffusion/cuda_graph_denoiser.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
+#include "diffusion/guidance.hpp"
+#include "models/dit.hpp"
+
+namespace opendit::cli {
+
+namespace {
+
+struct SampleBenchArgs {
+  DeckArgs deck;
+  int images = 8;
+  double cfg = 4.0;
+  std::string steps = "250", dtype = "bf16", graph = "on", device = "auto";
+};
+
+// Marks the end of each step on the device's timeline: CUDA events on a GPU (no host sync inside the loop),
+// the host clock on the CPU (where work is synchronous anyway). ms() is valid after the loop has finished.
+class StepClock {
+ public:
+  explicit StepClock(bool gpu) : gpu_(gpu) {}
+  void mark() {
+#ifdef OPENDIT_WITH_CUDA
+    if (gpu_) {
+      events_.push_back(std::make_unique<c10::cuda::CUDAEvent>(cudaEventDefault));  // timing enabled
+      events_.back()->record(c10::cuda::getCurrentCUDAStream());
+      return;
+    }
+#endif
+    host_.push_back(std::chrono::steady_clock::now());
+  }
+  // Milliseconds between mark k and mark k + 1 (the loop must have been synchronised).
+  std::vector<double> intervals_ms() const {
+    std::vector<double> ms;
+#ifdef OPENDIT_WITH_CUDA
+    for (size_t k = 0; k + 1 < events_.size(); ++k) ms.push_back(events_[k]->elapsed_time(*events_[k + 1]));
+#endif
+    for (size_t k = 0; k + 1 < host_.size(); ++k)
+      ms.push_back(std::chrono::duration<double, std::milli>(host_[k + 1] - host_[k]).count());
+    return ms;
+  }
+
+ private:
+  bool gpu_;
+#ifdef OPENDIT_WITH_CUDA
+  std::vector<std::unique_ptr<c10::cuda::CUDAEvent>> events_;
+#endif
+  std::vector<std::chrono::steady_clock::time_point> host_;
+};
+
+void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
+  if (mpi.size() > 1) throw Error("bench runs as one process: run it without mpirun");
+  if (a.images < 1) throw Error(cat("--images ", a.images, ": expected >= 1"));
+  if (!(a.cfg >= 0)) throw Error(cat("--cfg ", a.cfg, ": the guidance scale must be >= 0"));
+  const config::Deck deck = a.deck.load();
+  const models::DiTConfig cfg = models::dit_config_from(deck);
+  const bool have_gpu = at::detail::getCUDAHooks().hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0;
+  if (a.device == "cuda" && !have_gpu) throw Error("--device cuda: no GPU is visible");
+  const bool gpu = a.device == "cuda" || (a.device == "auto" && have_gpu);
+  const at::ScalarType dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const diffusion::GaussianDiffusion diff = diffusion::make_diffusion(
+      a.steps, deck.get_string("diffusion.schedule"), static_cast<int>(deck.get_int("diffusion.num_steps")),
+      cfg.learn_sigma);
+  const bool ddim = a.steps.rfind("ddim", 0) == 0;
+
+  models::DiT model(cfg, 0);
+  // Non-zero adaLN weights (as in bench forward), so that no path is skipped by a zero.
+  for (auto& [name, t] : model.named_parameters())
+    if (name.find("adaLN") != std::string::npos) t->normal_(0, 0.02);
+  model.to(at::TensorOptions().device(device).dtype(dtype));
+
+  // The diffusion runs in float32; the network in --dtype.
+  at::Generator gen = at::detail::createCPUGenerator(0);
+  const at::Tensor noise =
+      at::randn({a.images, cfg.in_channels, cfg.input_size, cfg.input_size}, gen).to(device);  // [N, C, H, W]
+  const at::Tensor labels = at::randint(0, cfg.num_classes, {a.images}, gen, at::kLong).to(device);  // [N]
+  const diffusion::ConditionalDenoiser net = [&](const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
+    return model.forward(x.to(dtype), t.to(at::kFloat), y).to(at::kFloat);
+  };
+  diffusion::Denoiser denoise = [&](const at::Tensor& x, const at::Tensor& t) { return net(x, t, labels); };
+  if (a.cfg != 1.0) {
+    diffusion::GuidanceOptions opt;
+    opt.scale = a.cfg;
+    opt.null_label = cfg.num_classes;
+    denoise = diffusion::classifier_free_guidance(net, labels, opt);
+  }
+  std::unique_ptr<diffusion::CudaGraphDenoiser> graphed;
+  if (gpu && a.graph == "on") {
+    graphed = std::make_unique<diffusion::CudaGraphDenoiser>(denoise);
+    denoise = *graphed;
+  }
+  if (!gpu && a.graph == "on") std::fprintf(stderr, "bench sample: on the CPU there is no CUDA graph: graph=off\n");
+
+  const int64_t forwards = a.cfg != 1.0 ? 2 * a.images : a.images;
+  std::printf("%s\n", cfg.describe().c_str());
+  std::printf("sampling %d images, %s %s (%lld steps), cfg %g (network batch %lld), %s on %s\n", a.images,
+              ddim ? "DDIM" : "DDPM", a.steps.c_str(), (long long)diff.num_timesteps(), a.cfg, (long long)forwards,
+              a.dtype.c_str(), gpu ? "cuda" : "cpu");
+  std::fflush(stdout);
+
+  at::NoGradGuard no_grad;
+  auto sync = [&] {
+    if (gpu) at::detail::getCUDAHooks().deviceSynchronize(0);
+  };
+  sync();
+  StepClock clock(gpu);
+  const auto t0 = std::chrono::steady_clock::now();
+  clock.mark();
+  const diffusion::Progress mark_step = [&](int, int) { clock.mark(); };
+  at::Tensor x = ddim ? diff.ddim_sample_loop(denoise, noise, 0.0, gen, mark_step)
+                      : diff.p_sample_loop(denoise, noise, gen, mark_step);
+  sync();
+  const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!at::isfinite(x).all().item<bool>()) throw Error("bench sample: the samples contain NaN or Inf");
+
+  // The first step also warms up and captures the graph: it is reported apart, the median is over the others.
+  std::vector<double> ms = clock.intervals_ms();
+  const double first_ms = ms.front();
+  std::vector<double> timed(ms.begin() + 1, ms.end());
+  std::sort(timed.begin(), timed.end());
+  const double median = timed[timed.size() / 2];
+  const char* graph = !graphed ? "off" : graphed->graphed() ? "on" : "failed";
+  std::printf("BENCH sample preset=%s dtype=%s images=%d cfg=%g graph=%s steps=%s loop_steps=%lld device=%s "
+              "threads=%d ms_per_step=%.3f min_ms=%.3f first_step_ms=%.1f total_s=%.3f img_per_s=%.3f\n",
+              deck.get_string("model.preset").c_str(), a.dtype.c_str(), a.images, a.cfg, graph, a.steps.c_str(),
+              (long long)diff.num_timesteps(), gpu ? "cuda" : "cpu", at::get_num_threads(), median, timed.front(),
+              first_ms, total_s, a.images / total_s);
+}
+
+}  // namespace
+
+void add_bench_sample(CLI::App& bench, MpiRuntime& mpi) {
+  auto a = std::make_shared<SampleBenchArgs>();
+  auto* cmd = bench.add_subcommand("sample", "Time a whole sampling loop (with classifier-free guidance) of the "
+                                             "deck's model with random weights");
+  a->deck.add_to(*cmd);
+  cmd->add_option("--images", a->images, "Images sampled together (the network batch is twice this with --cfg != 1)")
+      ->default_val(8);
+  cmd->add_option("--steps", a->steps, "250 (DDPM, respaced), 1000 (DDPM, every step), ddim50 (DDIM), ...")
+      ->default_val("250");
+  cmd->add_option("--cfg", a->cfg, "Guidance scale (1 = none: one forward per image)")->default_val(4.0);
+  cmd->add_option("--dtype", a->dtype, "Network dtype (the diffusion runs in fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->default_str("bf16");
+  cmd->add_option("--graph", a->graph, "On a GPU: replay each step's network call as a CUDA graph (on) or not")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->default_str("on");
+  cmd->add_option("--device", a->device, "auto (GPU if visible), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->default_str("auto");
+  cmd->callback([a, &mpi] { run_sample_bench(*a, mpi); });
+}
+
+}  // namespace opendit::cli
