@@ -1,0 +1,257 @@
+// a. LayerNorm (no affine) fused with adaLN modulation, forward and backward (definitions: cuda/reference.cpp).
+// One block walks the tokens of one chunk of one sample, a row at a time held in registers (cuda/token_rows.cuh):
+// the forward reads x once, the backward reads dy and x once and keeps the sums over tokens in registers.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/launch.hpp"
+#include "cuda/token_rows.cuh"
+
+namespace opendit::kernels::cuda_impl {
+namespace {
+
+using namespace token_rows;
+
+// y = (x - mean) * rstd * (1 + scale[n]) + shift[n] over rows of x [N, T, D]; mean, rstd [N, T].
+// Block b: sample b / chunks, tokens [t0, t0 + rows) of it. Thread i owns packs i + j * blockDim.x, j < PER.
+template <typename A, typename P, int VEC, int PER>
+__global__ void __launch_bounds__(kMaxTeam)
+    norm_modulate_kernel(const A* __restrict__ x, const P* __restrict__ shift, int64_t shift_stride,
+                         const P* __restrict__ scale, int64_t scale_stride, A* __restrict__ y, float* __restrict__ mean,
+                         float* __restrict__ rstd, int64_t T, int64_t D, int64_t chunks, int64_t rows, float eps) {
+  __shared__ float buf[64];
+  int flip = 0;
+  const int64_t n = blockIdx.x / chunks, t0 = (blockIdx.x % chunks) * rows, t1 = min(T, t0 + rows);
+  const int64_t nvec = D / VEC;
+  const float inv_d = 1.0f / float(D);
+
+  float sh[PER][VEC], sc1[PER][VEC];  // shift[n] and 1 + scale[n] for this thread's columns
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+    if (col < nvec * VEC) {
+      load<P, VEC>(shift + n * shift_stride + col, sh[j]);
+      load<P, VEC>(scale + n * scale_stride + col, sc1[j]);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) sc1[j][k] += 1.0f;
+    }
+  }
+
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t row = n * T + t;
+    float v[PER][VEC];
+    float s = 0;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+      if (col < nvec * VEC) {
+        load<A, VEC>(x + row * D + col, v[j]);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) s += v[j][k];
+      }
+    }
+    const float mu = block_sum(s, buf, flip) * inv_d;
+    float q = 0;  // second pass over the registers: sum (x - mean)^2, no cancellation
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+      if (col < nvec * VEC) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          v[j][k] -= mu;
+          q += v[j][k] * v[j][k];
+        }
+      }
+    }
+    const float r = rsqrtf(block_sum(q, buf, flip) * inv_d + eps);
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+      if (col < nvec * VEC) {
+        float o[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) o[k] = v[j][k] * r * sc1[j][k] + sh[j][k];
+        store<A, VEC>(y + row * D + col, o);
+      }
+    }
+    if (threadIdx.x == 0) {
+      mean[row] = mu;
+      rstd[row] = r;
+    }
+  }
+}
+
+// dx = rstd * (g - mean_D(g) - xhat * mean_D(g * xhat)), g = dy * (1 + scale[n]), xhat = (x - mean) * rstd; and
+// the partial sums over this block's tokens part[0, n, c] = sum dy, part[1, n, c] = sum dy * xhat ([2, N, chunks, D]).
+template <typename A, typename P, int VEC, int PER>
+__global__ void __launch_bounds__(kMaxTeam)
+    norm_modulate_backward_kernel(const A* __restrict__ dy, const A* __restrict__ x, const float* __restrict__ mean,
+                                  const float* __restrict__ rstd, const P* __restrict__ scale, int64_t scale_stride,
+                                  A* __restrict__ dx, float* __restrict__ part, int64_t N, int64_t T, int64_t D,
+                                  int64_t chunks, int64_t rows) {
+  __shared__ Two buf[64];
+  int flip = 0;
+  const int64_t n = blockIdx.x / chunks, c = blockIdx.x % chunks, t0 = c * rows, t1 = min(T, t0 + rows);
+  const int64_t nvec = D / VEC;
+  const float inv_d = 1.0f / float(D);
+
+  float sc1[PER][VEC], dshift[PER][VEC], dscale[PER][VEC];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+    if (col < nvec * VEC) load<P, VEC>(scale + n * scale_stride + col, sc1[j]);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      if (col < nvec * VEC) sc1[j][k] += 1.0f;
+      dshift[j][k] = 0;
+      dscale[j][k] = 0;
+    }
+  }
+
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t row = n * T + t;
+    const float mu = mean[row], r = rstd[row];
+    float g[PER][VEC], xh[PER][VEC];
+    Two s{0, 0};  // sum g, sum g * xhat
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+      if (col < nvec * VEC) {
+        float d[VEC];
+        load<A, VEC>(dy + row * D + col, d);
+        load<A, VEC>(x + row * D + col, xh[j]);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          xh[j][k] = (xh[j][k] - mu) * r;
+          dshift[j][k] += d[k];
+          dscale[j][k] += d[k] * xh[j][k];
+          g[j][k] = d[k] * sc1[j][k];
+          s.a += g[j][k];
+          s.b += g[j][k] * xh[j][k];
+        }
+      }
+    }
+    const Two tot = block_sum(s, buf, flip);
+    const float ga = tot.a * inv_d, gb = tot.b * inv_d;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+      if (col < nvec * VEC) {
+        float o[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) o[k] = r * (g[j][k] - ga - xh[j][k] * gb);
+        store<A, VEC>(dx + row * D + col, o);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
+    if (col < nvec * VEC) {
+      store<float, VEC>(part + ((0 * N + n) * chunks + c) * D + col, dshift[j]);
+      store<float, VEC>(part + ((1 * N + n) * chunks + c) * D + col, dscale[j]);
+    }
+  }
+}
+
+}  // namespace
+
+NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, const at::Tensor& scale_in, double eps) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 3 && x.is_contiguous(), "norm_modulate: x must be a contiguous CUDA [N, T, D]");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), T = x.size(1), D = x.size(2);
+  const at::Tensor shift = params_like(shift_in, x), scale = params_like(scale_in, x);
+  TORCH_CHECK(shift.scalar_type() == scale.scalar_type(), "norm_modulate: shift and scale differ in dtype");
+  at::Tensor y = at::empty_like(x);
+  at::Tensor mean = at::empty({N, T}, x.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
+  if (x.numel() == 0) return {y, mean, rstd};
+
+  NormModulate out{y, mean, rstd};
+  bool too_wide = false;
+  with_types(x, shift, [&](auto types) {
+    using A = typename decltype(types)::Act;
+    using P = typename decltype(types)::Par;
+    constexpr int V = pack_of<A>();
+    const bool packed = D % V == 0 && packs_fit(x, D, V) && packs_fit(shift, row_stride(shift), V) &&
+                        packs_fit(scale, row_stride(scale), V);
+    auto launch = [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      const Team team = team_for(D / VEC, 16 / VEC);
+      if (team.per == 0) return void(too_wide = true);
+      with_per<VEC>(team.per, [&](auto per) {
+        constexpr int PER = decltype(per)::value;
+        auto kernel = norm_modulate_kernel<A, P, VEC, PER>;
+        // Up to 4 waves of short chunks: no partials to keep, and an uneven last wave costs less.
+        const Chunks ch = chunks_for(kernel, team.threads, N, T, 4);
+        kernel<<<grid_of(N * ch.count), team.threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const P*>(shift.data_ptr()), row_stride(shift),
+            reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale), reinterpret_cast<A*>(y.data_ptr()),
+            mean.data_ptr<float>(), rstd.data_ptr<float>(), T, D, ch.count, ch.rows, float(eps));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    };
+    if (packed)
+      launch(std::integral_constant<int, V>{});
+    else
+      launch(std::integral_constant<int, 1>{});
+  });
+  if (too_wide) return reference::norm_modulate(x, shift_in, scale_in, eps);
+  return out;
+}
+
+NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& rstd, const at::Tensor& scale_in) {
+  TORCH_CHECK(
+      x.is_cuda() && x.dim() == 3 && x.is_contiguous() && dy.is_contiguous() && dy.scalar_type() == x.scalar_type(),
+      "norm_modulate_backward: x and dy must be contiguous CUDA [N, T, D] of one dtype");
+  TORCH_CHECK(mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat && mean.is_contiguous() &&
+                  rstd.is_contiguous(),
+              "norm_modulate_backward: mean and rstd must be contiguous float32 [N, T] (norm_modulate's)");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), T = x.size(1), D = x.size(2);
+  const at::Tensor scale = params_like(scale_in, x);
+  at::Tensor dx = at::empty_like(x);
+  if (x.numel() == 0) {
+    at::Tensor z = at::zeros({N, D}, scale_in.options());
+    return {dx, z, z.clone()};
+  }
+
+  at::Tensor part;  // [2, N, chunks, D] float32: per-chunk sums of dy and dy * xhat
+  bool too_wide = false;
+  with_types(x, scale, [&](auto types) {
+    using A = typename decltype(types)::Act;
+    using P = typename decltype(types)::Par;
+    constexpr int V = pack_of<A>();
+    const bool packed =
+        D % V == 0 && packs_fit(x, D, V) && packs_fit(dy, D, V) && packs_fit(scale, row_stride(scale), V);
+    auto launch = [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      const Team team = team_for(D / VEC, 16 / VEC);
+      if (team.per == 0) return void(too_wide = true);
+      with_per<VEC>(team.per, [&](auto per) {
+        constexpr int PER = decltype(per)::value;
+        auto kernel = norm_modulate_backward_kernel<A, P, VEC, PER>;
+        const Chunks ch = chunks_for(kernel, team.threads, N, T, 1);
+        part = at::empty({2, N, ch.count, D}, x.options().dtype(at::kFloat));
+        kernel<<<grid_of(N * ch.count), team.threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),
+            rstd.data_ptr<float>(), reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale),
+            reinterpret_cast<A*>(dx.data_ptr()), part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    };
+    if (packed)
+      launch(std::integral_constant<int, V>{});
+    else
+      launch(std::integral_constant<int, 1>{});
+  });
+  if (too_wide) return reference::norm_modulate_backward(dy, x, mean, rstd, scale_in);
+  NormModulateGrads out{dx, {}, {}};
+  finish_sums(part, scale_in.scalar_type(), &out.dshift, &out.dscale);
+  return out;
+}
+
+}  // namespace opendit::kernels::cuda_impl
