@@ -13,3 +13,10 @@ run() {  # run DTYPE GRAPH
 run bf16 on
 run bf16 off
 run fp32 on
+# The peer in the same run: the plain-PyTorch DiT's guided sampling loop (bf16 autocast, and fp32).
+if [ "$DEVICE" != cpu ]; then
+  PY=$(cat build/.python 2>/dev/null || echo python3)
+  "$PY" bench/peer_pytorch_dit.py --mode sample --preset "$PRESET" --images "$IMAGES" --steps 50 --cfg 4 | grep '^PEER sample'
+  "$PY" bench/peer_pytorch_dit.py --mode sample --preset "$PRESET" --images "$IMAGES" --steps 50 --cfg 4 --fp32 |
+    grep '^PEER sample'
+fi

@@ -17,6 +17,8 @@ void add_train(CLI::App& app, MpiRuntime& mpi) {
   auto* cmd = app.add_subcommand("train", "Train DiT on an opendit.latents dataset (mpirun -np N for data parallelism)");
   a->deck.add_to(*cmd);
   cmd->add_flag("--dry-run", a->options.dry_run, "Validate the deck, the data and the mesh, print the plan, stop");
+  cmd->add_flag("--no-save", a->options.no_save,
+                "Write no checkpoints and no final weights (benchmarks, quick experiments: nothing is kept!)");
   cmd->add_option("--resume", a->options.resume,
                   "auto (the newest complete checkpoint of the run, or a fresh start) or a checkpoint file; any "
                   "number of ranks may resume it");

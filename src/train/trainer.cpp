@@ -10,6 +10,7 @@
 
 #include "core/devices.hpp"
 #include "core/error.hpp"
+#include "core/op_profiler.hpp"
 #include "core/progress.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "io/checkpoint.hpp"
@@ -232,6 +233,13 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
     opt.set_lr(s.lr_at(step));
     // Phase timing synchronizes the device at every switch: only on log steps, so that other steps run unhindered.
     timer.set_enabled((step + 1) % s.log_every == 0);
+    // train.profile_step: rank 0 records this one step op by op (the device drained before and after).
+    std::unique_ptr<OpProfiler> profiler;
+    if (root && step + 1 == s.profile_step) {
+      sync();
+      profiler = std::make_unique<OpProfiler>();
+      profiler->start(gpu);
+    }
     StepRandom rnd = draw_step(s.seed, step, s.global_batch, dataset->sample_shape(), diff.num_timesteps(),
                                cfg.class_dropout_prob);
     // Pinned, so that the copies below do not stall the host behind the GPU's queue.
@@ -277,6 +285,15 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
     timer.switch_to(Phase::Comm);
     opt.gather_params();
     timer.switch_to(Phase::Other);
+    if (profiler) {
+      profiler->stop();
+      const std::string table = profiler->table(30);
+      std::printf("\nprofile of step %lld (rank 0, %s):\n%s\n", (long long)step + 1, gpu ? "GPU kernels" : "CPU ops",
+                  table.c_str());
+      std::ofstream(s.run_dir() + "/profile.txt") << table;
+      profiler->write_json(s.run_dir() + "/profile.json");
+      profiler.reset();
+    }
     window_loss += loss_avg;
     ++window_steps;
 
@@ -304,7 +321,7 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
       window_loss = 0, window_steps = 0;
       window_start = std::chrono::steady_clock::now();
     }
-    if ((step + 1) % s.checkpoint_every == 0 || step + 1 == s.steps) {
+    if (!options.no_save && ((step + 1) % s.checkpoint_every == 0 || step + 1 == s.steps)) {
       timer.switch_to(Phase::Checkpoint);
       save(step + 1);
       timer.switch_to(Phase::Other);
@@ -315,16 +332,20 @@ int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& option
 
   // The trained weights for `opendit sample` and `opendit convert`: master weights and EMA, fp32, official names.
   timer.switch_to(Phase::Checkpoint);
-  at::Tensor master = opt.gather_full_master().to(at::kCPU), ema = opt.gather_full_ema().to(at::kCPU);
-  if (root) {
-    auto with_pos = [&](const at::Tensor& flat) {
-      auto sd = unflatten(params.layout(), flat);
-      sd["pos_embed"] = pos_embed->to(at::kCPU, at::kFloat);
-      return sd;
-    };
-    models::save_dit_weights(s.run_dir() + "/model.safetensors", with_pos(master), cfg);
-    models::save_dit_weights(s.run_dir() + "/ema.safetensors", with_pos(ema), cfg);
-    std::printf("wrote %s/ema.safetensors and model.safetensors\n", s.run_dir().c_str());
+  if (options.no_save) {
+    if (root) std::printf("--no-save: no checkpoint and no weights written\n");
+  } else {
+    at::Tensor master = opt.gather_full_master().to(at::kCPU), ema = opt.gather_full_ema().to(at::kCPU);
+    if (root) {
+      auto with_pos = [&](const at::Tensor& flat) {
+        auto sd = unflatten(params.layout(), flat);
+        sd["pos_embed"] = pos_embed->to(at::kCPU, at::kFloat);
+        return sd;
+      };
+      models::save_dit_weights(s.run_dir() + "/model.safetensors", with_pos(master), cfg);
+      models::save_dit_weights(s.run_dir() + "/ema.safetensors", with_pos(ema), cfg);
+      std::printf("wrote %s/ema.safetensors and model.safetensors\n", s.run_dir().c_str());
+    }
   }
   std::string table = timer.report(mesh.world_comm());
   if (root)

@@ -15,6 +15,7 @@ namespace opendit::train {
 struct TrainOptions {
   bool dry_run = false;  // validate deck, data and mesh, print the plan, do not train
   std::string resume;    // "": start fresh; "auto": the newest complete checkpoint of the run, if any; else a path
+  bool no_save = false;  // benchmarks and experiments: write no checkpoint and no final weights
 };
 
 // Collective over the mesh's world. Returns the process exit code.

@@ -51,11 +51,12 @@ def check(name, ok, detail=""):
     print(("ok   " if ok else "FAIL ") + name + ("" if ok else f"\n     {detail}"), flush=True)
 
 
-def train(tmp, name, np=1, *sets, deck="deck.toml", timeout=600, resume=None):
+def train(tmp, name, np=1, *sets, deck="deck.toml", timeout=600, resume=None, flags=()):
     cmd = ([MPIRUN, "-np", str(np), "--oversubscribe"] if np > 1 else []) + \
           [BIN, "train", "--config", os.path.join(tmp, deck), "--set", f"run.name={name}"]
     if resume:
         cmd += ["--resume", resume]
+    cmd += list(flags)
     for s in sets:
         cmd += ["--set", s]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -177,6 +178,21 @@ def main():
         check("log lines have the required fields", all(k in out for k in ("step 150/150", "epoch", "loss", "grad",
                                                                           "lr", "img/s", "ETA")), out[-1500:])
         check("the timing table closes the run", "time per phase over 2 ranks" in out and "communication" in out, out)
+
+        # train.profile_step: a per-op table of one step on stdout and profile.json in the run folder.
+        # With --no-save nothing but logs is written.
+        rc, out = train(tmp, "profile", 1, "train.profile_step=2", "train.steps=3", timeout=120, flags=["--no-save"])
+        prof = os.path.join(tmp, "out", "profile", "profile.json")
+        run_files = os.listdir(os.path.join(tmp, "out", "profile")) if rc == 0 else []
+        ckpts = os.path.join(tmp, "out", "profile", "checkpoints")
+        check("--no-save writes no checkpoint and no weights", rc == 0 and not any(
+            f.endswith(".safetensors") for f in run_files) and not (os.path.exists(ckpts) and os.listdir(ckpts)),
+              str(run_files))
+        ok = rc == 0 and "profile of step 2" in out and "aten::" in out and os.path.exists(prof)
+        if ok:
+            with open(prof) as f:
+                ok = len(json.load(f)["rows"]) > 5
+        check("train.profile_step writes a per-op table and profile.json", ok, out[-1500:])
 
         rc, out = train(tmp, "dry", 4, "parallel.strategy=zero1", deck="deck.toml")
         rc, out = subprocess.run([MPIRUN, "-np", "2", BIN, "train", "--dry-run", "--config",
