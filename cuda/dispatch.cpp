@@ -2,9 +2,9 @@
 #include <ATen/core/grad_mode.h>
 
 #include "cuda/ops.hpp"
-#if defined(OPENDIT_WITH_CUDA) && defined(OPENDIT_FUSED_KERNELS)
+#if defined(OPENDIT_WITH_CUDA)
 #include "cuda/launch.hpp"
-#define OPENDIT_ROUTE(call)                 \
+#define OPENDIT_ROUTE(call)                           \
   if (fused_available(first)) return cuda_impl::call; \
   return reference::call
 #else
@@ -38,7 +38,7 @@ void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
 }  // namespace
 
 bool fused_available(const at::Tensor& like) {
-#if defined(OPENDIT_WITH_CUDA) && defined(OPENDIT_FUSED_KERNELS)
+#if defined(OPENDIT_WITH_CUDA)
   return like.is_cuda() && (like.scalar_type() == at::kFloat || like.scalar_type() == at::kBFloat16);
 #else
   (void)like;
@@ -90,7 +90,8 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
   TORCH_CHECK(a.dim() >= 1 && a.is_contiguous(), "bias_gelu: a must be contiguous, got ", a.sizes());
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
               "bias_gelu: bias must be a contiguous [", a.size(-1), "] on ", a.device(), ", got ", bias.sizes());
-  const at::Tensor& first = a;
+  // The kernel takes a float32 or bfloat16 bias; any other runs the definition.
+  const at::Tensor& first = fused_available(bias) ? a : bias;
   OPENDIT_ROUTE(bias_gelu(a, bias));
 }
 
@@ -100,7 +101,7 @@ BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, cons
   TORCH_CHECK(dg.scalar_type() == a.scalar_type(), "bias_gelu_backward: dg and a differ in dtype");
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
               "bias_gelu_backward: bias must be a contiguous [", a.size(-1), "] on ", a.device());
-  const at::Tensor& first = a;
+  const at::Tensor& first = fused_available(bias) ? a : bias;
   OPENDIT_ROUTE(bias_gelu_backward(dg, a, bias));
 }
 
@@ -119,7 +120,7 @@ void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
                 p.scalar_type(), " like param, got ", x->scalar_type());
   TORCH_CHECK(!t.decay_mask.defined() || t.decay_mask.scalar_type() == at::kBool, "adamw_ema: decay_mask must be bool");
   at::NoGradGuard no_grad;
-#if defined(OPENDIT_WITH_CUDA) && defined(OPENDIT_FUSED_KERNELS)
+#if defined(OPENDIT_WITH_CUDA)
   if (p.is_cuda() && p.scalar_type() == at::kFloat) return cuda_impl::adamw_ema(t, s);
 #endif
   reference::adamw_ema(t, s);

@@ -1,4 +1,5 @@
-// `opendit bench forward`: time the DiT forward pass (the peer figure comes from bench/peer_diffusers_forward.py).
+// `opendit bench forward`: time the DiT forward pass (the peer figure comes from bench/peer_diffusers_forward.py);
+// `opendit bench kernels` is in bench_kernels.cpp.
 #include <ATen/Parallel.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
@@ -81,6 +82,7 @@ void add_bench(CLI::App& app, MpiRuntime& mpi) {
       ->default_str("auto");
   fwd->callback([a, &mpi] { run_forward_bench(*a, mpi); });
   add_bench_sample(*cmd, mpi);
+  add_bench_kernels(*cmd, mpi);
 }
 
 }  // namespace opendit::cli
