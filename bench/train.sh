@@ -2,8 +2,8 @@
 # Training benchmark on one GPU: opendit DiT-XL/2 (bf16, zero2) at batch 32 and 64 on a synthetic latent dataset,
 # at batch 64 also with K blocks recomputed (train.checkpoint_blocks) and with every block recomputed, and the
 # plain-PyTorch peer (bench/peer_pytorch_dit.py) in the same run.
-# usage: bench/train.sh [STEPS] [PROFILE_DIR]   (prints BENCH/PEER lines; with PROFILE_DIR, a per-op profile of
-#        one batch-64 step of each side is written there)
+# usage: bench/train.sh [STEPS]                  prints BENCH/PEER lines
+#        bench/train.sh 14 PROFILE_DIR         only a per-op profile of one batch-64 step of each side, written there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-30}
@@ -20,6 +20,14 @@ xl() {  # xl BATCH EXTRA-SETS...: one opendit XL/2 run; prints its last log line
     > "$tmp/log" 2>&1 || { tail -20 "$tmp/log"; return 1; }
   grep "^step $STEPS/" "$tmp/log" | tail -1
 }
+if [ -n "$PROFILE" ]; then
+  mkdir -p "$PROFILE"
+  xl 64 --set train.profile_step=12 > /dev/null || true
+  cp "$tmp/log" "$PROFILE/opendit_train.log"
+  cp "$tmp/out/xl64/profile.txt" "$PROFILE/" 2>/dev/null || echo "no opendit profile"
+  "$PY" bench/peer_pytorch_dit.py --batch 64 --steps 5 --profile > "$PROFILE/peer_profile.txt" 2>&1 || true
+  exit 0
+fi
 for b in 32 64; do
   echo "BENCH train DiT-XL/2 bf16 zero2 batch $b: $(xl $b)"
 done
@@ -30,9 +38,3 @@ echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 activation checkpointing: $(xl 64
 for b in 32 64; do
   "$PY" bench/peer_pytorch_dit.py --batch "$b" --steps 20 | grep '^PEER'
 done
-if [ -n "$PROFILE" ]; then
-  mkdir -p "$PROFILE"
-  xl 64 --set train.profile_step=12 --set train.steps=14 > /dev/null || true
-  cp "$tmp/out/xl64/profile.txt" "$tmp/out/xl64/profile.json" "$PROFILE/" 2>/dev/null || echo "no opendit profile"
-  "$PY" bench/peer_pytorch_dit.py --batch 64 --steps 5 --profile > "$PROFILE/peer_profile.txt" 2>&1 || true
-fi
