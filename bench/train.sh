@@ -2,7 +2,8 @@
 # Training benchmark on one GPU: opendit DiT-XL/2 (bf16, zero2) at batch 32 and 64 on a synthetic latent dataset,
 # at batch 64 also with K blocks recomputed (train.checkpoint_blocks) and with every block recomputed, and the
 # plain-PyTorch peer (bench/peer_pytorch_dit.py) in the same run.
-# usage: bench/train.sh [STEPS]                  prints BENCH/PEER lines
+# usage: bench/train.sh [STEPS]                  prints BENCH/PEER lines (CKPT_BLOCKS="1 2": the K to try;
+#                                               FULL_CKPT=1: also every block recomputed)
 #        bench/train.sh 14 PROFILE_DIR         only a per-op profile of one batch-64 step of each side, written there
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +32,11 @@ fi
 for b in 32 64; do
   echo "BENCH train DiT-XL/2 bf16 zero2 batch $b: $(xl $b)"
 done
-for k in 2 4; do
+for k in ${CKPT_BLOCKS:-1 2}; do
   echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 checkpoint_blocks $k: $(xl 64 --set train.checkpoint_blocks=$k)"
 done
-echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 activation checkpointing: $(xl 64 --set train.activation_checkpointing=true)"
+[ -n "${FULL_CKPT:-}" ] &&
+  echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 activation checkpointing: $(xl 64 --set train.activation_checkpointing=true)"
 for b in 32 64; do
   "$PY" bench/peer_pytorch_dit.py --batch "$b" --steps 20 | grep '^PEER'
 done

@@ -129,10 +129,13 @@ bool DiT::use_fused(const at::Tensor& x) const {
 at::Tensor DiT::fused_block_forward(const Block& b, const at::Tensor& x, const at::Tensor& silu_c) const {
   const int64_t N = x.size(0), T = x.size(1), D = cfg_.hidden_size, H = cfg_.num_heads, hd = cfg_.head_dim();
   auto mod = at::linear(silu_c, b.ada_w, b.ada_b).chunk(6, 1);                              // 6 x [N, D]
-  at::Tensor qkv = ops::norm_modulate_linear(x, mod[0], mod[1], b.qkv_w, b.qkv_b, 1e-6)      // [N, T, 3D]
-                       .view({N, T, 3, H, hd})
-                       .permute({2, 0, 3, 1, 4});                                           // [3, N, H, T, hd]
-  at::Tensor a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]);                  // [N, H, T, hd]
+  // unbind (not indexing): its backward stacks dq, dk, dv straight into one contiguous [N, T, 3, H, hd] gradient,
+  // where three index backwards would each zero-fill and copy a full-size buffer and then be summed.
+  auto qkv = ops::norm_modulate_linear(x, mod[0], mod[1], b.qkv_w, b.qkv_b, 1e-6)          // [N, T, 3D]
+                 .view({N, T, 3, H, hd})
+                 .unbind(2);                                                                // 3 x [N, T, H, hd]
+  at::Tensor a = at::scaled_dot_product_attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2),
+                                                  qkv[2].transpose(1, 2));                  // [N, H, T, hd]
   a = at::linear(a.transpose(1, 2).reshape({N, T, D}), b.proj_w, b.proj_b);                 // [N, T, D]
   at::Tensor out = ops::gated_residual(x, a, mod[2]);
   at::Tensor m = ops::norm_modulate_mlp(out, mod[3], mod[4], b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b, 1e-6);
