@@ -42,15 +42,15 @@ std::string PhaseTimer::report(MPI_Comm comm) {
   MPI_Reduce(total_.data(), sum.data(), kPhases, MPI_DOUBLE, MPI_SUM, 0, comm);
   double all = 0;
   for (double s : sum) all += s / size;
-  std::string out = "phase            min (s)    avg (s)    max (s)   % total\n";
+  std::string out = "phase             min (s)     avg (s)     max (s)   % total\n";
   char line[128];
   for (int i = 0; i < kPhases; ++i) {
     double avg = sum[i] / size;
-    std::snprintf(line, sizeof line, "%-14s %9.2f  %9.2f  %9.2f   %6.1f%%\n", names[i], mn[i], avg, mx[i],
+    std::snprintf(line, sizeof line, "%-14s %10.3f  %10.3f  %10.3f   %6.1f%%\n", names[i], mn[i], avg, mx[i],
                   all > 0 ? 100 * avg / all : 0.0);
     out += line;
   }
-  std::snprintf(line, sizeof line, "%-14s %9s  %9.2f\n", "total", "", all);
+  std::snprintf(line, sizeof line, "%-14s %10s  %10.3f\n", "total", "", all);
   return out + line;
 }
 
