@@ -92,6 +92,58 @@ __device__ __forceinline__ V block_sum(V v, V* buf, int& flip) {
   return total;
 }
 
+// ---- warp-per-row layout -------------------------------------------------------------------------------------------
+// One warp owns a row of nvec packs (VEC elements each); lane l holds packs l + 32 j, j < NV, so a row's loads are
+// all issued before its warp-shuffle reductions and no block barrier sits in the row loop. kRowWarps warps a block.
+constexpr int kRowWarps = 4;
+
+// Calls fn(std::integral_constant<int, NV>) for the smallest supported NV >= ceil(nvec / 32); false when the row is
+// too wide for the warp layout (the caller then uses the row-team kernels).
+template <typename Fn>
+bool with_nv(int64_t nvec, Fn&& fn) {
+  const int64_t need = (nvec + 31) / 32;
+  if (need <= 1) return fn(std::integral_constant<int, 1>{}), true;
+  if (need <= 2) return fn(std::integral_constant<int, 2>{}), true;
+  if (need <= 3) return fn(std::integral_constant<int, 3>{}), true;
+  if (need <= 4) return fn(std::integral_constant<int, 4>{}), true;
+  if (need <= 5) return fn(std::integral_constant<int, 5>{}), true;
+  if (need <= 6) return fn(std::integral_constant<int, 6>{}), true;
+  if (need <= 8) return fn(std::integral_constant<int, 8>{}), true;
+  if (need <= 12) return fn(std::integral_constant<int, 12>{}), true;
+  return false;
+}
+
+// Adds the per-lane column sums acc[K][NV][VEC] of the kRowWarps warps of a block in warp order (deterministic) and
+// writes them to part[k, n, c, :] ([K, N, chunks, D] float32). buf: dynamic shared memory of K * D floats. Every
+// thread of the block calls.
+template <int K, int VEC, int NV>
+__device__ __forceinline__ void block_column_sums(const float (&acc)[K][NV][VEC], float* buf, float* part, int64_t N,
+                                                  int64_t n, int64_t chunks, int64_t c, int64_t D) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t nvec = D / VEC;
+  for (int w = 0; w < kRowWarps; ++w) {
+    if (warp == w) {
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+          const int64_t v = lane + 32 * j;
+          if (v < nvec)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+              float& slot = buf[k * D + v * VEC + e];
+              slot = w == 0 ? acc[k][j][e] : slot + acc[k][j][e];
+            }
+        }
+    }
+    __syncthreads();
+  }
+  for (int64_t i = threadIdx.x; i < K * D; i += blockDim.x) {
+    const int64_t k = i / D, d = i - k * D;
+    part[((k * N + n) * chunks + c) * D + d] = buf[i];
+  }
+}
+
 // ---- host side -----------------------------------------------------------------------------------------------------
 inline bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
