@@ -1,5 +1,5 @@
 // a. LayerNorm (no affine) fused with adaLN modulation, forward and backward (definitions: cuda/reference.cpp).
-// Rows of at most 12 x 32 packed vectors take one warp each (several rows in flight per block, shuffle reductions
+// Rows of at most 12 x 32 packed vectors take one warp each (the backward: when its sums fit shared memory) (several rows in flight per block, shuffle reductions
 // only); other rows take the row-team kernels, one block walking the tokens of one chunk of one sample
 // (cuda/token_rows.cuh). The forward reads x once, the backward reads dy and x once and keeps the sums over tokens in
 // registers.
@@ -213,8 +213,9 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 }
 
 // The same backward in the warp-per-row layout: block b covers tokens [t0, t0 + rows) of sample b / chunks, warp w
-// the tokens t0 + w, t0 + w + kRowWarps, ...; each lane sums dy and dy * xhat of its columns in registers, and
-// block_column_sums adds the warps' sums into part [2, N, chunks, D]. Dynamic shared memory: 2 * D floats.
+// the tokens t0 + w, t0 + w + kRowWarps, ...; each lane sums dy and dy * xhat of its columns in its warp's shared
+// memory slots, and block_column_sums adds the warps' sums into part [2, N, chunks, D]. Dynamic shared memory:
+// warp_sums_bytes(2, NV, VEC).
 template <typename A, typename P, int VEC, int NV>
 __global__ void __launch_bounds__(kRowWarps * 32)
     norm_modulate_backward_warp_kernel(const A* __restrict__ dy, const A* __restrict__ x,
@@ -229,12 +230,13 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const float inv_d = 1.0f / float(D);
 
   Pack<P, VEC> sc[NV];  // scale[n] of this lane's columns, raw
-  float acc[2][NV][VEC];  // sum dy, sum dy * xhat
+  float* sum_dy = warp_sums<2, VEC, NV>(sums_buf, 0);  // this warp's sums of dy and dy * xhat
+  float* sum_dyx = warp_sums<2, VEC, NV>(sums_buf, 1);
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
     if (lane + 32 * j < nvec) sc[j] = reinterpret_cast<const Pack<P, VEC>*>(scale + n * scale_stride)[lane + 32 * j];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) acc[0][j][k] = acc[1][j][k] = 0;
+    for (int k = 0; k < VEC; ++k) sum_dy[(j * VEC + k) * 32] = sum_dyx[(j * VEC + k) * 32] = 0;
   }
 
   for (int64_t t = t0 + warp; t < t1; t += kRowWarps) {
@@ -257,8 +259,8 @@ __global__ void __launch_bounds__(kRowWarps * 32)
         for (int k = 0; k < VEC; ++k) {
           const float d = to_float(rd[j].v[k]), xh = (to_float(rx[j].v[k]) - mu) * r;
           const float g = d * (1.0f + to_float(sc[j].v[k]));
-          acc[0][j][k] += d;
-          acc[1][j][k] += d * xh;
+          sum_dy[(j * VEC + k) * 32] += d;
+          sum_dyx[(j * VEC + k) * 32] += d * xh;
           s.a += g;
           s.b += g * xh;
         }
@@ -278,7 +280,7 @@ __global__ void __launch_bounds__(kRowWarps * 32)
       }
     }
   }
-  block_column_sums<2, VEC, NV>(acc, sums_buf, part, N, n, chunks, c, D);
+  block_column_sums<2, VEC, NV>(sums_buf, part, N, n, chunks, c, D);
 }
 
 }  // namespace
@@ -318,8 +320,9 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, cons
       });
     };
     // Packed rows of at most 12 x 32 packs: one warp a row (token_rows.cuh), else the row teams.
-    const bool warp_rows = packed && with_nv(D / V, [&](auto nv) {
-      constexpr int NV = decltype(nv)::value;
+    const int nv = packed ? nv_for(D / V) : 0;
+    if (nv > 0) return with_nv(nv, [&](auto nvc) {
+      constexpr int NV = decltype(nvc)::value;
       const int64_t rows = N * T;
       norm_modulate_warp_kernel<A, P, V, NV>
           <<<grid_of((rows + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -328,7 +331,6 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, cons
               mean.data_ptr<float>(), rstd.data_ptr<float>(), rows, T, D, float(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    if (warp_rows) return;
     if (packed)
       launch(std::integral_constant<int, V>{});
     else
@@ -379,10 +381,11 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     };
-    const bool warp_rows = packed && with_nv(D / V, [&](auto nv) {
-      constexpr int NV = decltype(nv)::value;
+    const int nv = packed ? nv_for(D / V) : 0;
+    if (nv > 0 && warp_sums_bytes(2, nv, V) <= kWarpSumsBytes) return with_nv(nv, [&](auto nvc) {
+      constexpr int NV = decltype(nvc)::value;
       auto kernel = norm_modulate_backward_warp_kernel<A, P, V, NV>;
-      const size_t smem = size_t(2 * D) * sizeof(float);
+      const size_t smem = warp_sums_bytes(2, NV, V);
       // One wave of blocks: each leaves one partial row per sum, so fewer, longer blocks keep part small.
       const Chunks ch = chunks_for(kernel, kRowWarps * 32, N, T, 1);
       part = at::empty({2, N, ch.count, D}, x.options().dtype(at::kFloat));
@@ -392,7 +395,6 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
           reinterpret_cast<A*>(dx.data_ptr()), part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    if (warp_rows) return;
     if (packed)
       launch(std::integral_constant<int, V>{});
     else

@@ -97,50 +97,55 @@ __device__ __forceinline__ V block_sum(V v, V* buf, int& flip) {
 // all issued before its warp-shuffle reductions and no block barrier sits in the row loop. kRowWarps warps a block.
 constexpr int kRowWarps = 4;
 
-// Calls fn(std::integral_constant<int, NV>) for the smallest supported NV >= ceil(nvec / 32); false when the row is
-// too wide for the warp layout (the caller then uses the row-team kernels).
-template <typename Fn>
-bool with_nv(int64_t nvec, Fn&& fn) {
+// Packs per lane for rows of nvec packs: the smallest of {1, ..., 6, 8, 9, 12} >= ceil(nvec / 32) (DiT widths 384,
+// 768, 1024, 1152 need no idle slot), or 0 when the row is too wide for the warp layout (row teams then).
+inline int nv_for(int64_t nvec) {
   const int64_t need = (nvec + 31) / 32;
-  if (need <= 1) return fn(std::integral_constant<int, 1>{}), true;
-  if (need <= 2) return fn(std::integral_constant<int, 2>{}), true;
-  if (need <= 3) return fn(std::integral_constant<int, 3>{}), true;
-  if (need <= 4) return fn(std::integral_constant<int, 4>{}), true;
-  if (need <= 5) return fn(std::integral_constant<int, 5>{}), true;
-  if (need <= 6) return fn(std::integral_constant<int, 6>{}), true;
-  if (need <= 8) return fn(std::integral_constant<int, 8>{}), true;
-  if (need <= 12) return fn(std::integral_constant<int, 12>{}), true;
-  return false;
+  for (int nv : {1, 2, 3, 4, 5, 6, 8, 9, 12})
+    if (need <= nv) return nv;
+  return 0;
+}
+template <typename Fn>
+void with_nv(int nv, Fn&& fn) {
+  switch (nv) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 8: return fn(std::integral_constant<int, 8>{});
+    case 9: return fn(std::integral_constant<int, 9>{});
+    case 12: return fn(std::integral_constant<int, 12>{});
+  }
+  TORCH_CHECK(false, "token_rows: no warp-per-row kernel for ", nv, " packs per lane");
 }
 
-// Adds the per-lane column sums acc[K][NV][VEC] of the kRowWarps warps of a block in warp order (deterministic) and
-// writes them to part[k, n, c, :] ([K, N, chunks, D] float32). buf: dynamic shared memory of K * D floats. Every
-// thread of the block calls.
+// Column sums over tokens in the warp layout live in shared memory, not registers (which hold the rows in flight):
+// warp w owns K sums of NV * VEC * 32 floats, slot ((j * VEC + e) * 32 + lane) for element e of pack lane + 32 j
+// (conflict-free). Bytes of dynamic shared memory for a block; the launchers use the warp layout only when this is
+// at most kWarpSumsBytes (the default limit, no opt-in needed).
+constexpr size_t kWarpSumsBytes = 48 * 1024;
+inline size_t warp_sums_bytes(int K, int nv, int vec) { return size_t(kRowWarps) * K * nv * vec * 32 * sizeof(float); }
+
 template <int K, int VEC, int NV>
-__device__ __forceinline__ void block_column_sums(const float (&acc)[K][NV][VEC], float* buf, float* part, int64_t N,
-                                                  int64_t n, int64_t chunks, int64_t c, int64_t D) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t nvec = D / VEC;
-  for (int w = 0; w < kRowWarps; ++w) {
-    if (warp == w) {
-#pragma unroll
-      for (int k = 0; k < K; ++k)
-#pragma unroll
-        for (int j = 0; j < NV; ++j) {
-          const int64_t v = lane + 32 * j;
-          if (v < nvec)
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              float& slot = buf[k * D + v * VEC + e];
-              slot = w == 0 ? acc[k][j][e] : slot + acc[k][j][e];
-            }
-        }
-    }
-    __syncthreads();
-  }
+__device__ __forceinline__ float* warp_sums(float* buf, int k) {
+  return buf + ((threadIdx.x >> 5) * K + k) * (NV * VEC * 32) + (threadIdx.x & 31);
+}
+
+// part[k, n, c, d] = sum over warps w (in order) of warp w's sum k at column d ([K, N, chunks, D] float32). Every
+// thread of the block calls, after its last update of its warp's sums.
+template <int K, int VEC, int NV>
+__device__ __forceinline__ void block_column_sums(const float* buf, float* part, int64_t N, int64_t n, int64_t chunks,
+                                                  int64_t c, int64_t D) {
+  __syncthreads();
+  constexpr int kSlots = NV * VEC * 32;
   for (int64_t i = threadIdx.x; i < K * D; i += blockDim.x) {
-    const int64_t k = i / D, d = i - k * D;
-    part[((k * N + n) * chunks + c) * D + d] = buf[i];
+    const int64_t k = i / D, d = i - k * D, v = d / VEC, e = d - v * VEC;
+    const int64_t slot = ((v / 32) * VEC + e) * 32 + v % 32;
+    float s = 0;
+    for (int w = 0; w < kRowWarps; ++w) s += buf[(w * K + k) * kSlots + slot];
+    part[((k * N + n) * chunks + c) * D + d] = s;
   }
 }
 
