@@ -19,6 +19,7 @@ namespace opendit::kernels::cuda_impl {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kRows = 4;  // rows a thread loads at once (16-byte loads in flight per thread, per input)
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kGeluCoeff = 0.044715f;
 
@@ -47,12 +48,20 @@ __global__ void bias_gelu_kernel(const T* __restrict__ a, const B* __restrict__ 
   float b[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) b[j] = static_cast<float>(bias[col + j]);
-  for (int64_t row = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; row < M; row += int64_t(gridDim.y) * blockDim.y) {
-    const int64_t i = row * K + col;
-    Vec<T, V> x = *reinterpret_cast<const Vec<T, V>*>(a + i), y;
+  const int64_t step = int64_t(gridDim.y) * blockDim.y;
+  for (int64_t row = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; row < M; row += kRows * step) {
+    Vec<T, V> x[kRows];  // kRows rows' loads issued before any arithmetic
 #pragma unroll
-    for (int j = 0; j < V; ++j) y.v[j] = static_cast<T>(gelu_tanh(static_cast<float>(x.v[j]) + b[j]));
-    *reinterpret_cast<Vec<T, V>*>(g + i) = y;
+    for (int u = 0; u < kRows; ++u)
+      if (row + u * step < M) x[u] = *reinterpret_cast<const Vec<T, V>*>(a + (row + u * step) * K + col);
+#pragma unroll
+    for (int u = 0; u < kRows; ++u)
+      if (row + u * step < M) {
+        Vec<T, V> y;
+#pragma unroll
+        for (int j = 0; j < V; ++j) y.v[j] = static_cast<T>(gelu_tanh(static_cast<float>(x[u].v[j]) + b[j]));
+        *reinterpret_cast<Vec<T, V>*>(g + (row + u * step) * K + col) = y;
+      }
   }
 }
 
@@ -71,17 +80,28 @@ __global__ void bias_gelu_backward_kernel(const T* __restrict__ dg, const T* __r
     acc[j] = 0.f;
   }
   if (active) {
-    for (int64_t row = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; row < M;
-         row += int64_t(gridDim.y) * blockDim.y) {
-      const int64_t i = row * K + col;
-      Vec<T, V> x = *reinterpret_cast<const Vec<T, V>*>(a + i), d = *reinterpret_cast<const Vec<T, V>*>(dg + i), y;
+    const int64_t step = int64_t(gridDim.y) * blockDim.y;
+    for (int64_t row = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; row < M; row += kRows * step) {
+      Vec<T, V> x[kRows], d[kRows];  // kRows rows' loads issued before any arithmetic (rows still added in order)
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float v = static_cast<float>(d.v[j]) * gelu_tanh_grad(static_cast<float>(x.v[j]) + b[j]);
-        y.v[j] = static_cast<T>(v);
-        acc[j] += v;  // the fp32 value, not the rounded one: dbias is the sum of exact da
-      }
-      *reinterpret_cast<Vec<T, V>*>(da + i) = y;
+      for (int u = 0; u < kRows; ++u)
+        if (row + u * step < M) {
+          const int64_t i = (row + u * step) * K + col;
+          x[u] = *reinterpret_cast<const Vec<T, V>*>(a + i);
+          d[u] = *reinterpret_cast<const Vec<T, V>*>(dg + i);
+        }
+#pragma unroll
+      for (int u = 0; u < kRows; ++u)
+        if (row + u * step < M) {
+          Vec<T, V> y;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const float v = static_cast<float>(d[u].v[j]) * gelu_tanh_grad(static_cast<float>(x[u].v[j]) + b[j]);
+            y.v[j] = static_cast<T>(v);
+            acc[j] += v;  // the fp32 value, not the rounded one: dbias is the sum of exact da
+          }
+          *reinterpret_cast<Vec<T, V>*>(da + (row + u * step) * K + col) = y;
+        }
     }
   }
   const int width = blockDim.x * V;
@@ -98,14 +118,24 @@ __global__ void bias_gelu_backward_kernel(const T* __restrict__ dg, const T* __r
   }
 }
 
-// dbias [K] = sum over r of partial [R, K], in order r = 0..R-1.
+// dbias [K] = sum over r of partial [R, K] in a fixed order: block (32, kSumLanes) takes 32 columns, lane y adds the
+// rows r = y, y + kSumLanes, ... in order, then lane 0 adds the kSumLanes results in order (deterministic). Many
+// independent loads per column instead of one thread walking all R rows.
+constexpr int kSumLanes = 16;
 template <typename B>
 __global__ void sum_partials_kernel(const float* __restrict__ partial, B* __restrict__ dbias, int64_t R, int64_t K) {
-  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k >= K) return;
+  __shared__ float lanes[kSumLanes][33];
+  const int64_t k = int64_t(blockIdx.x) * 32 + threadIdx.x;
   float s = 0.f;
-  for (int64_t r = 0; r < R; ++r) s += partial[r * K + k];
-  dbias[k] = static_cast<B>(s);
+  if (k < K)
+    for (int64_t r = threadIdx.y; r < R; r += kSumLanes) s += partial[r * K + k];
+  lanes[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || k >= K) return;
+  float total = 0.f;
+#pragma unroll
+  for (int y = 0; y < kSumLanes; ++y) total += lanes[y][threadIdx.x];
+  dbias[k] = static_cast<B>(total);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -212,7 +242,7 @@ BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, cons
       bias_gelu_backward_kernel<T, B, 1>
           <<<l.grid, l.block, shared, stream>>>(pdg, pa, pb, pda, partial.data_ptr<float>(), M, K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_partials_kernel<B><<<unsigned((K + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+    sum_partials_kernel<B><<<unsigned((K + 31) / 32), dim3(32, kSumLanes), 0, stream>>>(
         partial.data_ptr<float>(), dbias.data_ptr<B>(), int64_t(l.grid.y), K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

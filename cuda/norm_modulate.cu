@@ -1,6 +1,8 @@
 // a. LayerNorm (no affine) fused with adaLN modulation, forward and backward (definitions: cuda/reference.cpp).
-// One block walks the tokens of one chunk of one sample, a row at a time held in registers (cuda/token_rows.cuh):
-// the forward reads x once, the backward reads dy and x once and keeps the sums over tokens in registers.
+// Rows of at most 12 x 32 packed vectors take one warp each (the backward: when its sums fit shared memory) (several rows in flight per block, shuffle reductions
+// only); other rows take the row-team kernels, one block walking the tokens of one chunk of one sample
+// (cuda/token_rows.cuh). The forward reads x once, the backward reads dy and x once and keeps the sums over tokens in
+// registers.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -157,6 +159,130 @@ __global__ void __launch_bounds__(kMaxTeam)
   }
 }
 
+// The same forward in the warp-per-row layout (token_rows.cuh): warp w of block b normalizes row b * kRowWarps + w
+// of x viewed as [N * T, D]; the raw packs stay in registers between the two reductions and the output pass.
+template <typename A, typename P, int VEC, int NV>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    norm_modulate_warp_kernel(const A* __restrict__ x, const P* __restrict__ shift, int64_t shift_stride,
+                              const P* __restrict__ scale, int64_t scale_stride, A* __restrict__ y,
+                              float* __restrict__ mean, float* __restrict__ rstd, int64_t rows, int64_t T, int64_t D,
+                              float eps) {
+  const int64_t row = int64_t(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
+  if (row >= rows) return;  // the whole warp leaves together: no barrier follows
+  const int lane = threadIdx.x & 31;
+  const int64_t nvec = D / VEC, n = row / T;
+  const float inv_d = 1.0f / float(D);
+  const auto* xr = reinterpret_cast<const Pack<A, VEC>*>(x + row * D);
+  Pack<A, VEC> raw[NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (lane + 32 * j < nvec) raw[j] = xr[lane + 32 * j];
+  float s = 0;
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (lane + 32 * j < nvec)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) s += to_float(raw[j].v[k]);
+  const float mu = warp_sum(s) * inv_d;
+  float q = 0;  // second pass: sum (x - mean)^2, no cancellation
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (lane + 32 * j < nvec)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float d = to_float(raw[j].v[k]) - mu;
+        q += d * d;
+      }
+  const float r = rsqrtf(warp_sum(q) * inv_d + eps);
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t v = lane + 32 * j;
+    if (v < nvec) {
+      float sh[VEC], sc[VEC], o[VEC];
+      load<P, VEC>(shift + n * shift_stride + v * VEC, sh);
+      load<P, VEC>(scale + n * scale_stride + v * VEC, sc);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) o[k] = (to_float(raw[j].v[k]) - mu) * r * (1.0f + sc[k]) + sh[k];
+      store<A, VEC>(y + row * D + v * VEC, o);
+    }
+  }
+  if (lane == 0) {
+    mean[row] = mu;
+    rstd[row] = r;
+  }
+}
+
+// The same backward in the warp-per-row layout: block b covers tokens [t0, t0 + rows) of sample b / chunks, warp w
+// the tokens t0 + w, t0 + w + kRowWarps, ...; each lane sums dy and dy * xhat of its columns in its warp's shared
+// memory slots, and block_column_sums adds the warps' sums into part [2, N, chunks, D]. Dynamic shared memory:
+// warp_sums_bytes(2, NV, VEC).
+template <typename A, typename P, int VEC, int NV>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    norm_modulate_backward_warp_kernel(const A* __restrict__ dy, const A* __restrict__ x,
+                                       const float* __restrict__ mean, const float* __restrict__ rstd,
+                                       const P* __restrict__ scale, int64_t scale_stride, A* __restrict__ dx,
+                                       float* __restrict__ part, int64_t N, int64_t T, int64_t D, int64_t chunks,
+                                       int64_t rows) {
+  extern __shared__ float sums_buf[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n = blockIdx.x / chunks, c = blockIdx.x % chunks, t0 = c * rows, t1 = min(T, t0 + rows);
+  const int64_t nvec = D / VEC;
+  const float inv_d = 1.0f / float(D);
+
+  Pack<P, VEC> sc[NV];  // scale[n] of this lane's columns, raw
+  float* sum_dy = warp_sums<2, VEC, NV>(sums_buf, 0);  // this warp's sums of dy and dy * xhat
+  float* sum_dyx = warp_sums<2, VEC, NV>(sums_buf, 1);
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    if (lane + 32 * j < nvec) sc[j] = reinterpret_cast<const Pack<P, VEC>*>(scale + n * scale_stride)[lane + 32 * j];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sum_dy[(j * VEC + k) * 32] = sum_dyx[(j * VEC + k) * 32] = 0;
+  }
+
+  for (int64_t t = t0 + warp; t < t1; t += kRowWarps) {
+    const int64_t row = n * T + t;
+    const auto* dyr = reinterpret_cast<const Pack<A, VEC>*>(dy + row * D);
+    const auto* xr = reinterpret_cast<const Pack<A, VEC>*>(x + row * D);
+    Pack<A, VEC> rd[NV], rx[NV];
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (lane + 32 * j < nvec) {
+        rd[j] = dyr[lane + 32 * j];
+        rx[j] = xr[lane + 32 * j];
+      }
+    const float mu = mean[row], r = rstd[row];
+    Two s{0, 0};  // sum g, sum g * xhat, g = dy * (1 + scale)
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (lane + 32 * j < nvec)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float d = to_float(rd[j].v[k]), xh = (to_float(rx[j].v[k]) - mu) * r;
+          const float g = d * (1.0f + to_float(sc[j].v[k]));
+          sum_dy[(j * VEC + k) * 32] += d;
+          sum_dyx[(j * VEC + k) * 32] += d * xh;
+          s.a += g;
+          s.b += g * xh;
+        }
+    const Two tot = warp_sum(s);
+    const float ga = tot.a * inv_d, gb = tot.b * inv_d;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t v = lane + 32 * j;
+      if (v < nvec) {
+        float o[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float d = to_float(rd[j].v[k]), xh = (to_float(rx[j].v[k]) - mu) * r;
+          o[k] = r * (d * (1.0f + to_float(sc[j].v[k])) - ga - xh * gb);
+        }
+        store<A, VEC>(dx + row * D + v * VEC, o);
+      }
+    }
+  }
+  block_column_sums<2, VEC, NV>(sums_buf, part, N, n, chunks, c, D);
+}
+
 }  // namespace
 
 NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, const at::Tensor& scale_in, double eps) {
@@ -193,6 +319,18 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, cons
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     };
+    // Packed rows of at most 12 x 32 packs: one warp a row (token_rows.cuh), else the row teams.
+    const int nv = packed ? nv_for(D / V) : 0;
+    if (nv > 0) return with_nv(nv, [&](auto nvc) {
+      constexpr int NV = decltype(nvc)::value;
+      const int64_t rows = N * T;
+      norm_modulate_warp_kernel<A, P, V, NV>
+          <<<grid_of((rows + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
+              reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const P*>(shift.data_ptr()), row_stride(shift),
+              reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale), reinterpret_cast<A*>(y.data_ptr()),
+              mean.data_ptr<float>(), rstd.data_ptr<float>(), rows, T, D, float(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
     if (packed)
       launch(std::integral_constant<int, V>{});
     else
@@ -243,6 +381,20 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     };
+    const int nv = packed ? nv_for(D / V) : 0;
+    if (nv > 0 && warp_sums_bytes(2, nv, V) <= kWarpSumsBytes) return with_nv(nv, [&](auto nvc) {
+      constexpr int NV = decltype(nvc)::value;
+      auto kernel = norm_modulate_backward_warp_kernel<A, P, V, NV>;
+      const size_t smem = warp_sums_bytes(2, NV, V);
+      // One wave of blocks: each leaves one partial row per sum, so fewer, longer blocks keep part small.
+      const Chunks ch = chunks_for(kernel, kRowWarps * 32, N, T, 1);
+      part = at::empty({2, N, ch.count, D}, x.options().dtype(at::kFloat));
+      kernel<<<grid_of(N * ch.count), kRowWarps * 32, smem, at::cuda::getCurrentCUDAStream()>>>(
+          reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),
+          rstd.data_ptr<float>(), reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale),
+          reinterpret_cast<A*>(dx.data_ptr()), part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
     if (packed)
       launch(std::integral_constant<int, V>{});
     else

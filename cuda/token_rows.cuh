@@ -92,6 +92,63 @@ __device__ __forceinline__ V block_sum(V v, V* buf, int& flip) {
   return total;
 }
 
+// ---- warp-per-row layout -------------------------------------------------------------------------------------------
+// One warp owns a row of nvec packs (VEC elements each); lane l holds packs l + 32 j, j < NV, so a row's loads are
+// all issued before its warp-shuffle reductions and no block barrier sits in the row loop. kRowWarps warps a block.
+constexpr int kRowWarps = 4;
+
+// Packs per lane for rows of nvec packs: the smallest of {1, ..., 6, 8, 9, 12} >= ceil(nvec / 32) (DiT widths 384,
+// 768, 1024, 1152 need no idle slot), or 0 when the row is too wide for the warp layout (row teams then).
+inline int nv_for(int64_t nvec) {
+  const int64_t need = (nvec + 31) / 32;
+  for (int nv : {1, 2, 3, 4, 5, 6, 8, 9, 12})
+    if (need <= nv) return nv;
+  return 0;
+}
+template <typename Fn>
+void with_nv(int nv, Fn&& fn) {
+  switch (nv) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 8: return fn(std::integral_constant<int, 8>{});
+    case 9: return fn(std::integral_constant<int, 9>{});
+    case 12: return fn(std::integral_constant<int, 12>{});
+  }
+  TORCH_CHECK(false, "token_rows: no warp-per-row kernel for ", nv, " packs per lane");
+}
+
+// Column sums over tokens in the warp layout live in shared memory, not registers (which hold the rows in flight):
+// warp w owns K sums of NV * VEC * 32 floats, slot ((j * VEC + e) * 32 + lane) for element e of pack lane + 32 j
+// (conflict-free). Bytes of dynamic shared memory for a block; the launchers use the warp layout only when this is
+// at most kWarpSumsBytes (the default limit, no opt-in needed).
+constexpr size_t kWarpSumsBytes = 48 * 1024;
+inline size_t warp_sums_bytes(int K, int nv, int vec) { return size_t(kRowWarps) * K * nv * vec * 32 * sizeof(float); }
+
+template <int K, int VEC, int NV>
+__device__ __forceinline__ float* warp_sums(float* buf, int k) {
+  return buf + ((threadIdx.x >> 5) * K + k) * (NV * VEC * 32) + (threadIdx.x & 31);
+}
+
+// part[k, n, c, d] = sum over warps w (in order) of warp w's sum k at column d ([K, N, chunks, D] float32). Every
+// thread of the block calls, after its last update of its warp's sums.
+template <int K, int VEC, int NV>
+__device__ __forceinline__ void block_column_sums(const float* buf, float* part, int64_t N, int64_t n, int64_t chunks,
+                                                  int64_t c, int64_t D) {
+  __syncthreads();
+  constexpr int kSlots = NV * VEC * 32;
+  for (int64_t i = threadIdx.x; i < K * D; i += blockDim.x) {
+    const int64_t k = i / D, d = i - k * D, v = d / VEC, e = d - v * VEC;
+    const int64_t slot = ((v / 32) * VEC + e) * 32 + v % 32;
+    float s = 0;
+    for (int w = 0; w < kRowWarps; ++w) s += buf[(w * K + k) * kSlots + slot];
+    part[((k * N + n) * chunks + c) * D + d] = s;
+  }
+}
+
 // ---- host side -----------------------------------------------------------------------------------------------------
 inline bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
