@@ -37,17 +37,19 @@ struct KernelBenchArgs {
 constexpr int64_t kTokens = 256, kWidth = 1152, kMlp = 4608, kHeads = 16;
 constexpr int64_t kDitXlParams = 675129632;
 
-// Median milliseconds of fn over `iters` runs after `warmup`, each between two CUDA events on the current stream.
+// Milliseconds per call of fn in steady state: `iters` back-to-back calls between two CUDA events on the current
+// stream (so the GPU never waits for the host's launch, as inside a training step), divided by iters; the median of
+// 5 such runs, after `warmup` calls.
 double median_ms(const std::function<void()>& fn, int warmup, int iters) {
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> ms;
-  for (int i = 0; i < iters; ++i) {
+  for (int r = 0; r < 5; ++r) {
     at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
     start.record();
-    fn();
+    for (int i = 0; i < iters; ++i) fn();
     stop.record();
     stop.synchronize();
-    ms.push_back(start.elapsed_time(stop));
+    ms.push_back(start.elapsed_time(stop) / iters);
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
