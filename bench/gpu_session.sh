@@ -32,7 +32,7 @@ echo "build rc=$rc in $(( $(date +%s) - t0 )) s"
 for stage in $STAGES; do
   t0=$(date +%s)
   case $stage in
-    ctest) (cd build && ctest --output-on-failure) > "$OUT/ctest.log" 2>&1
+    ctest) (cd build && ctest -j 4 --output-on-failure) > "$OUT/ctest.log" 2>&1
            grep -E "tests passed|Failed|FAIL|\*\*\*" "$OUT/ctest.log" | head -20 ;;
     tests) { build/tests/cuda/test_kernels; build/tests/models/test_models --gtest_filter='DiTFused*';
              (cd build && ctest -R "sampling_graph|sample_cli|unit" --output-on-failure); } > "$OUT/tests.log" 2>&1
