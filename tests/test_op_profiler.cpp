@@ -162,6 +162,9 @@ TEST(OpProfiler, KernelCategories) {
   EXPECT_EQ(kernel_category("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)"),
             "attention");
   EXPECT_EQ(kernel_category("cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x128_4x1x1_kernel0_0"), "attention");
+  // The helper kernels of torch's cuDNN attention backward.
+  EXPECT_EQ(kernel_category("void compute_dot_do_o<true>(int, int, int, int, float*)"), "attention");
+  EXPECT_EQ(kernel_category("void convert_dq_to_16bits<true>(int, int, float const*, __nv_bfloat16*)"), "attention");
   EXPECT_EQ(kernel_category("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>"),
             "norm");
   EXPECT_EQ(kernel_category("void opendit::kernels::norm_modulate_kernel<__nv_bfloat16>"), "norm");

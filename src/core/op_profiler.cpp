@@ -156,7 +156,7 @@ std::string kernel_category(const std::string& name) {
   std::string s = name;
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   // Attention first: cuDNN's and CUTLASS's attention kernels also carry gemm-like names.
-  if (contains_any(s, {"flash", "fmha", "sdpa", "attention", "attn"})) return "attention";
+  if (contains_any(s, {"flash", "fmha", "sdpa", "attention", "attn", "dot_do_o", "convert_dq"})) return "attention";
   if (contains_any(s, {"nccl"})) return "nccl";
   if (contains_any(s, {"adam", "multi_tensor_apply"})) return "optimizer";  // ours: adamw_ema; torch's foreach
   if (contains_any(s, {"gemm", "xmma", "cutlass", "cublas", "nvjet", "wgmma", "conv"})) return "gemm";
