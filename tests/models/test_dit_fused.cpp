@@ -3,9 +3,12 @@
 // CUDA kernels run, against the CPU.
 #include <gtest/gtest.h>
 #include <ATen/Context.h>
+#include <ATen/SDPBackend.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include "core/error.hpp"
+#include "models/attention.hpp"
 #include "models/dit.hpp"
 
 using namespace opendit::models;
@@ -114,4 +117,13 @@ TEST(DiTFused, GpuForwardAndBackwardMatchCpu) {
         EXPECT_LT(rel(g_g.at(name), g), bf ? 6e-2 : 1e-4) << name << " " << cfg.describe() << " " << dtype;
     }
   }
+}
+
+TEST(Attention, BackendChoiceSetsTorchsPriorityOrder) {
+  set_attention_backend("flash");
+  EXPECT_EQ(at::globalContext().sDPPriorityOrder()[0], at::SDPBackend::flash_attention);
+  EXPECT_EQ(at::globalContext().sDPPriorityOrder()[1], at::SDPBackend::cudnn_attention);  // the rest: auto's order
+  set_attention_backend("auto");
+  EXPECT_EQ(at::globalContext().sDPPriorityOrder()[0], at::SDPBackend::cudnn_attention);
+  EXPECT_THROW(set_attention_backend("fastest"), opendit::Error);
 }

@@ -203,7 +203,8 @@ def main():
                ("data.global_batch=15", "multiple of the data-parallel size"),
                ("data.global_batch=128", "fewer than the global batch 128"),
                ("model.input_size=16", "but the model takes"),
-               ("train.min_lr=1", "exceeds train.lr")]
+               ("train.min_lr=1", "exceeds train.lr"),
+               ("train.checkpoint_blocks=3", "exceeds the model's 2 blocks")]
         for setting, message in bad:
             rc, out = train(tmp, "bad", 2, setting, timeout=60)
             check(f"bad input {setting}: one clear error", rc != 0 and message in out
