@@ -96,6 +96,11 @@ check "bench sample: DDIM, no guidance, bf16" has bsample_ddim "dtype=bf16 image
 run bsample_bad 30 "$BIN" bench sample "${TINY[@]}" --device cpu --images 0
 check "bench sample: --images 0 rejected" has bsample_bad "--images 0: expected >= 1"
 
+# bench kernels needs a GPU: with none visible it is one clear error (the GPU runs it through bench/kernels.sh).
+run bkernels 60 env CUDA_VISIBLE_DEVICES= "$BIN" bench kernels
+check "bench kernels without a GPU: one clear error" has bkernels "bench kernels needs a GPU"
+check "bench kernels without a GPU: exit 1" test "$rc_bkernels" -eq 1
+
 if [ $fails -ne 0 ]; then
   for f in "$out"/*; do echo "---- $(basename "$f")"; cat "$f"; done
 fi
