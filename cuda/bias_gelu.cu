@@ -66,9 +66,11 @@ __global__ void bias_gelu_kernel(const T* __restrict__ a, const B* __restrict__ 
 }
 
 // da [M, K] = dg * gelu_tanh'(a + bias); partial [gridDim.y, K] = sum of da over the rows of each blockIdx.y.
+// dg and da may be one buffer (reuse_dg): each element is read, then written, by the same thread, so they are not
+// __restrict__.
 template <typename T, typename B, int V>
-__global__ void bias_gelu_backward_kernel(const T* __restrict__ dg, const T* __restrict__ a,
-                                          const B* __restrict__ bias, T* __restrict__ da, float* __restrict__ partial,
+__global__ void bias_gelu_backward_kernel(const T* dg, const T* __restrict__ a,
+                                          const B* __restrict__ bias, T* da, float* __restrict__ partial,
                                           int64_t M, int64_t K) {
   extern __shared__ float smem[];  // [blockDim.y, blockDim.x * V]
   const int64_t col = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
@@ -212,13 +214,14 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
   return g;
 }
 
-BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias) {
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
+                                 bool reuse_dg) {
   check_inputs(a, bias, "bias_gelu_backward");
   TORCH_CHECK(dg.sizes() == a.sizes() && dg.scalar_type() == a.scalar_type() && dg.device() == a.device() &&
                   dg.is_contiguous(),
               "bias_gelu_backward: dg must be a contiguous ", a.scalar_type(), " ", a.sizes(), " on ", a.device());
   const c10::cuda::CUDAGuard guard(a.device());
-  at::Tensor da = at::empty_like(a, at::MemoryFormat::Contiguous);
+  at::Tensor da = reuse_dg ? dg : at::empty_like(a, at::MemoryFormat::Contiguous);
   const int64_t K = a.size(-1), M = K == 0 ? 0 : a.numel() / K;
   if (M == 0) return {da, at::zeros_like(bias)};
   at::Tensor dbias = at::empty_like(bias);

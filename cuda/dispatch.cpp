@@ -95,14 +95,19 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
   OPENDIT_ROUTE(bias_gelu(a, bias));
 }
 
-BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias) {
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
+                                 bool reuse_dg) {
   TORCH_CHECK(a.dim() >= 1 && a.is_contiguous(), "bias_gelu_backward: a must be contiguous, got ", a.sizes());
   check_same(dg, a, "bias_gelu_backward: dg");
   TORCH_CHECK(dg.scalar_type() == a.scalar_type(), "bias_gelu_backward: dg and a differ in dtype");
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
               "bias_gelu_backward: bias must be a contiguous [", a.size(-1), "] on ", a.device());
   const at::Tensor& first = fused_available(bias) ? a : bias;
-  OPENDIT_ROUTE(bias_gelu_backward(dg, a, bias));
+  #if defined(OPENDIT_WITH_CUDA)
+  if (fused_available(first)) return cuda_impl::bias_gelu_backward(dg, a, bias, reuse_dg);
+#endif
+  (void)reuse_dg;
+  return reference::bias_gelu_backward(dg, a, bias);
 }
 
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {

@@ -42,10 +42,13 @@ GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Ten
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 
 // da = dg * gelu_tanh'(a + bias) (a's dtype, a's shape); dbias = sum over all rows of da [K] in bias's dtype.
+// reuse_dg: the caller gives dg up, and the kernel may write da over it (one [..., K] buffer less at the peak of
+// the MLP's backward); the reference ignores it.
 struct BiasGeluGrads {
   at::Tensor da, dbias;
 };
-BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias);
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
+                                 bool reuse_dg = false);
 
 // ---- d. AdamW + EMA in one pass ----------------------------------------------------------------------------------
 // Over flat 1-D tensors of one length n on one device, in torch.optim.AdamW's order of operations:

@@ -54,7 +54,8 @@ struct NormModulateMlp : torch::autograd::Function<NormModulateMlp> {
     const at::Tensor dout = rows(grad_out[0].contiguous());                        // [N*T, D]
     at::Tensor dw2 = dout.t().mm(rows(kernels::bias_gelu(a, b1)));                   // [D, M]
     at::Tensor db2 = dout.sum(0);
-    auto bg = kernels::bias_gelu_backward(dout.mm(w2).view(a.sizes()), a, b1);     // da [N, T, M], db1 [M]
+    // da is written over dg (a temporary): one [N, T, M] buffer less at the peak of backward.
+    auto bg = kernels::bias_gelu_backward(dout.mm(w2).view(a.sizes()), a, b1, /*reuse_dg=*/true);  // da, db1 [M]
     const at::Tensor da = rows(bg.da);
     const at::Tensor h = kernels::norm_modulate(x, shift, scale, ctx->saved_data["eps"].toDouble()).y;
     at::Tensor dw1 = da.t().mm(rows(h));                                            // [M, D]
