@@ -9,6 +9,7 @@
 
 #include "cli/app.hpp"
 #include "core/error.hpp"
+#include "models/attention.hpp"
 #include "models/dit.hpp"
 
 namespace opendit::cli {
@@ -24,7 +25,8 @@ struct BenchArgs {
 void run_forward_bench(const BenchArgs& a, MpiRuntime& mpi) {
   if (mpi.size() > 1) throw Error("bench runs as one process: run it without mpirun");
   if (a.batch < 1 || a.iters < 1 || a.warmup < 0) throw Error("--batch and --iters must be >= 1, --warmup >= 0");
-  models::DiTConfig cfg = models::dit_config_from(a.deck.load());
+  const config::Deck deck = a.deck.load();
+  models::DiTConfig cfg = models::dit_config_from(deck);
   const bool have_gpu = at::detail::getCUDAHooks().hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0;
   if (a.device == "cuda" && !have_gpu) throw Error("--device cuda: no GPU is visible");
   const bool gpu = a.device == "cuda" || (a.device == "auto" && have_gpu);
@@ -36,6 +38,7 @@ void run_forward_bench(const BenchArgs& a, MpiRuntime& mpi) {
   for (auto& [name, t] : model.named_parameters())
     if (name.find("adaLN") != std::string::npos) t->normal_(0, 0.02);
   model.to(at::TensorOptions().device(device).dtype(dtype));
+  if (gpu) models::set_attention_backend(deck.get_string("model.attention"));
   auto opts = at::TensorOptions().device(device);
   at::Tensor x = at::randn({a.batch, cfg.in_channels, cfg.input_size, cfg.input_size}, opts.dtype(dtype));
   at::Tensor t = at::randint(0, 1000, {a.batch}, opts.dtype(at::kFloat));

@@ -21,6 +21,7 @@
 #include "diffusion/cuda_graph_denoiser.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/guidance.hpp"
+#include "models/attention.hpp"
 #include "models/dit.hpp"
 
 namespace opendit::cli {
@@ -89,6 +90,7 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   for (auto& [name, t] : model.named_parameters())
     if (name.find("adaLN") != std::string::npos) t->normal_(0, 0.02);
   model.to(at::TensorOptions().device(device).dtype(dtype));
+  if (gpu) models::set_attention_backend(deck.get_string("model.attention"));
 
   // The diffusion runs in float32; the network in --dtype.
   at::Generator gen = at::detail::createCPUGenerator(0);

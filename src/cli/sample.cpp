@@ -11,6 +11,7 @@
 #include "core/strings.hpp"
 #include "diffusion/cuda_graph_denoiser.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
+#include "models/attention.hpp"
 #include "diffusion/guidance.hpp"
 #include "io/image.hpp"
 #include "io/safetensors.hpp"
@@ -103,15 +104,19 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   models::DiT model(cfg, 0);
   model.load_state_dict(models::load_dit_weights(a.checkpoint), a.checkpoint);
-  model.to(at::TensorOptions().device(device).dtype(at::kFloat));
+  const bool bf16 = deck.get_string("sample.precision") == "bf16";
+  const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
+  model.to(at::TensorOptions().device(device).dtype(dtype));
+  if (gpu) models::set_attention_backend(deck.get_string("model.attention"));
   const bool graph = gpu && graph_wanted;
-  std::fprintf(stderr, "sampling %lld images (%zu classes x %d) with %s, %s %s, cfg %.2f, on %s\n  %s\n",
+  std::fprintf(stderr, "sampling %lld images (%zu classes x %d) with %s, %s %s, cfg %.2f, %s, on %s\n  %s\n",
                (long long)N, classes.size(), a.per_class, a.checkpoint.c_str(), ddim ? "DDIM" : "DDPM", steps.c_str(),
-               scale, gpu ? (graph ? "GPU (CUDA graph)" : "GPU") : "CPU", cfg.describe().c_str());
+               scale, bf16 ? "bf16" : "fp32", gpu ? (graph ? "GPU (CUDA graph)" : "GPU") : "CPU",
+               cfg.describe().c_str());
 
   at::NoGradGuard no_grad;
   diffusion::ConditionalDenoiser net = [&](const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
-    return model.forward(x, t.to(at::kFloat), y);
+    return model.forward(x.to(dtype), t.to(at::kFloat), y).to(at::kFloat);  // the sampler's arithmetic in fp32
   };
   const int64_t batch = a.batch > 0 ? a.batch : N;
   const int64_t batches = (N + batch - 1) / batch;

@@ -62,6 +62,9 @@ const Schema& schema() {
          {"all", "first3"}},
         {"sample.seed", Type::Int, int64_t{0}, "Seed of the initial noise and of DDPM's per-step noise.", 0,
          9.0e18, {}},
+        {"sample.precision", Type::Choice, std::string("fp32"), "Network dtype while sampling: `fp32` (as the "
+         "official sampler), or `bf16` (GPU speed: bf16 weights and activations; the diffusion arithmetic stays "
+         "fp32).", -inf, inf, {"fp32", "bf16"}},
         {"sample.cuda_graph", Type::Bool, true, "On a GPU, run each step's network call (forward and guidance) as "
          "a captured CUDA graph; `false` runs it eagerly (as `opendit sample --no-graph`).", -inf, inf, {}},
         {"run.name", Type::String, std::string("dit"), "Run name: its files go to out_dir/name.", -inf, inf, {}},
