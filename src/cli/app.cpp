@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/build_info.hpp"
+#include "core/devices.hpp"
 #include "core/error.hpp"
 
 namespace opendit::cli {
@@ -67,6 +68,12 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
     throw Error(msg + " (see opendit --help)");
   }
   return 0;
+}
+
+bool pick_gpu(const std::string& choice) {
+  const bool have_gpu = gpu_count() > 0;
+  if (choice == "cuda" && !have_gpu) throw Error("--device cuda: no GPU is visible");
+  return choice == "cuda" || (choice == "auto" && have_gpu);
 }
 
 }  // namespace opendit::cli

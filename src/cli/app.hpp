@@ -12,6 +12,9 @@ namespace opendit::cli {
 // Runs the command line; returns the process exit code. Throws opendit::Error for collective errors.
 int run(int argc, char** argv, MpiRuntime& mpi);
 
+// A benchmark's --device choice (auto | cpu | cuda): true for the GPU. "cuda" without a visible GPU is an error.
+bool pick_gpu(const std::string& choice);
+
 // --config FILE and repeated --set section.key=value, shared by every subcommand that reads a deck.
 struct DeckArgs {
   std::string config_path;

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <algorithm>
 #include <array>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "cli/app.hpp"
+#include "core/devices.hpp"
 #include "core/error.hpp"
 #include "cuda/ops.hpp"
 
@@ -216,7 +216,7 @@ void run_kernel_bench(const KernelBenchArgs& a) {
 void run_bench_kernels(const KernelBenchArgs& a, MpiRuntime& mpi) {
   if (mpi.size() > 1) throw Error("bench runs as one process: run it without mpirun");
   if (a.batch < 1 || a.iters < 1 || a.warmup < 0) throw Error("--batch and --iters must be >= 1, --warmup >= 0");
-  const bool have_gpu = at::detail::getCUDAHooks().hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0;
+  const bool have_gpu = gpu_count() > 0;
 #ifdef OPENDIT_WITH_CUDA
   if (have_gpu) return run_kernel_bench(a);
 #endif

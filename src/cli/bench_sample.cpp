@@ -75,9 +75,7 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   if (!(a.cfg >= 0)) throw Error(cat("--cfg ", a.cfg, ": the guidance scale must be >= 0"));
   const config::Deck deck = a.deck.load();
   const models::DiTConfig cfg = models::dit_config_from(deck);
-  const bool have_gpu = at::detail::getCUDAHooks().hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0;
-  if (a.device == "cuda" && !have_gpu) throw Error("--device cuda: no GPU is visible");
-  const bool gpu = a.device == "cuda" || (a.device == "auto" && have_gpu);
+  const bool gpu = pick_gpu(a.device);
   const at::ScalarType dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const diffusion::GaussianDiffusion diff = diffusion::make_diffusion(

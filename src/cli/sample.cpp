@@ -1,11 +1,11 @@
 // `opendit sample`: class-conditional samples from DiT weights with DDPM or DDIM and classifier-free guidance.
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <cstdio>
 #include <optional>
 
 #include "cli/app.hpp"
+#include "core/devices.hpp"
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "core/strings.hpp"
@@ -100,7 +100,7 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
   if (!noise.defined()) noise = at::randn({N, cfg.in_channels, cfg.input_size, cfg.input_size}, gen);
 
-  const bool gpu = at::detail::getCUDAHooks().hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0;
+  const bool gpu = gpu_count() > 0;
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   models::DiT model(cfg, 0);
   model.load_state_dict(models::load_dit_weights(a.checkpoint), a.checkpoint);
