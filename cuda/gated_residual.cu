@@ -154,27 +154,18 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
 
-  with_types(x, gate, [&](auto types) {
+  with_vec(x, gate, {{x, D}, {y, D}, {out, D}, {gate, row_stride(gate)}}, [&](auto types, auto vec) {
     using A = typename decltype(types)::Act;
     using P = typename decltype(types)::Par;
-    constexpr int V = pack_of<A>();
-    const bool packed = D % V == 0 && packs_fit(x, D, V) && packs_fit(y, D, V) && packs_fit(out, D, V) &&
-                        packs_fit(gate, row_stride(gate), V);
-    auto launch = [&](auto vec) {
-      constexpr int VEC = decltype(vec)::value;
-      const int64_t packs = x.numel() / VEC;
-      const int threads = 256;
-      gated_residual_kernel<A, P, VEC><<<grid_of((packs + kUnroll * threads - 1) / (kUnroll * threads)), threads, 0,
-                                         at::cuda::getCurrentCUDAStream()>>>(
-              reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
-              reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), reinterpret_cast<A*>(out.data_ptr()), T, D,
-              packs);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (packed)
-      launch(std::integral_constant<int, V>{});
-    else
-      launch(std::integral_constant<int, 1>{});
+    constexpr int VEC = decltype(vec)::value;
+    const int64_t packs = x.numel() / VEC;
+    const int threads = 256;
+    gated_residual_kernel<A, P, VEC><<<grid_of((packs + kUnroll * threads - 1) / (kUnroll * threads)), threads, 0,
+                                       at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
+        reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), reinterpret_cast<A*>(out.data_ptr()), T, D,
+        packs);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -190,48 +181,33 @@ GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Ten
   if (y.numel() == 0) return {dy, at::zeros({N, D}, gate_in.options())};
 
   at::Tensor part;  // [1, N, chunks, D] float32: per-chunk sums of dout * y
-  bool too_wide = false;
-  with_types(y, gate, [&](auto types) {
+  auto warp = [&](auto types, auto vec, auto nv, size_t smem) {
     using A = typename decltype(types)::Act;
     using P = typename decltype(types)::Par;
-    constexpr int V = pack_of<A>();
-    const bool packed =
-        D % V == 0 && packs_fit(dout, D, V) && packs_fit(y, D, V) && packs_fit(gate, row_stride(gate), V);
-    auto launch = [&](auto vec) {
-      constexpr int VEC = decltype(vec)::value;
-      const Team team = team_for(D / VEC, 16 / VEC);
-      if (team.per == 0) return void(too_wide = true);
-      with_per<VEC>(team.per, [&](auto per) {
-        constexpr int PER = decltype(per)::value;
-        auto kernel = gated_residual_backward_kernel<A, P, VEC, PER>;
-        const Chunks ch = chunks_for(kernel, team.threads, N, T, 1);
-        part = at::empty({1, N, ch.count, D}, y.options().dtype(at::kFloat));
-        kernel<<<grid_of(N * ch.count), team.threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            reinterpret_cast<const A*>(dout.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
-            reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), reinterpret_cast<A*>(dy.data_ptr()),
-            part.data_ptr<float>(), T, D, ch.count, ch.rows);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    };
-    // Packed rows of at most 12 x 32 packs: one warp a row, else the row teams.
-    const int nv = packed ? nv_for(D / V) : 0;
-    if (nv > 0 && warp_sums_bytes(1, nv, V) <= kWarpSumsBytes) return with_nv(nv, [&](auto nvc) {
-      constexpr int NV = decltype(nvc)::value;
-      auto kernel = gated_residual_backward_warp_kernel<A, P, V, NV>;
-      const Chunks ch = chunks_for(kernel, kRowWarps * 32, N, T, 1);
-      part = at::empty({1, N, ch.count, D}, y.options().dtype(at::kFloat));
-      kernel<<<grid_of(N * ch.count), kRowWarps * 32, warp_sums_bytes(1, NV, V), at::cuda::getCurrentCUDAStream()>>>(
-          reinterpret_cast<const A*>(dout.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
-          reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), reinterpret_cast<A*>(dy.data_ptr()),
-          part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    if (packed)
-      launch(std::integral_constant<int, V>{});
-    else
-      launch(std::integral_constant<int, 1>{});
-  });
-  if (too_wide) return reference::gated_residual_backward(dout, y, gate_in);
+    auto kernel = gated_residual_backward_warp_kernel<A, P, decltype(vec)::value, decltype(nv)::value>;
+    const Chunks ch = chunks_for(kernel, kRowWarps * 32, N, T, 1);
+    part = at::empty({1, N, ch.count, D}, y.options().dtype(at::kFloat));
+    kernel<<<grid_of(N * ch.count), kRowWarps * 32, smem, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const A*>(dout.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
+        reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), reinterpret_cast<A*>(dy.data_ptr()),
+        part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto team = [&](auto types, auto vec, auto per, int threads) {
+    using A = typename decltype(types)::Act;
+    using P = typename decltype(types)::Par;
+    auto kernel = gated_residual_backward_kernel<A, P, decltype(vec)::value, decltype(per)::value>;
+    const Chunks ch = chunks_for(kernel, threads, N, T, 1);
+    part = at::empty({1, N, ch.count, D}, y.options().dtype(at::kFloat));
+    kernel<<<grid_of(N * ch.count), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const A*>(dout.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
+        reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), reinterpret_cast<A*>(dy.data_ptr()),
+        part.data_ptr<float>(), T, D, ch.count, ch.rows);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  // Packed rows of at most 12 x 32 packs whose sum fits shared memory: one warp a row, else the row teams.
+  if (!launch_rows(y, gate, {{dout, D}, {y, D}, {gate, row_stride(gate)}}, 1, warp, team))
+    return reference::gated_residual_backward(dout, y, gate_in);
   GatedResidualGrads out{dy, {}};
   finish_sums(part, gate_in.scalar_type(), &out.dgate, nullptr);
   return out;

@@ -295,49 +295,33 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, cons
   at::Tensor mean = at::empty({N, T}, x.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
   if (x.numel() == 0) return {y, mean, rstd};
 
-  NormModulate out{y, mean, rstd};
-  bool too_wide = false;
-  with_types(x, shift, [&](auto types) {
+  auto warp = [&](auto types, auto vec, auto nv, size_t) {  // no sums over tokens: no dynamic shared memory
     using A = typename decltype(types)::Act;
     using P = typename decltype(types)::Par;
-    constexpr int V = pack_of<A>();
-    const bool packed = D % V == 0 && packs_fit(x, D, V) && packs_fit(shift, row_stride(shift), V) &&
-                        packs_fit(scale, row_stride(scale), V);
-    auto launch = [&](auto vec) {
-      constexpr int VEC = decltype(vec)::value;
-      const Team team = team_for(D / VEC, 16 / VEC);
-      if (team.per == 0) return void(too_wide = true);
-      with_per<VEC>(team.per, [&](auto per) {
-        constexpr int PER = decltype(per)::value;
-        auto kernel = norm_modulate_kernel<A, P, VEC, PER>;
-        // Up to 4 waves of short chunks: no partials to keep, and an uneven last wave costs less.
-        const Chunks ch = chunks_for(kernel, team.threads, N, T, 4);
-        kernel<<<grid_of(N * ch.count), team.threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    const int64_t rows = N * T;
+    norm_modulate_warp_kernel<A, P, decltype(vec)::value, decltype(nv)::value>
+        <<<grid_of((rows + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
             reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const P*>(shift.data_ptr()), row_stride(shift),
             reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale), reinterpret_cast<A*>(y.data_ptr()),
-            mean.data_ptr<float>(), rstd.data_ptr<float>(), T, D, ch.count, ch.rows, float(eps));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    };
-    // Packed rows of at most 12 x 32 packs: one warp a row (token_rows.cuh), else the row teams.
-    const int nv = packed ? nv_for(D / V) : 0;
-    if (nv > 0) return with_nv(nv, [&](auto nvc) {
-      constexpr int NV = decltype(nvc)::value;
-      const int64_t rows = N * T;
-      norm_modulate_warp_kernel<A, P, V, NV>
-          <<<grid_of((rows + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-              reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const P*>(shift.data_ptr()), row_stride(shift),
-              reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale), reinterpret_cast<A*>(y.data_ptr()),
-              mean.data_ptr<float>(), rstd.data_ptr<float>(), rows, T, D, float(eps));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    if (packed)
-      launch(std::integral_constant<int, V>{});
-    else
-      launch(std::integral_constant<int, 1>{});
-  });
-  if (too_wide) return reference::norm_modulate(x, shift_in, scale_in, eps);
-  return out;
+            mean.data_ptr<float>(), rstd.data_ptr<float>(), rows, T, D, float(eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto team = [&](auto types, auto vec, auto per, int threads) {
+    using A = typename decltype(types)::Act;
+    using P = typename decltype(types)::Par;
+    auto kernel = norm_modulate_kernel<A, P, decltype(vec)::value, decltype(per)::value>;
+    // Up to 4 waves of short chunks: no partials to keep, and an uneven last wave costs less.
+    const Chunks ch = chunks_for(kernel, threads, N, T, 4);
+    kernel<<<grid_of(N * ch.count), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const P*>(shift.data_ptr()), row_stride(shift),
+        reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale), reinterpret_cast<A*>(y.data_ptr()),
+        mean.data_ptr<float>(), rstd.data_ptr<float>(), T, D, ch.count, ch.rows, float(eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  // Packed rows of at most 12 x 32 packs: one warp a row (token_rows.cuh), else the row teams.
+  if (!launch_rows(x, shift, {{x, D}, {shift, row_stride(shift)}, {scale, row_stride(scale)}}, 0, warp, team))
+    return reference::norm_modulate(x, shift_in, scale_in, eps);
+  return {y, mean, rstd};
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
@@ -358,49 +342,33 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
   }
 
   at::Tensor part;  // [2, N, chunks, D] float32: per-chunk sums of dy and dy * xhat
-  bool too_wide = false;
-  with_types(x, scale, [&](auto types) {
+  // Either kernel (the same arguments) on `threads` per block and one wave of blocks: each leaves one partial row
+  // per sum, so fewer, longer blocks keep part small.
+  auto launch = [&](auto types, auto kernel, int threads, size_t smem) {
     using A = typename decltype(types)::Act;
     using P = typename decltype(types)::Par;
-    constexpr int V = pack_of<A>();
-    const bool packed =
-        D % V == 0 && packs_fit(x, D, V) && packs_fit(dy, D, V) && packs_fit(scale, row_stride(scale), V);
-    auto launch = [&](auto vec) {
-      constexpr int VEC = decltype(vec)::value;
-      const Team team = team_for(D / VEC, 16 / VEC);
-      if (team.per == 0) return void(too_wide = true);
-      with_per<VEC>(team.per, [&](auto per) {
-        constexpr int PER = decltype(per)::value;
-        auto kernel = norm_modulate_backward_kernel<A, P, VEC, PER>;
-        const Chunks ch = chunks_for(kernel, team.threads, N, T, 1);
-        part = at::empty({2, N, ch.count, D}, x.options().dtype(at::kFloat));
-        kernel<<<grid_of(N * ch.count), team.threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),
-            rstd.data_ptr<float>(), reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale),
-            reinterpret_cast<A*>(dx.data_ptr()), part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    };
-    const int nv = packed ? nv_for(D / V) : 0;
-    if (nv > 0 && warp_sums_bytes(2, nv, V) <= kWarpSumsBytes) return with_nv(nv, [&](auto nvc) {
-      constexpr int NV = decltype(nvc)::value;
-      auto kernel = norm_modulate_backward_warp_kernel<A, P, V, NV>;
-      const size_t smem = warp_sums_bytes(2, NV, V);
-      // One wave of blocks: each leaves one partial row per sum, so fewer, longer blocks keep part small.
-      const Chunks ch = chunks_for(kernel, kRowWarps * 32, N, T, 1);
-      part = at::empty({2, N, ch.count, D}, x.options().dtype(at::kFloat));
-      kernel<<<grid_of(N * ch.count), kRowWarps * 32, smem, at::cuda::getCurrentCUDAStream()>>>(
-          reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),
-          rstd.data_ptr<float>(), reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale),
-          reinterpret_cast<A*>(dx.data_ptr()), part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    if (packed)
-      launch(std::integral_constant<int, V>{});
-    else
-      launch(std::integral_constant<int, 1>{});
-  });
-  if (too_wide) return reference::norm_modulate_backward(dy, x, mean, rstd, scale_in);
+    const Chunks ch = chunks_for(kernel, threads, N, T, 1);
+    part = at::empty({2, N, ch.count, D}, x.options().dtype(at::kFloat));
+    kernel<<<grid_of(N * ch.count), threads, smem, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),
+        rstd.data_ptr<float>(), reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale),
+        reinterpret_cast<A*>(dx.data_ptr()), part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto warp = [&](auto types, auto vec, auto nv, size_t smem) {
+    using A = typename decltype(types)::Act;
+    using P = typename decltype(types)::Par;
+    launch(types, norm_modulate_backward_warp_kernel<A, P, decltype(vec)::value, decltype(nv)::value>, kRowWarps * 32,
+           smem);
+  };
+  auto team = [&](auto types, auto vec, auto per, int threads) {
+    using A = typename decltype(types)::Act;
+    using P = typename decltype(types)::Par;
+    launch(types, norm_modulate_backward_kernel<A, P, decltype(vec)::value, decltype(per)::value>, threads, 0);
+  };
+  // Packed rows of at most 12 x 32 packs whose 2 sums fit shared memory: one warp a row, else the row teams.
+  if (!launch_rows(x, scale, {{x, D}, {dy, D}, {scale, row_stride(scale)}}, 2, warp, team))
+    return reference::norm_modulate_backward(dy, x, mean, rstd, scale_in);
   NormModulateGrads out{dx, {}, {}};
   finish_sums(part, scale_in.scalar_type(), &out.dshift, &out.dscale);
   return out;

@@ -1,5 +1,6 @@
 // Shared pieces of the kernels over token tensors [N, T, D] with per-sample vectors [N, D] (norm_modulate.cu,
-// gated_residual.cu): vector loads of 16 bytes, a block-wide sum, and the "row team" layout.
+// gated_residual.cu): vector loads of 16 bytes, a block-wide sum, the "row team" and "warp-per-row" layouts, and the
+// launchers' choice among them (launch_rows).
 //
 // Row team: one thread block walks the rows (tokens) of one chunk of one sample. Thread i owns the columns of the
 // vectors i, i + blockDim.x, ... (PER of them, VEC elements each), in every row, so it can hold a row in registers
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -222,6 +224,50 @@ inline at::Tensor params_like(const at::Tensor& p, const at::Tensor& x) {
 }
 // Row stride in elements (0 for one sample, whose stride torch may leave arbitrary).
 inline int64_t row_stride(const at::Tensor& p) { return p.size(0) == 1 ? 0 : p.stride(0); }
+
+// ---- the launchers' choice of kernel -------------------------------------------------------------------------------
+// A tensor that a kernel reads or writes in packs, as [rows, D] with this row stride in elements.
+struct PackedView {
+  const at::Tensor& t;
+  int64_t row_stride;
+};
+
+// Calls fn(Types<A, P>, std::integral_constant<int, VEC>) for tokens x [N, T, D] and a per-sample vector param
+// (with_types): VEC = pack_of<A>() when D and every view allow packs of 16 bytes (packs_fit), else 1.
+template <typename Fn>
+void with_vec(const at::Tensor& x, const at::Tensor& param, std::initializer_list<PackedView> views, Fn&& fn) {
+  with_types(x, param, [&](auto types) {
+    constexpr int V = pack_of<typename decltype(types)::Act>();
+    bool packed = x.size(2) % V == 0;
+    for (const PackedView& v : views) packed = packed && packs_fit(v.t, v.row_stride, V);
+    if (packed) return fn(types, std::integral_constant<int, V>{});
+    fn(types, std::integral_constant<int, 1>{});
+  });
+}
+
+// Launches the kernel for tokens x [N, T, D] in with_vec's packs: packed rows of at most 12 x 32 packs (nv_for)
+// whose `sums` column sums over tokens (0: none) fit kWarpSumsBytes take one warp a row, warp(types, vec, nv, smem)
+// with smem = warp_sums_bytes(sums, nv, VEC); other rows take a row team, team(types, vec, per, threads) (team_for).
+// types, vec, nv and per are the constants of with_vec, with_nv and with_per. Returns false, having launched
+// nothing, when the row is too wide for a team: the caller then runs the reference.
+template <typename WarpFn, typename TeamFn>
+bool launch_rows(const at::Tensor& x, const at::Tensor& param, std::initializer_list<PackedView> views, int sums,
+                 WarpFn&& warp, TeamFn&& team) {
+  const int64_t D = x.size(2);
+  bool fits = true;
+  with_vec(x, param, views, [&](auto types, auto vec) {
+    constexpr int VEC = decltype(vec)::value;
+    if constexpr (VEC > 1) {  // packed (pack_of is 4 or 8)
+      const int nv = nv_for(D / VEC);
+      const size_t smem = warp_sums_bytes(sums, nv, VEC);
+      if (nv > 0 && smem <= kWarpSumsBytes) return with_nv(nv, [&](auto nvc) { warp(types, vec, nvc, smem); });
+    }
+    const Team tm = team_for(D / VEC, 16 / VEC);
+    if (tm.per == 0) return void(fits = false);
+    with_per<VEC>(tm.per, [&](auto per) { team(types, vec, per, tm.threads); });
+  });
+  return fits;
+}
 
 // Resident blocks of `kernel` per SM at `threads` per block on the current device (cached: the query costs
 // microseconds, and a process launches a handful of (kernel, width) pairs).
