@@ -4,17 +4,21 @@
 #include "cuda/ops.hpp"
 #if defined(OPENDIT_WITH_CUDA)
 #include "cuda/launch.hpp"
-#define OPENDIT_ROUTE(call)                           \
-  if (fused_available(first)) return cuda_impl::call; \
-  return reference::call
 #else
-#define OPENDIT_ROUTE(call) \
-  (void)first;              \
-  return reference::call
+// Without nvcc there are no launchers: cuda_impl names the reference, so route() runs the reference either way.
+namespace opendit::kernels::cuda_impl {
+using namespace reference;
+}
 #endif
 
 namespace opendit::kernels {
 namespace {
+
+// The fused launcher when `fused`, else the reference (the same signature), on the same arguments.
+template <typename R, typename... P, typename... Args>
+R route(bool fused, R (*cuda)(P...), R (*ref)(P...), const Args&... args) {
+  return fused ? cuda(args...) : ref(args...);
+}
 
 void check_tokens(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.dim() == 3 && t.is_contiguous(), what, " must be a contiguous [N, T, D] tensor, got ", t.sizes(),
@@ -51,8 +55,7 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const a
   check_per_sample(shift, x, "norm_modulate: shift");
   check_per_sample(scale, x, "norm_modulate: scale");
   TORCH_CHECK(shift.scalar_type() == scale.scalar_type(), "norm_modulate: shift and scale differ in dtype");
-  const at::Tensor& first = x;
-  OPENDIT_ROUTE(norm_modulate(x, shift, scale, eps));
+  return route(fused_available(x), cuda_impl::norm_modulate, reference::norm_modulate, x, shift, scale, eps);
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
@@ -64,8 +67,8 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
                   rstd.is_contiguous(),
               "norm_modulate_backward: mean and rstd must be contiguous [N, T]");
   check_per_sample(scale, x, "norm_modulate_backward: scale");
-  const at::Tensor& first = x;
-  OPENDIT_ROUTE(norm_modulate_backward(dy, x, mean, rstd, scale));
+  return route(fused_available(x), cuda_impl::norm_modulate_backward, reference::norm_modulate_backward, dy, x, mean,
+               rstd, scale);
 }
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
@@ -73,8 +76,7 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
   check_same(y, x, "gated_residual: y");
   TORCH_CHECK(y.scalar_type() == x.scalar_type(), "gated_residual: x and y differ in dtype");
   check_per_sample(gate, x, "gated_residual: gate");
-  const at::Tensor& first = x;
-  OPENDIT_ROUTE(gated_residual(x, y, gate));
+  return route(fused_available(x), cuda_impl::gated_residual, reference::gated_residual, x, y, gate);
 }
 
 GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate) {
@@ -82,8 +84,8 @@ GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Ten
   check_same(dout, y, "gated_residual_backward: dout");
   TORCH_CHECK(dout.scalar_type() == y.scalar_type(), "gated_residual_backward: dout and y differ in dtype");
   check_per_sample(gate, y, "gated_residual_backward: gate");
-  const at::Tensor& first = y;
-  OPENDIT_ROUTE(gated_residual_backward(dout, y, gate));
+  return route(fused_available(y), cuda_impl::gated_residual_backward, reference::gated_residual_backward, dout, y,
+               gate);
 }
 
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
@@ -91,8 +93,7 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
               "bias_gelu: bias must be a contiguous [", a.size(-1), "] on ", a.device(), ", got ", bias.sizes());
   // The kernel takes a float32 or bfloat16 bias; any other runs the definition.
-  const at::Tensor& first = fused_available(bias) ? a : bias;
-  OPENDIT_ROUTE(bias_gelu(a, bias));
+  return route(fused_available(a) && fused_available(bias), cuda_impl::bias_gelu, reference::bias_gelu, a, bias);
 }
 
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
@@ -102,12 +103,8 @@ BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, cons
   TORCH_CHECK(dg.scalar_type() == a.scalar_type(), "bias_gelu_backward: dg and a differ in dtype");
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
               "bias_gelu_backward: bias must be a contiguous [", a.size(-1), "] on ", a.device());
-  const at::Tensor& first = fused_available(bias) ? a : bias;
-  #if defined(OPENDIT_WITH_CUDA)
-  if (fused_available(first)) return cuda_impl::bias_gelu_backward(dg, a, bias, reuse_dg);
-#endif
-  (void)reuse_dg;
-  return reference::bias_gelu_backward(dg, a, bias);
+  return route(fused_available(a) && fused_available(bias), cuda_impl::bias_gelu_backward,
+               reference::bias_gelu_backward, dg, a, bias, reuse_dg);
 }
 
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
@@ -125,10 +122,7 @@ void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
                 p.scalar_type(), " like param, got ", x->scalar_type());
   TORCH_CHECK(!t.decay_mask.defined() || t.decay_mask.scalar_type() == at::kBool, "adamw_ema: decay_mask must be bool");
   at::NoGradGuard no_grad;
-#if defined(OPENDIT_WITH_CUDA)
-  if (p.is_cuda() && p.scalar_type() == at::kFloat) return cuda_impl::adamw_ema(t, s);
-#endif
-  reference::adamw_ema(t, s);
+  route(p.is_cuda() && p.scalar_type() == at::kFloat, cuda_impl::adamw_ema, reference::adamw_ema, t, s);
 }
 
 }  // namespace opendit::kernels

@@ -1,5 +1,6 @@
 // The CUDA launchers behind cuda/ops.hpp (defined in cuda/*.cu, built only with nvcc). Callers go through ops.hpp,
-// which checks shapes and picks these for float32/bfloat16 CUDA tensors.
+// which checks shapes and picks these for float32/bfloat16 CUDA tensors. Each has its reference's signature
+// (ops.hpp): dispatch.cpp's route() takes the two as one function type, so the compiler keeps them alike.
 #pragma once
 #include "cuda/ops.hpp"
 

@@ -79,7 +79,8 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
 GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
-BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias);
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
+                                 bool reuse_dg = false);  // reuse_dg ignored
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
 }  // namespace reference
 

@@ -60,7 +60,7 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
   return g.to(a.scalar_type());
 }
 
-BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias) {
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias, bool) {
   const auto dt = opmath(a);
   at::Tensor u = a.to(dt) + bias.to(dt);
   at::Tensor th = at::tanh(kSqrt2OverPi * (u + kGeluCoeff * u.pow(3)));
