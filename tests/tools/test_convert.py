@@ -1,29 +1,27 @@
 """End-to-end checks of weight import/export: tools/convert_dit_pt.py (official .pt) and `opendit convert`
 (diffusers folders and files, both directions), including the files they must refuse.
 
-usage: test_convert.py OPENDIT_BINARY SOURCE_DIR
+A unittest suite: setUpClass writes the official checkpoint, converts it once with the tool and then with
+`opendit convert` (the files the later conversions start from), and saves a diffusers model folder.
+
+usage: test_convert.py OPENDIT_BINARY SOURCE_DIR [unittest options, e.g. -k diffusers]
 """
 import os
 import pickle
 import subprocess
 import sys
 import tempfile
+import unittest
 
 import torch
 from diffusers import DiTTransformer2DModel
 from safetensors.torch import load_file, save_file
 
-BIN, SRC = sys.argv[1], sys.argv[2]
+BIN = SRC = None  # from the command line, at the end of the file
 PY = sys.executable
 TINY = ["--set", "model.preset=custom", "--set", "model.depth=2", "--set", "model.hidden_size=64",
         "--set", "model.num_heads=4", "--set", "model.patch_size=2", "--set", "model.in_channels=4",
         "--set", "model.input_size=8", "--set", "model.num_classes=10"]
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f"\n     {detail}"))
 
 
 def run(*args):
@@ -55,43 +53,20 @@ class Evil:
         return (os.system, ("echo pwned > /dev/null",))
 
 
-def main():
-    tool = os.path.join(SRC, "tools", "convert_dit_pt.py")
-    with tempfile.TemporaryDirectory() as tmp:
-        j = lambda name: os.path.join(tmp, name)  # noqa: E731
-        model_sd = official_state_dict()
-        ema_sd = {k: v + 1 for k, v in model_sd.items()}
-        torch.save({"model": model_sd, "ema": ema_sd, "opt": {}, "args": {"lr": 1e-4}}, j("ckpt.pt"))
-        torch.save(model_sd, j("plain.pt"))
-
-        rc, out = run(PY, tool, j("ckpt.pt"), j("ema.safetensors"))
-        got = load_file(j("ema.safetensors")) if rc == 0 else {}
-        check(".pt checkpoint: EMA weights by default", rc == 0 and all(torch.equal(got[k], ema_sd[k]) for k in ema_sd)
-              and len(got) == len(ema_sd), out)
-        rc, out = run(PY, tool, j("ckpt.pt"), j("model.safetensors"), "--key", "model")
-        check(".pt checkpoint: --key model", rc == 0 and torch.equal(load_file(j("model.safetensors"))["pos_embed"],
-                                                                      model_sd["pos_embed"]), out)
-        rc, out = run(PY, tool, j("plain.pt"), j("plain.safetensors"))
-        check("plain state_dict .pt", rc == 0, out)
-
-        with open(j("evil.pt"), "wb") as f:
-            pickle.dump({"x_embedder.proj.weight": Evil()}, f)
-        rc, out = run(PY, tool, j("evil.pt"), j("evil.safetensors"))
-        check("a pickle with code is refused", rc == 1 and "cannot read as torch weights" in out, out)
-        torch.save({"foo": torch.zeros(1)}, j("other.pt"))
-        rc, out = run(PY, tool, j("other.pt"), j("other.safetensors"))
-        check("a .pt that is not DiT is refused", rc == 1 and "neither a DiT state_dict" in out, out)
-
-        # opendit convert: validate official weights against the deck, then to diffusers and back.
-        rc, out = run(BIN, "convert", j("ema.safetensors"), j("ours.safetensors"), *TINY)
-        check("opendit convert official -> opendit", rc == 0 and "ours.safetensors" in out, out)
-        rc, out = run(BIN, "convert", j("ours.safetensors"), j("diffusers.safetensors"), "--to", "diffusers", *TINY)
-        check("opendit convert -> diffusers", rc == 0, out)
-        rc, out = run(BIN, "convert", j("diffusers.safetensors"), j("back.safetensors"), *TINY)
-        back, ours = load_file(j("back.safetensors")), load_file(j("ours.safetensors"))
-        check("diffusers -> opendit round trip is exact", rc == 0 and back.keys() == ours.keys()
-              and all(torch.equal(back[k], ours[k]) for k in ours if k != "pos_embed"), out)
-
+class ConvertTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        tmpdir = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(tmpdir.cleanup)  # also runs when setUpClass fails, unlike tearDownClass
+        cls.tmp = tmpdir.name
+        cls.tool = os.path.join(SRC, "tools", "convert_dit_pt.py")
+        cls.model_sd = official_state_dict()
+        cls.ema_sd = {k: v + 1 for k, v in cls.model_sd.items()}
+        torch.save({"model": cls.model_sd, "ema": cls.ema_sd, "opt": {}, "args": {"lr": 1e-4}}, cls.path("ckpt.pt"))
+        # The official weights the .pt tool writes, and opendit's own from them: the later conversions start there.
+        cls.ema_rc, cls.ema_out = run(PY, cls.tool, cls.path("ckpt.pt"), cls.path("ema.safetensors"))
+        cls.ours_rc, cls.ours_out = run(BIN, "convert", cls.path("ema.safetensors"), cls.path("ours.safetensors"),
+                                        *TINY)
         # A diffusers model folder (save_pretrained): heads and input size come from its config.json.
         torch.manual_seed(0)
         dm = DiTTransformer2DModel(num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=8,
@@ -99,24 +74,100 @@ def main():
         emb0 = dm.transformer_blocks[0].norm1.emb
         for blk in dm.transformer_blocks:
             blk.norm1.emb.load_state_dict(emb0.state_dict())
-        dm.save_pretrained(j("folder"))
-        rc, out = run(BIN, "convert", j("folder"), j("from_folder.safetensors"))
-        check("diffusers folder with config.json converts without a deck", rc == 0 and "hidden 384" in out
-              and "heads 6" in out and "input 16x16x4" in out, out)
-        rc, out = run(BIN, "convert", os.path.join(j("folder"), "diffusion_pytorch_model.safetensors"),
-                      j("x.safetensors"), "--set", "model.preset=DiT-S/2")
-        check("a deck that does not match the weights is refused", rc != 0 and "do not match" in out, out)
+        dm.save_pretrained(cls.path("folder"))
 
-        save_file({"foo": torch.zeros(2)}, j("notdit.safetensors"))
-        rc, out = run(BIN, "convert", j("notdit.safetensors"), j("y.safetensors"))
-        check("non-DiT safetensors is refused", rc != 0 and "not DiT weights" in out, out)
-        rc, out = run(BIN, "convert", j("ours.safetensors"), j("z.safetensors"))
-        check("custom widths need a deck for the heads", rc != 0 and "number of heads" in out, out)
-        rc, out = run(BIN, "convert", j("missing.safetensors"), j("z.safetensors"), *TINY)
-        check("missing input is one clear error", rc != 0 and "missing.safetensors" in out, out)
-    print(f"convert: {results['passed']} passed, {results['failed']} failed")
-    return 1 if results["failed"] else 0
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.tmp, name)
+
+    def test_pt_checkpoint_ema_weights_by_default(self):
+        """.pt checkpoint: EMA weights by default"""
+        self.assertEqual(self.ema_rc, 0, self.ema_out)
+        got = load_file(self.path("ema.safetensors"))
+        self.assertEqual([k for k in self.ema_sd if k not in got or not torch.equal(got[k], self.ema_sd[k])], [],
+                         self.ema_out)
+        self.assertEqual(len(got), len(self.ema_sd), self.ema_out)
+
+    def test_pt_checkpoint_key_model(self):
+        """.pt checkpoint: --key model"""
+        rc, out = run(PY, self.tool, self.path("ckpt.pt"), self.path("model.safetensors"), "--key", "model")
+        self.assertEqual(rc, 0, out)
+        self.assertTrue(torch.equal(load_file(self.path("model.safetensors"))["pos_embed"], self.model_sd["pos_embed"]),
+                        out)
+
+    def test_plain_state_dict_pt(self):
+        """plain state_dict .pt"""
+        torch.save(self.model_sd, self.path("plain.pt"))
+        rc, out = run(PY, self.tool, self.path("plain.pt"), self.path("plain.safetensors"))
+        self.assertEqual(rc, 0, out)
+
+    def test_pickle_with_code_is_refused(self):
+        """a pickle with code is refused"""
+        with open(self.path("evil.pt"), "wb") as f:
+            pickle.dump({"x_embedder.proj.weight": Evil()}, f)
+        rc, out = run(PY, self.tool, self.path("evil.pt"), self.path("evil.safetensors"))
+        self.assertEqual(rc, 1, out)
+        self.assertIn("cannot read as torch weights", out, out)
+
+    def test_pt_that_is_not_dit_is_refused(self):
+        """a .pt that is not DiT is refused"""
+        torch.save({"foo": torch.zeros(1)}, self.path("other.pt"))
+        rc, out = run(PY, self.tool, self.path("other.pt"), self.path("other.safetensors"))
+        self.assertEqual(rc, 1, out)
+        self.assertIn("neither a DiT state_dict", out, out)
+
+    def test_opendit_convert_official_to_opendit(self):
+        """opendit convert official -> opendit"""
+        self.assertEqual(self.ours_rc, 0, self.ours_out)
+        self.assertIn("ours.safetensors", self.ours_out, self.ours_out)
+
+    def test_opendit_convert_to_diffusers_and_back_is_exact(self):
+        """opendit convert -> diffusers; diffusers -> opendit round trip is exact"""
+        rc, out = run(BIN, "convert", self.path("ours.safetensors"), self.path("diffusers.safetensors"), "--to",
+                      "diffusers", *TINY)
+        self.assertEqual(rc, 0, "opendit convert -> diffusers\n" + out)
+        rc, out = run(BIN, "convert", self.path("diffusers.safetensors"), self.path("back.safetensors"), *TINY)
+        self.assertEqual(rc, 0, out)
+        back, ours = load_file(self.path("back.safetensors")), load_file(self.path("ours.safetensors"))
+        self.assertEqual(set(back), set(ours), out)
+        self.assertEqual([k for k in ours if k != "pos_embed" and not torch.equal(back[k], ours[k])], [], out)
+
+    def test_diffusers_folder_converts_without_a_deck(self):
+        """diffusers folder with config.json converts without a deck"""
+        rc, out = run(BIN, "convert", self.path("folder"), self.path("from_folder.safetensors"))
+        self.assertEqual(rc, 0, out)
+        for fact in ("hidden 384", "heads 6", "input 16x16x4"):
+            self.assertIn(fact, out, out)
+
+    def test_deck_that_does_not_match_the_weights_is_refused(self):
+        """a deck that does not match the weights is refused"""
+        rc, out = run(BIN, "convert", os.path.join(self.path("folder"), "diffusion_pytorch_model.safetensors"),
+                      self.path("x.safetensors"), "--set", "model.preset=DiT-S/2")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("do not match", out, out)
+
+    def test_non_dit_safetensors_is_refused(self):
+        """non-DiT safetensors is refused"""
+        save_file({"foo": torch.zeros(2)}, self.path("notdit.safetensors"))
+        rc, out = run(BIN, "convert", self.path("notdit.safetensors"), self.path("y.safetensors"))
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("not DiT weights", out, out)
+
+    def test_custom_widths_need_a_deck_for_the_heads(self):
+        """custom widths need a deck for the heads"""
+        rc, out = run(BIN, "convert", self.path("ours.safetensors"), self.path("z.safetensors"))
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("number of heads", out, out)
+
+    def test_missing_input_is_one_clear_error(self):
+        """missing input is one clear error"""
+        rc, out = run(BIN, "convert", self.path("missing.safetensors"), self.path("z.safetensors"), *TINY)
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("missing.safetensors", out, out)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    BIN, SRC = sys.argv[1:3]
+    unittest.main(argv=sys.argv[:1] + sys.argv[3:], verbosity=2)
