@@ -7,22 +7,23 @@
 // (FlatLayout::pieces), by name. Each dataset carries a crc32 of its data (C order, little-endian float32).
 //
 // Safety: the file is written as NAME.tmp, flushed, fsync'ed and renamed to NAME; then NAME.done is written and
-// fsync'ed. Only a checkpoint with its .done marker counts (latest_checkpoint); a crash at any point leaves the
+// fsync'ed (io/atomic_file.hpp); a failed save removes its NAME.tmp. Only a checkpoint with its .done marker counts (latest_checkpoint); a crash at any point leaves the
 // previous checkpoints as they were.
 //
 // Errors: everything a user can cause (missing or damaged file, another model, an unwritable folder) is an
-// opendit::Error with one line naming the file, the object and expected vs found, thrown on EVERY rank of the
-// communicator: the ranks agree on failure after each phase, so no rank is left waiting in a collective.
+// opendit::CollectiveError with one line naming the file, the object and expected vs found, thrown on EVERY rank of
+// the group: the ranks agree on failure after each phase (ProcessGroup::agree), so no rank is left waiting in a
+// collective.
 #pragma once
 #include <ATen/ATen.h>
-#include <mpi.h>
 
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 
-#include "train/flat_params.hpp"
+#include "core/flat_layout.hpp"
+#include "parallel/process_group.hpp"
 
 namespace opendit::io {
 
@@ -47,7 +48,7 @@ struct CheckpointMeta {
 // zero on load. Ranges of different ranks may overlap (ddp: every rank holds everything); each element is written
 // by the lowest rank that holds it. Together they must cover every parameter.
 struct ShardedState {
-  train::FlatRange range;
+  FlatRange range;
   std::map<std::string, at::Tensor> groups;
 };
 
@@ -62,9 +63,9 @@ std::string checkpoint_path(const std::string& dir, std::int64_t step);
 // ones and leftover .tmp files of earlier steps. `frozen` (rank 0's is used) holds full tensors that are not in the
 // layout (DiT's pos_embed), written under /model and /ema too so that both are complete state dicts.
 // force_serial: the serial path even when HDF5 is parallel (rank 0 creates the file, the ranks write in turn).
-std::string save_checkpoint(const std::string& dir, const train::FlatLayout& layout, const ShardedState& mine,
-                            const std::map<std::string, at::Tensor>& frozen, const CheckpointMeta& meta, MPI_Comm comm,
-                            int keep_last, bool force_serial = false);
+std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, const ShardedState& mine,
+                            const std::map<std::string, at::Tensor>& frozen, const CheckpointMeta& meta,
+                            const parallel::ProcessGroup& group, int keep_last, bool force_serial = false);
 
 // The newest complete checkpoint in DIR (ckpt-NNNNNNNN.h5 with its .done marker), or nullopt. One process.
 std::optional<std::string> latest_checkpoint(const std::string& dir);
@@ -73,8 +74,8 @@ std::optional<std::string> latest_checkpoint(const std::string& dir);
 // float32, checksums of every parameter dataset) and fills mine.groups for mine.range from /model,
 // /optim/exp_avg, /optim/exp_avg_sq and, when the file has it, /ema. Any world size and any layout with the same
 // parameter names and shapes. Returns the meta.
-CheckpointMeta load_checkpoint(const std::string& path, const train::FlatLayout& layout, ShardedState& mine,
-                               MPI_Comm comm);
+CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout, ShardedState& mine,
+                               const parallel::ProcessGroup& group);
 
 // Reads only the meta (root attributes), after checking format and version. One process.
 CheckpointMeta read_checkpoint_meta(const std::string& path);

@@ -4,10 +4,11 @@
 // Types: float32, float16 (IEEE half, the same 16-bit float type h5py writes), bfloat16 (stored as uint16 with a
 // string attribute dtype = "bfloat16"), int64 and uint8. Any other stored type is an opendit::Error when read.
 //
-// Parallel: an H5File opened with an MPI communicator uses MPI-IO when the HDF5 library is parallel
-// (hdf5_is_parallel()); then Transfer::collective makes a read or write collective over that communicator (every
-// rank calls, a rank with nothing to do passes count 0). With a serial library the same code runs: files are opened
-// per process, which is fine for reading; creating or writing one file from several ranks is refused.
+// Parallel: an H5File opened with a process group uses MPI-IO when the HDF5 library is parallel (hdf5_is_parallel());
+// then Transfer::collective makes a read or write collective over that group (every rank calls, a rank with nothing
+// to do passes count 0). With a serial library the same code runs: files are opened per process, which is fine for
+// reading; creating or writing one file from several ranks is refused. (io/h5_file.cpp is the one place that hands
+// HDF5 the group's MPI communicator.)
 //
 // Errors: every failed HDF5 call becomes an opendit::Error naming the file, the object path, what we tried and the
 // library's own messages (HDF5's automatic printing to stderr is turned off).
@@ -17,16 +18,19 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <hdf5.h>
-#include <mpi.h>
 
 #include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "parallel/process_group.hpp"
+
 namespace opendit::io {
 
 bool hdf5_is_parallel();
+// "1.10.8 (parallel: yes)", for `opendit info`.
+std::string hdf5_library_version();
 std::recursive_mutex& h5_mutex();
 
 // Throws opendit::Error: "HDF5 file 'F', object 'O': WHAT (HDF5: messages of the current error stack)".
@@ -69,7 +73,8 @@ class H5PropList {
  public:
   explicit H5PropList(hid_t cls);
   hid_t id() const { return h_.id(); }
-  static H5PropList file_access(MPI_Comm comm);  // MPI-IO when comm is not MPI_COMM_NULL and HDF5 is parallel
+  // MPI-IO over the group when one is given and HDF5 is parallel (io/h5_file.cpp).
+  static H5PropList file_access(const parallel::ProcessGroup* group);
   static H5PropList transfer(bool collective);   // H5P_DATASET_XFER; collective only with parallel HDF5
 
  private:
@@ -180,9 +185,10 @@ class H5Dataset : public H5Object {
 class H5File {
  public:
   // Creates (truncating) or opens a file. With a communicator and parallel HDF5 the file is opened through
-  // MPI-IO and creating/opening is collective over comm; see the top of this header for serial HDF5.
-  static H5File create(const std::string& path, MPI_Comm comm = MPI_COMM_NULL);
-  static H5File open(const std::string& path, H5Mode mode = H5Mode::read_only, MPI_Comm comm = MPI_COMM_NULL);
+  // MPI-IO and creating/opening is collective over the group; see the top of this header for serial HDF5.
+  static H5File create(const std::string& path, const parallel::ProcessGroup* group = nullptr);
+  static H5File open(const std::string& path, H5Mode mode = H5Mode::read_only,
+                     const parallel::ProcessGroup* group = nullptr);
 
   const std::string& path() const { return path_; }
   bool mpio() const { return mpio_; }

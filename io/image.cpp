@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.hpp"
+#include "io/atomic_file.hpp"
 
 namespace opendit::io {
 
@@ -36,15 +37,14 @@ void write_png(const std::string& path, const at::Tensor& hwc) {
 #else
   at::Tensor img = hwc.to(at::kCPU).contiguous();
   const int H = static_cast<int>(img.size(0)), W = static_cast<int>(img.size(1)), C = static_cast<int>(img.size(2));
-  std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
+  AtomicFile file(path);
+  FILE* f = std::fopen(file.tmp_path().c_str(), "wb");
   if (!f) throw Error(cat(path, ": cannot write the image: ", std::strerror(errno)));
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info || setjmp(png_jmpbuf(png))) {  // libpng reports errors by longjmp
     png_destroy_write_struct(&png, &info);
     std::fclose(f);
-    std::remove(tmp.c_str());
     throw Error(cat(path, ": libpng failed to write the image"));
   }
   png_init_io(png, f);
@@ -57,10 +57,8 @@ void write_png(const std::string& path, const at::Tensor& hwc) {
   png_destroy_write_struct(&png, &info);
   bool ok = std::fflush(f) == 0;
   ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(cat(path, ": cannot write the image: ", std::strerror(errno)));
-  }
+  if (!ok) throw Error(cat(path, ": cannot write the image: ", std::strerror(errno)));
+  file.commit();
 #endif
 }
 

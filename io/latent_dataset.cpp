@@ -13,16 +13,11 @@
 
 #include "core/build_info.hpp"
 #include "core/error.hpp"
+#include "core/strings.hpp"
 #include "io/files.hpp"
 
 namespace opendit::io {
 namespace {
-
-std::string shape_str(at::IntArrayRef shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 bool is_float_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
 
@@ -38,7 +33,7 @@ std::vector<std::int64_t> with_rows(std::int64_t rows, std::vector<std::int64_t>
 LatentDatasetWriter::LatentDatasetWriter(std::string path, std::vector<std::int64_t> sample_shape, at::ScalarType dtype,
                                          LatentDatasetInfo info, std::int64_t chunk_rows)
     : path_(std::move(path)),
-      partial_(path_ + ".partial"),
+      out_(path_, ".partial"),
       sample_shape_(std::move(sample_shape)),
       dtype_(dtype),
       info_(std::move(info)) {
@@ -50,7 +45,7 @@ LatentDatasetWriter::LatentDatasetWriter(std::string path, std::vector<std::int6
   if ((info_.text_length > 0) != (info_.text_dim > 0)) fail("text_length and text_dim must both be set or both 0");
   if (info_.created_by.empty()) info_.created_by = cat("opendit ", OPENDIT_VERSION, " (", OPENDIT_GIT_COMMIT, ")");
 
-  file_.emplace(H5File::create(partial_));
+  file_.emplace(H5File::create(out_.tmp_path()));
   H5Group root = file_->root();
   root.write_attr("format", kLatentsFormat);
   root.write_attr("version", kLatentsVersion);
@@ -76,11 +71,8 @@ LatentDatasetWriter::LatentDatasetWriter(std::string path, std::vector<std::int6
   }
 }
 
-LatentDatasetWriter::~LatentDatasetWriter() {
-  if (!file_) return;  // finalized
-  latents_.reset(), labels_.reset(), text_emb_.reset(), text_mask_.reset(), file_.reset();
-  std::remove(partial_.c_str());
-}
+// Without finalize(), out_ removes the partial file after the members above it have closed it.
+LatentDatasetWriter::~LatentDatasetWriter() = default;
 
 void LatentDatasetWriter::fail(const std::string& what) const {
   throw Error(cat("latent dataset '", path_, "': ", what));
@@ -140,8 +132,7 @@ void LatentDatasetWriter::finalize() {
   latents_.reset(), labels_.reset(), text_emb_.reset(), text_mask_.reset();
   file_->close();
   file_.reset();
-  if (std::rename(partial_.c_str(), path_.c_str()) != 0)
-    fail(cat("cannot rename ", partial_, " to ", path_, ": ", std::strerror(errno)));
+  out_.commit();
 }
 
 // ---- reader ----------------------------------------------------------------------------------------

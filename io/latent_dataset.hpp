@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "io/atomic_file.hpp"
 #include "io/h5.hpp"
 
 namespace opendit::io {
@@ -52,7 +53,8 @@ class LatentDatasetWriter {
   [[noreturn]] void fail(const std::string& what) const;
   void append_rows(H5Dataset& ds, const at::Tensor& rows);
 
-  std::string path_, partial_;
+  std::string path_;
+  AtomicFile out_;  // PATH.partial until finalize(); declared before the HDF5 handles, which close first
   std::vector<std::int64_t> sample_shape_;
   at::ScalarType dtype_;
   LatentDatasetInfo info_;

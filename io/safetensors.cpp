@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/strings.hpp"
+#include "io/atomic_file.hpp"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian and is copied as it is: a big-endian host needs byte swaps here"
@@ -55,12 +57,6 @@ const char* dtype_name(at::ScalarType type) {
 
 // A name as a JSON string literal: quoted, and escaped so that no name can break the one-line message.
 std::string quoted(const std::string& name) { return json(name).dump(); }
-
-std::string shape_str(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 // A file descriptor that closes itself.
 struct Fd {
@@ -295,32 +291,20 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
   unsigned char len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(text.size() >> (8 * i));
 
-  // Write beside the target and rename over it: readers see the old file or the complete new one.
-  const std::string tmp = path + ".tmp";
-  const int raw = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (raw < 0) write_failed(path, cat("cannot create '", tmp, "'"), errno);
-  try {
+  // Written beside the target and renamed over it: readers see the old file or the complete new one.
+  AtomicFile file(path);
+  {
+    const int raw = ::open(file.tmp_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (raw < 0) write_failed(path, cat("cannot create '", file.tmp_path(), "'"), errno);
     Fd fd(raw);
     write_all(fd.fd, len_bytes, 8, path);
     write_all(fd.fd, text.data(), text.size(), path);
     for (const at::Tensor& t : data) write_all(fd.fd, t.data_ptr(), t.nbytes(), path);
-    if (::fsync(fd.fd) != 0) write_failed(path, "fsync", errno);
     const int closing = fd.fd;
     fd.fd = -1;
     if (::close(closing) != 0) write_failed(path, "close", errno);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) write_failed(path, cat("cannot rename '", tmp, "'"), errno);
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
   }
-  // Make the rename itself durable (best effort: some filesystems refuse fsync on a directory).
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  file.commit();
 }
 
 }  // namespace opendit::io

@@ -3,6 +3,6 @@
 #include "parallel/mpi_runtime.hpp"
 
 int main(int argc, char** argv) {
-  opendit::MpiRuntime mpi(&argc, &argv);
-  return opendit::run_guarded(mpi, [&] { return opendit::cli::run(argc, argv, mpi); });
+  opendit::parallel::MpiRuntime mpi(&argc, &argv);
+  return opendit::parallel::run_guarded(mpi, [&] { return opendit::cli::run(argc, argv, mpi); });
 }

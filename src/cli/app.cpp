@@ -1,13 +1,12 @@
 #include "cli/app.hpp"
 
-#include <mpi.h>
-
 #include <fstream>
 #include <sstream>
 
 #include "core/build_info.hpp"
 #include "core/devices.hpp"
 #include "core/error.hpp"
+#include "models/registry.hpp"
 
 namespace opendit::cli {
 
@@ -18,29 +17,26 @@ void DeckArgs::add_to(CLI::App& cmd) {
       ->allow_extra_args(false);
 }
 
-config::Deck DeckArgs::load() const {
-  config::Deck deck;
+config::Deck DeckArgs::load(const parallel::ProcessGroup& world) const {
+  const config::Schema& schema = models::deck_schema();
+  std::string text;
   if (!config_path.empty()) {
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    std::string text;
-    long long len = -1;  // -1: the file could not be read
-    if (rank == 0) {
+    bool readable = false;
+    if (world.rank() == 0) {
       std::ifstream f(config_path, std::ios::binary);
-      if (f) {
-        std::ostringstream ss;
-        ss << f.rdbuf();
-        text = ss.str();
-        len = static_cast<long long>(text.size());
-      }
+      std::ostringstream ss;
+      ss << f.rdbuf();
+      readable = bool(f), text = ss.str();
     }
-    MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
-    if (len < 0) throw Error(cat(config_path, ": cannot read the input deck (missing or not readable)"));
-    text.resize(static_cast<size_t>(len));
-    MPI_Bcast(text.data(), static_cast<int>(len), MPI_CHAR, 0, MPI_COMM_WORLD);
-    deck = config::Deck::from_toml(text, config_path);
+    if (!world.broadcast(std::vector<std::int64_t>{readable ? 1 : 0})[0])
+      throw CollectiveError(cat(config_path, ": cannot read the input deck (missing or not readable)"));
+    text = world.broadcast(text);
   }
-  for (const auto& s : sets) deck.set(s);
+  config::Deck deck(schema);
+  world.agree([&] {
+    if (!config_path.empty()) deck = config::Deck::from_toml(text, config_path, schema);
+    for (const auto& s : sets) deck.set(s);
+  });
   return deck;
 }
 
@@ -65,7 +61,7 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
     app.exit(e, out, err);
     std::string msg = err.str();
     while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-    throw Error(msg + " (see opendit --help)");
+    throw CollectiveError(msg + " (see opendit --help)");
   }
   return 0;
 }
@@ -74,6 +70,10 @@ bool pick_gpu(const std::string& choice) {
   const bool have_gpu = gpu_count() > 0;
   if (choice == "cuda" && !have_gpu) throw Error("--device cuda: no GPU is visible");
   return choice == "cuda" || (choice == "auto" && have_gpu);
+}
+
+void require_one_process(const MpiRuntime& mpi, const std::string& what) {
+  if (mpi.size() > 1) throw CollectiveError(cat(what, " runs as one process: run it without mpirun"));
 }
 
 }  // namespace opendit::cli

@@ -1,4 +1,5 @@
-// The `opendit` command line: one CLI11 app, one file per subcommand.
+// The `opendit` command line: one CLI11 app, one file per subcommand; each is argument parsing over the layers
+// below (train/, sample/, models/, io/).
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
@@ -9,19 +10,27 @@
 
 namespace opendit::cli {
 
-// Runs the command line; returns the process exit code. Throws opendit::Error for collective errors.
+using parallel::MpiRuntime;
+
+// Runs the command line; returns the process exit code. Throws opendit::CollectiveError for errors every rank
+// reaches (bad arguments, a bad deck) and opendit::Error for one rank's.
 int run(int argc, char** argv, MpiRuntime& mpi);
 
 // A benchmark's --device choice (auto | cpu | cuda): true for the GPU. "cuda" without a visible GPU is an error.
 bool pick_gpu(const std::string& choice);
+
+// A single-process subcommand (sample, convert, bench) refuses mpirun: one clear error instead of N copies of the
+// same work.
+void require_one_process(const MpiRuntime& mpi, const std::string& what);
 
 // --config FILE and repeated --set section.key=value, shared by every subcommand that reads a deck.
 struct DeckArgs {
   std::string config_path;
   std::vector<std::string> sets;
   void add_to(CLI::App& cmd);
-  // Rank 0 reads the file and broadcasts it, so that every rank parses the same text and fails the same way.
-  config::Deck load() const;
+  // Rank 0 reads the file and broadcasts it, so that every rank parses the same text; a bad deck is then a
+  // collective error (one message, every rank exits 1).
+  config::Deck load(const parallel::ProcessGroup& world) const;
 };
 
 // Subcommands.
@@ -29,7 +38,7 @@ void add_info(CLI::App& app, MpiRuntime& mpi);
 void add_convert(CLI::App& app, MpiRuntime& mpi);
 void add_sample(CLI::App& app, MpiRuntime& mpi);
 void add_bench(CLI::App& app, MpiRuntime& mpi);
-void add_bench_sample(CLI::App& bench, MpiRuntime& mpi);  // `bench sample`, under add_bench's `bench`
+void add_bench_sample(CLI::App& bench, MpiRuntime& mpi);   // `bench sample`, under add_bench's `bench`
 void add_bench_kernels(CLI::App& bench, MpiRuntime& mpi);  // `bench kernels`, called by add_bench
 void add_train(CLI::App& app, MpiRuntime& mpi);
 

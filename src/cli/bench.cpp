@@ -1,4 +1,4 @@
-// `opendit bench forward`: time the DiT forward pass (the peer figure comes from bench/peer_diffusers_forward.py);
+// `opendit bench forward`: time the model's forward pass (the peer figure comes from bench/peer_diffusers_forward.py);
 // `opendit bench kernels` is in bench_kernels.cpp.
 #include <ATen/Parallel.h>
 #include <ATen/detail/CUDAHooksInterface.h>
@@ -9,8 +9,8 @@
 
 #include "cli/app.hpp"
 #include "core/error.hpp"
-#include "models/attention.hpp"
-#include "models/dit.hpp"
+#include "models/layers/attention.hpp"
+#include "models/registry.hpp"
 
 namespace opendit::cli {
 
@@ -23,41 +23,46 @@ struct BenchArgs {
 };
 
 void run_forward_bench(const BenchArgs& a, MpiRuntime& mpi) {
-  if (mpi.size() > 1) throw Error("bench runs as one process: run it without mpirun");
+  require_one_process(mpi, "bench");
   if (a.batch < 1 || a.iters < 1 || a.warmup < 0) throw Error("--batch and --iters must be >= 1, --warmup >= 0");
-  const config::Deck deck = a.deck.load();
-  models::DiTConfig cfg = models::dit_config_from(deck);
+  const config::Deck deck = a.deck.load(mpi.world());
   const bool gpu = pick_gpu(a.device);
   const at::ScalarType dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
 
-  models::DiT model(cfg, 0);
+  std::unique_ptr<models::Model> model = models::make_model(deck, uint64_t{0});
   // Non-zero adaLN weights, so that no path is skipped by a zero (the timing must not depend on it, but be safe).
-  for (auto& [name, t] : model.named_parameters())
-    if (name.find("adaLN") != std::string::npos) t->normal_(0, 0.02);
-  model.to(at::TensorOptions().device(device).dtype(dtype));
-  if (gpu) models::set_attention_backend(deck.get_string("model.attention"));
+  for (const models::Param& p : model->parameters())
+    if (p.name.find("adaLN") != std::string::npos) p.tensor->normal_(0, 0.02);
+  model->to(at::TensorOptions().device(device).dtype(dtype));
+  if (gpu) models::layers::set_attention_backend(deck.get_string("model.attention"));
   auto opts = at::TensorOptions().device(device);
-  at::Tensor x = at::randn({a.batch, cfg.in_channels, cfg.input_size, cfg.input_size}, opts.dtype(dtype));
+  std::vector<int64_t> shape = {a.batch};
+  for (int64_t d : model->sample_shape()) shape.push_back(d);
+  at::Tensor x = at::randn(shape, opts.dtype(dtype));
   at::Tensor t = at::randint(0, 1000, {a.batch}, opts.dtype(at::kFloat));
-  at::Tensor y = at::randint(0, cfg.num_classes, {a.batch}, opts.dtype(at::kLong));
+  const models::ConditionSpec spec = model->condition_spec();
+  if (spec.kind != models::ConditionKind::Labels)
+    throw Error(cat("bench forward draws class labels; a ", model->type(), " model takes captions"));
+  models::Condition y;
+  y.labels = at::randint(0, spec.num_classes, {a.batch}, opts.dtype(at::kLong));
   auto sync = [&] {
     if (gpu) at::detail::getCUDAHooks().deviceSynchronize(0);
   };
   at::NoGradGuard no_grad;
-  for (int i = 0; i < a.warmup; ++i) model.forward(x, t, y);
+  for (int i = 0; i < a.warmup; ++i) model->forward(x, t, y);
   sync();
   std::vector<double> ms;
   for (int i = 0; i < a.iters; ++i) {
     auto t0 = std::chrono::steady_clock::now();
-    model.forward(x, t, y);
+    model->forward(x, t, y);
     sync();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
-  const double tflops = cfg.forward_flops() * a.batch / (median * 1e-3) / 1e12;
-  std::printf("%s\n", cfg.describe().c_str());
+  const double tflops = model->forward_flops(model->sample_shape()) * a.batch / (median * 1e-3) / 1e12;
+  std::printf("%s\n", model->describe().c_str());
   std::printf("BENCH forward device=%s threads=%d dtype=%s batch=%d median_ms=%.3f min_ms=%.3f img_per_s=%.1f "
               "tflops=%.3f\n",
               gpu ? "cuda" : "cpu", at::get_num_threads(), a.dtype.c_str(), a.batch, median, ms.front(),
@@ -70,7 +75,7 @@ void add_bench(CLI::App& app, MpiRuntime& mpi) {
   auto* cmd = app.add_subcommand("bench", "Benchmarks (results and peers: bench/RESULTS.md)");
   cmd->require_subcommand(1);
   auto a = std::make_shared<BenchArgs>();
-  auto* fwd = cmd->add_subcommand("forward", "Time the DiT forward pass of the deck's model on random inputs");
+  auto* fwd = cmd->add_subcommand("forward", "Time the forward pass of the deck's model on random inputs");
   a->deck.add_to(*fwd);
   fwd->add_option("--batch", a->batch, "Batch size")->default_val(8);
   fwd->add_option("--iters", a->iters, "Timed iterations (the median is reported)")->default_val(20);

@@ -214,7 +214,7 @@ void run_kernel_bench(const KernelBenchArgs& a) {
 #endif  // OPENDIT_WITH_CUDA
 
 void run_bench_kernels(const KernelBenchArgs& a, MpiRuntime& mpi) {
-  if (mpi.size() > 1) throw Error("bench runs as one process: run it without mpirun");
+  require_one_process(mpi, "bench");
   if (a.batch < 1 || a.iters < 1 || a.warmup < 0) throw Error("--batch and --iters must be >= 1, --warmup >= 0");
   const bool have_gpu = gpu_count() > 0;
 #ifdef OPENDIT_WITH_CUDA

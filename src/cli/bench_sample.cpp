@@ -18,11 +18,9 @@
 
 #include "cli/app.hpp"
 #include "core/error.hpp"
-#include "diffusion/cuda_graph_denoiser.hpp"
-#include "diffusion/gaussian_diffusion.hpp"
-#include "diffusion/guidance.hpp"
-#include "models/attention.hpp"
-#include "models/dit.hpp"
+#include "models/registry.hpp"
+#include "sample/plan.hpp"
+#include "sample/sampler.hpp"
 
 namespace opendit::cli {
 
@@ -70,56 +68,42 @@ class StepClock {
 };
 
 void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
-  if (mpi.size() > 1) throw Error("bench runs as one process: run it without mpirun");
+  require_one_process(mpi, "bench");
   if (a.images < 1) throw Error(cat("--images ", a.images, ": expected >= 1"));
   if (!(a.cfg >= 0)) throw Error(cat("--cfg ", a.cfg, ": the guidance scale must be >= 0"));
-  const config::Deck deck = a.deck.load();
-  const models::DiTConfig cfg = models::dit_config_from(deck);
+  const config::Deck deck = a.deck.load(mpi.world());
+  sample::SampleOptions o;
+  o.steps = a.steps, o.cfg = a.cfg, o.precision = a.dtype, o.no_graph = a.graph == "off";
+  o.eta = 0.0;
+  const sample::SamplePlan plan = sample::make_plan(deck, o);
   const bool gpu = pick_gpu(a.device);
-  const at::ScalarType dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  const diffusion::GaussianDiffusion diff = diffusion::make_diffusion(
-      a.steps, deck.get_string("diffusion.schedule"), static_cast<int>(deck.get_int("diffusion.num_steps")),
-      cfg.learn_sigma);
-  const bool ddim = a.steps.rfind("ddim", 0) == 0;
 
-  models::DiT model(cfg, 0);
+  std::unique_ptr<models::Model> model = models::make_model(deck, uint64_t{0});
   // Non-zero adaLN weights (as in bench forward), so that no path is skipped by a zero.
-  for (auto& [name, t] : model.named_parameters())
-    if (name.find("adaLN") != std::string::npos) t->normal_(0, 0.02);
-  model.to(at::TensorOptions().device(device).dtype(dtype));
-  if (gpu) models::set_attention_backend(deck.get_string("model.attention"));
+  for (const models::Param& p : model->parameters())
+    if (p.name.find("adaLN") != std::string::npos) p.tensor->normal_(0, 0.02);
+  sample::Sampler sampler(*model, plan, device);
+  if (!gpu && a.graph == "on") std::fprintf(stderr, "bench sample: on the CPU there is no CUDA graph: graph=off\n");
 
   // The diffusion runs in float32; the network in --dtype.
   at::Generator gen = at::detail::createCPUGenerator(0);
-  const at::Tensor noise =
-      at::randn({a.images, cfg.in_channels, cfg.input_size, cfg.input_size}, gen).to(device);  // [N, C, H, W]
-  const at::Tensor labels = at::randint(0, cfg.num_classes, {a.images}, gen, at::kLong).to(device);  // [N]
-  const diffusion::ConditionalDenoiser net = [&](const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
-    return model.forward(x.to(dtype), t.to(at::kFloat), y).to(at::kFloat);
-  };
-  diffusion::Denoiser denoise = [&](const at::Tensor& x, const at::Tensor& t) { return net(x, t, labels); };
-  if (a.cfg != 1.0) {
-    diffusion::GuidanceOptions opt;
-    opt.scale = a.cfg;
-    opt.null_label = cfg.num_classes;
-    denoise = diffusion::classifier_free_guidance(net, labels, opt);
-  }
-  std::unique_ptr<diffusion::CudaGraphDenoiser> graphed;
-  if (gpu && a.graph == "on") {
-    graphed = std::make_unique<diffusion::CudaGraphDenoiser>(denoise);
-    denoise = *graphed;
-  }
-  if (!gpu && a.graph == "on") std::fprintf(stderr, "bench sample: on the CPU there is no CUDA graph: graph=off\n");
+  std::vector<int64_t> shape = {a.images};
+  for (int64_t d : model->sample_shape()) shape.push_back(d);
+  const at::Tensor noise = at::randn(shape, gen).to(device);  // [N, C, H, W]
+  const models::ConditionSpec spec = model->condition_spec();
+  if (spec.kind != models::ConditionKind::Labels)
+    throw Error(cat("bench sample draws class labels; a ", model->type(), " model takes captions"));
+  models::Condition cond;
+  cond.labels = at::randint(0, spec.num_classes, {a.images}, gen, at::kLong).to(device);  // [N]
 
   const int64_t forwards = a.cfg != 1.0 ? 2 * a.images : a.images;
-  std::printf("%s\n", cfg.describe().c_str());
+  std::printf("%s\n", model->describe().c_str());
   std::printf("sampling %d images, %s %s (%lld steps), cfg %g (network batch %lld), %s on %s\n", a.images,
-              ddim ? "DDIM" : "DDPM", a.steps.c_str(), (long long)diff.num_timesteps(), a.cfg, (long long)forwards,
-              a.dtype.c_str(), gpu ? "cuda" : "cpu");
+              plan.sampler_name(), a.steps.c_str(), (long long)sampler.diffusion().num_timesteps(), a.cfg,
+              (long long)forwards, a.dtype.c_str(), gpu ? "cuda" : "cpu");
   std::fflush(stdout);
 
-  at::NoGradGuard no_grad;
   auto sync = [&] {
     if (gpu) at::detail::getCUDAHooks().deviceSynchronize(0);
   };
@@ -127,9 +111,7 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   StepClock clock(gpu);
   const auto t0 = std::chrono::steady_clock::now();
   clock.mark();
-  const diffusion::Progress mark_step = [&](int, int) { clock.mark(); };
-  at::Tensor x = ddim ? diff.ddim_sample_loop(denoise, noise, 0.0, gen, mark_step)
-                      : diff.p_sample_loop(denoise, noise, gen, mark_step);
+  at::Tensor x = sampler.run(noise, cond, gen, [&](int, int) { clock.mark(); });
   sync();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!at::isfinite(x).all().item<bool>()) throw Error("bench sample: the samples contain NaN or Inf");
@@ -140,12 +122,12 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   std::vector<double> timed(ms.begin() + 1, ms.end());
   std::sort(timed.begin(), timed.end());
   const double median = timed[timed.size() / 2];
-  const char* graph = !graphed ? "off" : graphed->graphed() ? "on" : "failed";
+  const std::string graph = sampler.graph_state();
   std::printf("BENCH sample preset=%s dtype=%s images=%d cfg=%g graph=%s steps=%s loop_steps=%lld device=%s "
               "threads=%d ms_per_step=%.3f min_ms=%.3f first_step_ms=%.1f total_s=%.3f img_per_s=%.3f\n",
-              deck.get_string("model.preset").c_str(), a.dtype.c_str(), a.images, a.cfg, graph, a.steps.c_str(),
-              (long long)diff.num_timesteps(), gpu ? "cuda" : "cpu", at::get_num_threads(), median, timed.front(),
-              first_ms, total_s, a.images / total_s);
+              deck.get_string("model.preset").c_str(), a.dtype.c_str(), a.images, a.cfg, graph.c_str(),
+              a.steps.c_str(), (long long)sampler.diffusion().num_timesteps(), gpu ? "cuda" : "cpu",
+              at::get_num_threads(), median, timed.front(), first_ms, total_s, a.images / total_s);
 }
 
 }  // namespace

@@ -1,6 +1,4 @@
 // `opendit info`: what this binary is built from, what it sees, and how the ranks form the mesh.
-#include <hdf5.h>
-#include <mpi.h>
 #include <torch/version.h>
 #include <unistd.h>
 
@@ -11,6 +9,9 @@
 #include "config/schema.hpp"
 #include "core/build_info.hpp"
 #include "core/devices.hpp"
+#include "io/h5.hpp"
+#include "models/registry.hpp"
+#include "parallel/communicator.hpp"
 #include "parallel/mesh.hpp"
 
 namespace opendit::cli {
@@ -22,28 +23,10 @@ struct InfoArgs {
   bool config_doc = false;
 };
 
-std::string mpi_library() {
-  char text[MPI_MAX_LIBRARY_VERSION_STRING];
-  int len = 0;
-  MPI_Get_library_version(text, &len);
-  std::string s(text, len);
-  s = s.substr(0, s.find_first_of(",\n"));  // "Open MPI v4.1.4, package: ..." -> "Open MPI v4.1.4"
-  int major = 0, minor = 0;
-  MPI_Get_version(&major, &minor);
-  return s + " (MPI " + std::to_string(major) + "." + std::to_string(minor) + ")";
-}
-
-std::string hdf5_text() {
-  unsigned maj = 0, min = 0, rel = 0;
-  H5get_libversion(&maj, &min, &rel);
-  std::ostringstream os;
-  os << maj << "." << min << "." << rel;
-#ifdef H5_HAVE_PARALLEL
-  os << " (parallel: yes)";
-#else
-  os << " (parallel: no, checkpoints are written through rank 0)";
-#endif
-  return os.str();
+std::string model_names() {
+  std::string names;
+  for (const auto& t : models::model_types()) names += (names.empty() ? "" : ", ") + t.name;
+  return names;
 }
 
 std::string gpu_text(const GpuInfo& g) {
@@ -53,7 +36,7 @@ std::string gpu_text(const GpuInfo& g) {
 }
 
 // One line per rank: host and the device the rank would use (local rank modulo the visible GPUs).
-std::string ranks_table(const Mesh& mesh, const std::vector<GpuInfo>& gpus) {
+std::string ranks_table(const parallel::Mesh& mesh, const std::vector<GpuInfo>& gpus) {
   const int local = mesh.local_rank();
 
   constexpr int kLine = 160;
@@ -65,26 +48,25 @@ std::string ranks_table(const Mesh& mesh, const std::vector<GpuInfo>& gpus) {
                                        gpu_text(gpus[local % gpus.size()]);
   const auto& c = mesh.coord();
   std::snprintf(line, kLine, "  %5d  %4d  %4d  %-20s %s", mesh.rank(), c.dp_rank, c.sp_rank, host, dev.c_str());
-  std::vector<char> all(mesh.rank() == 0 ? size_t(kLine) * mesh.world_size() : 0);
-  MPI_Gather(line, kLine, MPI_CHAR, all.data(), kLine, MPI_CHAR, 0, mesh.world_comm());
+  const std::vector<std::string> all = mesh.world().gather(std::string(line), 0);
   std::string out = "   rank    dp    sp  host                 device\n";
-  for (int r = 0; r < mesh.world_size() && mesh.rank() == 0; ++r) {
-    if (r == 16 && mesh.world_size() > 18) {
-      out += "  ... (" + std::to_string(mesh.world_size() - 17) + " more ranks)\n";
-      r = mesh.world_size() - 1;
+  for (int r = 0; r < int(all.size()); ++r) {
+    if (r == 16 && all.size() > 18) {
+      out += "  ... (" + std::to_string(all.size() - 17) + " more ranks)\n";
+      r = int(all.size()) - 1;
     }
-    out += std::string(&all[size_t(r) * kLine]) + "\n";
+    out += all[size_t(r)] + "\n";
   }
   return out;
 }
 
 void run_info(const InfoArgs& args, MpiRuntime& mpi) {
   if (args.config_doc) {
-    if (mpi.rank() == 0) std::fputs(config::schema_markdown().c_str(), stdout);
+    if (mpi.rank() == 0) std::fputs(config::schema_markdown(models::deck_schema()).c_str(), stdout);
     return;
   }
-  config::Deck deck = args.deck.load();
-  Mesh mesh(MPI_COMM_WORLD, static_cast<int>(deck.get_int("parallel.sp_size")));
+  config::Deck deck = args.deck.load(mpi.world());
+  parallel::Mesh mesh(mpi.world(), static_cast<int>(deck.get_int("parallel.sp_size")));
   auto gpus = visible_gpus();
 
   std::ostringstream os;
@@ -97,9 +79,10 @@ void run_info(const InfoArgs& args, MpiRuntime& mpi) {
   os << "  torch         " << TORCH_VERSION << "\n"
      << "  CUDA runtime  " << cuda_runtime_version() << "\n"
      << "  cuDNN         " << cudnn_version() << "\n"
-     << "  NCCL          " << nccl_version() << "\n"
-     << "  MPI           " << mpi_library() << "\n"
-     << "  HDF5          " << hdf5_text() << "\n"
+     << "  NCCL          " << parallel::nccl_version() << "\n"
+     << "  MPI           " << parallel::mpi_library_version() << "\n"
+     << "  HDF5          " << io::hdf5_library_version() << "\n"
+     << "  models        " << model_names() << " (model.type)\n"
      << "  devices       ";
   if (gpus.empty()) os << "no GPU visible: running on CPU\n";
   else

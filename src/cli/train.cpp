@@ -14,7 +14,7 @@ struct TrainArgs {
 
 void add_train(CLI::App& app, MpiRuntime& mpi) {
   auto a = std::make_shared<TrainArgs>();
-  auto* cmd = app.add_subcommand("train", "Train DiT on an opendit.latents dataset (mpirun -np N for data parallelism)");
+  auto* cmd = app.add_subcommand("train", "Train a model on an opendit.latents dataset (mpirun -np N for data parallelism)");
   a->deck.add_to(*cmd);
   cmd->add_flag("--dry-run", a->options.dry_run, "Validate the deck, the data and the mesh, print the plan, stop");
   cmd->add_flag("--no-save", a->options.no_save,
@@ -23,10 +23,10 @@ void add_train(CLI::App& app, MpiRuntime& mpi) {
                   "auto (the newest complete checkpoint of the run, or a fresh start) or a checkpoint file; any "
                   "number of ranks may resume it");
   cmd->callback([a, &mpi] {
-    config::Deck deck = a->deck.load();
-    Mesh mesh(MPI_COMM_WORLD, static_cast<int>(deck.get_int("parallel.sp_size")));
-    int rc = train::train(deck, mesh, a->options);
-    if (rc != 0) throw Error(cat("train ended with status ", rc));
+    const config::Deck deck = a->deck.load(mpi.world());
+    const parallel::Mesh mesh(mpi.world(), static_cast<int>(deck.get_int("parallel.sp_size")));
+    const int rc = train::train(deck, mesh, a->options);
+    if (rc != 0) throw CollectiveError(cat("train ended with status ", rc));
   });
 }
 

@@ -1,5 +1,6 @@
 // An input deck resolved against the schema: defaults, then the TOML file, then --set overrides.
-// Every value is validated when it enters; errors are opendit::Error naming the file and line.
+// Every value is validated when it enters; errors are opendit::Error naming the file and line (every rank parses
+// the same text, so callers treat them as collective: cli/app.cpp).
 #pragma once
 #include <map>
 #include <string>
@@ -10,11 +11,10 @@ namespace opendit::config {
 
 class Deck {
  public:
-  explicit Deck(const Schema& schema = config::schema());  // all defaults
+  explicit Deck(const Schema& schema);  // all defaults
 
   // Parses TOML text; `origin` names it in errors (the file path).
-  static Deck from_toml(const std::string& text, const std::string& origin,
-                        const Schema& schema = config::schema());
+  static Deck from_toml(const std::string& text, const std::string& origin, const Schema& schema);
 
   // Applies "section.key=value" (the --set syntax); the value is read as the key's type.
   void set(const std::string& assignment);

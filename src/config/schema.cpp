@@ -8,11 +8,12 @@
 
 namespace opendit::config {
 
-const Schema& schema() {
+const Schema& base_schema() {
   static const Schema s = [] {
     Schema s;
     s.sections = {
-        {"model", "The DiT network. `preset` sets depth, width, heads and patch; a non-zero explicit key overrides it."},
+        {"model", "The network. `type` picks the model (src/models/registry.cpp) and each type reads its own keys; for "
+                  "`dit`, `preset` sets depth, width, heads and patch, and a non-zero explicit key overrides it."},
         {"diffusion", "The Gaussian diffusion process (IDDPM, as in DiT)."},
         {"sample", "Sampling defaults; the `opendit sample` options override them."},
         {"train", "Optimisation: precision, AdamW, schedule, clipping, EMA, accumulation, logging, checkpoints."},
@@ -21,28 +22,8 @@ const Schema& schema() {
         {"parallel", "How the MPI ranks are split into groups, and how data parallelism shards the optimizer."},
     };
     const double inf = 1e300;
-    auto presets = std::vector<std::string>{"custom"};
-    for (const char* size : {"S", "B", "L", "XL"})
-      for (const char* patch : {"2", "4", "8"}) presets.push_back(std::string("DiT-") + size + "/" + patch);
+    // The model types' own keys (model.type, model.preset, ...) come from the model registry (models::deck_schema).
     s.options = {
-        {"model.preset", Type::Choice, std::string("DiT-XL/2"), "Official size preset, or `custom` (then set depth, "
-         "hidden_size, num_heads and patch_size).", -inf, inf, presets},
-        {"model.depth", Type::Int, int64_t{0}, "Transformer blocks; 0 = from the preset.", 0, 1000, {}},
-        {"model.hidden_size", Type::Int, int64_t{0}, "Token width D; 0 = from the preset.", 0, 1 << 16, {}},
-        {"model.num_heads", Type::Int, int64_t{0}, "Attention heads (must divide hidden_size); 0 = from the preset.",
-         0, 1024, {}},
-        {"model.patch_size", Type::Int, int64_t{0}, "Patch side p (tokens = (input_size/p)^2); 0 = from the preset.",
-         0, 64, {}},
-        {"model.in_channels", Type::Int, int64_t{4}, "Input channels (4 for SD-VAE latents).", 1, 1024, {}},
-        {"model.input_size", Type::Int, int64_t{32}, "Input side in pixels or latent cells (32 = 256^2 images with "
-         "the VAE's factor 8).", 1, 1 << 14, {}},
-        {"model.num_classes", Type::Int, int64_t{1000}, "Classes; label num_classes is the null class of "
-         "classifier-free guidance.", 1, 1 << 24, {}},
-        {"model.learn_sigma", Type::Bool, true, "Also predict the variance (output channels = 2 x in_channels).",
-         -inf, inf, {}},
-        {"model.mlp_ratio", Type::Float, 4.0, "MLP hidden width / hidden_size.", 0.25, 64, {}},
-        {"model.class_dropout_prob", Type::Float, 0.1, "Training: probability of replacing a label by the null "
-         "class.", 0, 1, {}},
         {"model.space", Type::Choice, std::string("latent"), "What the model denoises: `latent` (VAE latents; "
          "samples are written as latents) or `pixel` (images in [-1, 1]; samples are written as a PNG grid).",
          -inf, inf, {"latent", "pixel"}},

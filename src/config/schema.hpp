@@ -1,5 +1,6 @@
-// The one schema of input decks: every key's type, default, allowed range and meaning.
-// Decks (inputs/*.toml), --set overrides, validation and docs/CONFIG.md all come from this table.
+// The schema of input decks: every key's type, default, allowed range and meaning. Decks (inputs/*.toml), --set
+// overrides, validation and docs/CONFIG.md all come from it. The full schema of opendit's decks is
+// models::deck_schema(): the base keys here plus the keys each model type declares (models/registry.hpp).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -34,13 +35,14 @@ struct Schema {
   std::vector<std::string> keys() const;
 };
 
-// The schema of opendit's decks (src/config/schema.cpp).
-const Schema& schema();
+// The keys every deck has, whatever the model (src/config/schema.cpp): [diffusion], [sample], [train], [data],
+// [run], [parallel] and the generic [model] keys (space, attention).
+const Schema& base_schema();
 
 std::string type_name(const Option& opt);           // "integer >= 1", "one of ddp, zero1, zero2", ...
 std::string value_to_toml(const Value& v);          // TOML literal: 2, 0.5, true, "text"
 
 // docs/CONFIG.md, generated from the table (a test keeps the committed file in sync).
-std::string schema_markdown(const Schema& schema = config::schema());
+std::string schema_markdown(const Schema& schema);
 
 }  // namespace opendit::config

@@ -5,7 +5,6 @@
 #ifdef OPENDIT_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime_api.h>
-#include <nccl.h>
 #endif
 
 namespace opendit {
@@ -47,14 +46,6 @@ std::string cudnn_version() {
     if (v > 0) return dotted(v, 10000, 100);
   } catch (const std::exception&) {
   }
-  return "none";
-}
-
-std::string nccl_version() {
-#ifdef OPENDIT_WITH_CUDA
-  int v = 0;
-  if (ncclGetVersion(&v) == ncclSuccess && v > 0) return dotted(v, 10000, 100);  // e.g. 22809
-#endif
   return "none";
 }
 

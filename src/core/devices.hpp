@@ -1,4 +1,5 @@
-// What accelerators this process sees and the versions of the GPU libraries (empty/zero on a CPU-only build).
+// What accelerators this process sees and the versions of the GPU libraries (empty/zero on a CPU-only build);
+// NCCL's version is parallel::nccl_version().
 #pragma once
 #include <string>
 #include <vector>
@@ -14,7 +15,6 @@ struct GpuInfo {
 std::vector<GpuInfo> visible_gpus();  // empty without CUDA, a driver or a device
 std::string cuda_runtime_version();  // "13.0", or "none"
 std::string cudnn_version();         // "9.19.0", or "none"
-std::string nccl_version();          // "2.28.9", or "none"
 
 int gpu_count();                                // 0 without CUDA, a driver or a device
 double peak_memory_gib(int device);             // torch's caching allocator: peak allocated since the reset

@@ -1,8 +1,12 @@
-// Errors, the LAMMPS way (error->all vs error->one):
-//  - opendit::Error: a problem every rank reaches the same way (bad deck, bad arguments, a mesh that does not
-//    divide). main() prints it once from rank 0 and every rank exits non-zero through MPI_Finalize.
-//  - any other exception: a problem of one rank (its file, its device). main() prints it with the rank and calls
-//    MPI_Abort, so no rank waits forever in a collective.
+// Errors choose their scope where they are thrown (LAMMPS' error->one vs error->all):
+//  - opendit::Error: a problem of this rank (its file, its device, its data). The top level prints it with the rank
+//    and ends the job at once (MPI_Abort), so no rank waits for a collective that will never come. In a world of
+//    one it is a plain error message and exit status 1.
+//  - opendit::CollectiveError: a problem every rank reaches the same way (a bad deck or argument, a mesh that does
+//    not divide, a failure the ranks agreed on with ProcessGroup::agree). Rank 0 prints it once and every rank
+//    exits 1 through MPI_Finalize.
+// Collective code promotes a rank error on purpose: it runs the local work inside ProcessGroup::agree, which turns
+// a failure on any rank into the same CollectiveError on every rank.
 #pragma once
 #include <sstream>
 #include <stdexcept>
@@ -12,6 +16,10 @@ namespace opendit {
 
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
+};
+
+struct CollectiveError : Error {
+  using Error::Error;
 };
 
 // Builds a message from any streamable pieces: throw Error(cat("expected ", a, ", found ", b)).

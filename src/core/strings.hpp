@@ -1,4 +1,4 @@
-// Small string helpers shared by the config and the CLI.
+// Small string helpers: suggestions for typos, splitting and joining, shapes in messages.
 #pragma once
 #include <string>
 #include <vector>
@@ -14,5 +14,14 @@ std::string closest_match(const std::string& word, const std::vector<std::string
 std::vector<std::string> split(const std::string& s, char sep);
 std::string trim(const std::string& s);
 std::string join(const std::vector<std::string>& parts, const std::string& sep);
+
+// A shape (any sequence of integers: std::vector<int64_t>, at::IntArrayRef) as "[2, 3, 4]", for messages.
+template <typename Dims>
+std::string shape_str(const Dims& dims) {
+  std::string s = "[";
+  bool first = true;
+  for (const auto d : dims) s += (first ? "" : ", ") + std::to_string(d), first = false;
+  return s + "]";
+}
 
 }  // namespace opendit

@@ -23,7 +23,7 @@ namespace opendit::diffusion {
 // with v in [-1, 1] selecting the log-variance between the posterior's and beta_t's.
 using Denoiser = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& t_original)>;
 // Called after each sampling step with (steps done, total steps).
-using Progress = std::function<void(int step, int total)>;
+using StepCallback = std::function<void(int step, int total)>;
 
 struct MeanVariance {
   at::Tensor mean, variance, log_variance, pred_xstart;  // each of x's shape
@@ -91,9 +91,9 @@ class GaussianDiffusion {
   // with at::randn from `generator` (in x's dtype, on the generator's device, then moved to x's), so one seed
   // gives one result; an undefined generator uses the default one of that device.
   at::Tensor p_sample_loop(const Denoiser& denoise_fn, const at::Tensor& noise, at::Generator generator = {},
-                           const Progress& progress = nullptr, bool clip_denoised = false) const;
+                           const StepCallback& on_step = nullptr, bool clip_denoised = false) const;
   at::Tensor ddim_sample_loop(const Denoiser& denoise_fn, const at::Tensor& noise, double eta = 0.0,
-                              at::Generator generator = {}, const Progress& progress = nullptr,
+                              at::Generator generator = {}, const StepCallback& on_step = nullptr,
                               bool clip_denoised = false) const;
 
  private:

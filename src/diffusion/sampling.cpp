@@ -115,7 +115,7 @@ StepResult GaussianDiffusion::ddim_sample(const Denoiser& denoise_fn, const at::
 }
 
 at::Tensor GaussianDiffusion::p_sample_loop(const Denoiser& denoise_fn, const at::Tensor& noise,
-                                            at::Generator generator, const Progress& progress,
+                                            at::Generator generator, const StepCallback& on_step,
                                             bool clip_denoised) const {
   check_start(noise, "p_sample_loop");
   at::NoGradGuard no_grad;
@@ -126,13 +126,13 @@ at::Tensor GaussianDiffusion::p_sample_loop(const Denoiser& denoise_fn, const at
     const at::Tensor t = at::full({x.size(0)}, i, x.options().dtype(at::kLong));
     const at::Tensor z = i > 0 ? draws.next() : at::zeros_like(x);
     x = p_sample(denoise_fn, x, t, z, clip_denoised).sample;
-    if (progress) progress(total - static_cast<int>(i), total);
+    if (on_step) on_step(total - static_cast<int>(i), total);
   }
   return x;
 }
 
 at::Tensor GaussianDiffusion::ddim_sample_loop(const Denoiser& denoise_fn, const at::Tensor& noise, double eta,
-                                               at::Generator generator, const Progress& progress,
+                                               at::Generator generator, const StepCallback& on_step,
                                                bool clip_denoised) const {
   check_start(noise, "ddim_sample_loop");
   if (!(eta >= 0.0)) throw Error(cat("DDIM eta: expected a value >= 0, found ", eta));
@@ -145,7 +145,7 @@ at::Tensor GaussianDiffusion::ddim_sample_loop(const Denoiser& denoise_fn, const
     at::Tensor z;
     if (eta > 0.0) z = i > 0 ? draws.next() : at::zeros_like(x);
     x = ddim_sample(denoise_fn, x, t, eta, z, clip_denoised).sample;
-    if (progress) progress(total - static_cast<int>(i), total);
+    if (on_step) on_step(total - static_cast<int>(i), total);
   }
   return x;
 }

@@ -5,23 +5,35 @@
 #include <stdexcept>
 
 #include "core/error.hpp"
+#include "parallel/mpi_communicator.hpp"
 #ifdef OPENDIT_WITH_CUDA
+#include <nccl.h>
+
 #include "parallel/nccl_communicator.hpp"
 #endif
 
-namespace opendit {
+namespace opendit::parallel {
 
-std::unique_ptr<Communicator> make_communicator(MPI_Comm comm, at::Device device) {
-  if (device.is_cpu()) return std::make_unique<MpiCommunicator>(comm);
+std::unique_ptr<Communicator> make_communicator(const ProcessGroup& group, at::Device device) {
+  if (device.is_cpu()) return std::make_unique<MpiCommunicator>(group);
   if (device.is_cuda()) {
 #ifdef OPENDIT_WITH_CUDA
-    return std::make_unique<NcclCommunicator>(comm, device);
+    return std::make_unique<NcclCommunicator>(group, device);
 #else
-    throw Error(cat("device ", device.str(), " needs NCCL, but this opendit was built without CUDA: rebuild with ",
+    throw CollectiveError(cat("device ", device.str(), " needs NCCL, but this opendit was built without CUDA: rebuild with ",
                     "nvcc available (OPENDIT_CUDA=ON) or run on the CPU"));
 #endif
   }
-  throw Error(cat("no communicator for device ", device.str(), ": use a CPU or CUDA device"));
+  throw CollectiveError(cat("no communicator for device ", device.str(), ": use a CPU or CUDA device"));
+}
+
+std::string nccl_version() {
+#ifdef OPENDIT_WITH_CUDA
+  int v = 0;
+  if (ncclGetVersion(&v) == ncclSuccess && v > 0)  // e.g. 22809
+    return cat(v / 10000, ".", (v % 10000) / 100, ".", v % 100);
+#endif
+  return "none";
 }
 
 namespace detail {
@@ -80,4 +92,4 @@ bool overlaps(const at::Tensor& a, const at::Tensor& b) {
 }
 
 }  // namespace detail
-}  // namespace opendit
+}  // namespace opendit::parallel

@@ -1,5 +1,6 @@
-// One interface over a group of ranks (a dp or sp group), two implementations: MpiCommunicator for CPU tensors and
-// NcclCommunicator for CUDA tensors (parallel/nccl_communicator.hpp). Training code sees only this header.
+// Tensor collectives over a group of ranks (a dp or sp group): one interface, two implementations, MpiCommunicator
+// for CPU tensors (parallel/mpi_communicator.hpp) and NcclCommunicator for CUDA tensors
+// (parallel/nccl_communicator.hpp). Training code sees only this header; make_communicator picks by device.
 //
 // Every collective takes flat, contiguous tensors of one supported dtype (float32, float64, bfloat16, float16,
 // int64, int32) on the communicator's device, and is issued by every rank of the group in the same order:
@@ -12,18 +13,17 @@
 // until wait() returns. wait() on an MPI Work completes the request; on an NCCL Work it makes the caller's current
 // CUDA stream wait for the collective (the host does not block). A Work destroyed without wait() waits then.
 //
-// Avg is only defined for floating dtypes. Shape and dtype mistakes are programming errors of one rank (the others
+// Avg is only defined for floating dtypes; Min and Max for every dtype. Shape and dtype mistakes are programming errors of one rank (the others
 // would hang in the collective), so they throw std::invalid_argument, which ends the whole job.
 #pragma once
 #include <ATen/ATen.h>
-#include <mpi.h>
 
 #include <memory>
 #include <string>
 
-namespace opendit {
+#include "parallel/process_group.hpp"
 
-enum class ReduceOp { Sum, Avg, Max };
+namespace opendit::parallel {
 
 class Work {
  public:
@@ -57,39 +57,12 @@ class Communicator {
   void broadcast(const at::Tensor& tensor, int root = 0) { broadcast_async(tensor, root)->wait(); }
 };
 
-// MPI on CPU tensors, over a duplicate of `comm` (its traffic never mixes with other users of `comm`).
-// The non-blocking MPI_I* calls progress inside MPI calls (OpenMPI has no progress thread by default): work that
-// overlaps computation may finish only at wait().
-// bfloat16/float16 reductions are done in float32 (converted, reduced, rounded once): MPI has no half-precision
-// types, and one rounding is more accurate than rounding after every partial sum.
-class MpiCommunicator : public Communicator {
- public:
-  explicit MpiCommunicator(MPI_Comm comm);
-  ~MpiCommunicator() override;
-  MpiCommunicator(const MpiCommunicator&) = delete;
-  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+// NCCL for CUDA `device` tensors (MPI for CPU) over the ranks of `group`. Every rank of the group must call it.
+// Throws opendit::CollectiveError for a CUDA device in a build without CUDA.
+std::unique_ptr<Communicator> make_communicator(const ProcessGroup& group, at::Device device);
 
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  at::Device device() const override { return at::kCPU; }
-  std::string backend() const override { return "mpi"; }
-  MPI_Comm comm() const { return comm_; }
-
-  WorkPtr all_reduce_async(const at::Tensor& tensor, ReduceOp op) override;
-  WorkPtr reduce_scatter_async(const at::Tensor& output, const at::Tensor& input, ReduceOp op) override;
-  WorkPtr all_gather_async(const at::Tensor& output, const at::Tensor& input) override;
-  WorkPtr all_to_all_async(const at::Tensor& output, const at::Tensor& input) override;
-  WorkPtr broadcast_async(const at::Tensor& tensor, int root) override;
-  void barrier() override;
-
- private:
-  MPI_Comm comm_ = MPI_COMM_NULL;
-  int rank_ = 0, size_ = 1;
-};
-
-// NCCL for CUDA `device` tensors (MPI for CPU) over the ranks of `comm`. Every rank of `comm` must call it.
-// Throws opendit::Error for a CUDA device in a build without CUDA.
-std::unique_ptr<Communicator> make_communicator(MPI_Comm comm, at::Device device);
+// "2.28.9", or "none" in a build without CUDA.
+std::string nccl_version();
 
 // For the implementations.
 namespace detail {
@@ -105,4 +78,4 @@ bool is_slice_at(const at::Tensor& part, const at::Tensor& whole, int64_t offset
 bool overlaps(const at::Tensor& a, const at::Tensor& b);
 }  // namespace detail
 
-}  // namespace opendit
+}  // namespace opendit::parallel

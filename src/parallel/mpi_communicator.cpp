@@ -4,10 +4,10 @@
 #include <vector>
 
 #include "core/error.hpp"
-#include "parallel/communicator.hpp"
-#include "parallel/mesh.hpp"  // mpi_check
+#include "parallel/mpi_communicator.hpp"
+#include "parallel/mpi_comm.hpp"
 
-namespace opendit {
+namespace opendit::parallel {
 namespace {
 
 using detail::count_of;
@@ -25,7 +25,13 @@ MPI_Datatype move_type(const at::Tensor& t) {
   }
 }
 
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Max ? MPI_MAX : MPI_SUM; }  // Avg = Sum, then divide
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+    default: return MPI_SUM;  // Avg: Sum, then divide
+  }
+}
 
 // One started request; wait() completes it, then runs `finish` (copy back from a float32 buffer, divide for Avg).
 // The tensors it holds keep their storage alive while MPI may still read or write it.
@@ -68,17 +74,7 @@ std::function<void()> after_reduce(at::Tensor target, at::Tensor reduced, Reduce
 
 }  // namespace
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) {
-  mpi_check(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
-  mpi_check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
-  mpi_check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
-}
-
-MpiCommunicator::~MpiCommunicator() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
-}
+MpiCommunicator::MpiCommunicator(const ProcessGroup& group) : group_(group.split(0, group.rank())) {}
 
 WorkPtr MpiCommunicator::all_reduce_async(const at::Tensor& tensor, ReduceOp op) {
   const char* what = "MPI_Iallreduce";
@@ -87,9 +83,9 @@ WorkPtr MpiCommunicator::all_reduce_async(const at::Tensor& tensor, ReduceOp op)
   at::Tensor buf = is_half(tensor) ? tensor.to(at::kFloat) : tensor;
   MPI_Request req;
   mpi_check(MPI_Iallreduce(MPI_IN_PLACE, buf.data_ptr(), count_of(buf.numel(), what), move_type(buf), mpi_op(op),
-                           comm_, &req),
+                           mpi_comm(group_), &req),
             what);
-  return std::make_unique<MpiWork>(req, std::vector<at::Tensor>{tensor, buf}, after_reduce(tensor, buf, op, size_),
+  return std::make_unique<MpiWork>(req, std::vector<at::Tensor>{tensor, buf}, after_reduce(tensor, buf, op, group_.size()),
                                    what);
 }
 
@@ -98,17 +94,17 @@ WorkPtr MpiCommunicator::reduce_scatter_async(const at::Tensor& output, const at
   detail::check_tensor(output, device(), what);
   detail::check_tensor(input, device(), what);
   detail::check_same_dtype(output, input, what);
-  detail::check_numel(input, output.numel() * size_, "input", what);
+  detail::check_numel(input, output.numel() * size(), "input", what);
   detail::check_op(output, op, what);
   // Half types reduce through float32 copies; an output inside the input (in place) gets a buffer of its own.
   at::Tensor in = is_half(input) ? input.to(at::kFloat) : input;
   at::Tensor out = is_half(output) || detail::overlaps(output, input) ? at::empty_like(output, in.options()) : output;
   MPI_Request req;
   mpi_check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count_of(out.numel(), what), move_type(in),
-                                      mpi_op(op), comm_, &req),
+                                      mpi_op(op), mpi_comm(group_), &req),
             what);
   return std::make_unique<MpiWork>(req, std::vector<at::Tensor>{output, input, in, out},
-                                   after_reduce(output, out, op, size_), what);
+                                   after_reduce(output, out, op, group_.size()), what);
 }
 
 WorkPtr MpiCommunicator::all_gather_async(const at::Tensor& output, const at::Tensor& input) {
@@ -116,13 +112,13 @@ WorkPtr MpiCommunicator::all_gather_async(const at::Tensor& output, const at::Te
   detail::check_tensor(output, device(), what);
   detail::check_tensor(input, device(), what);
   detail::check_same_dtype(output, input, what);
-  detail::check_numel(output, input.numel() * size_, "output", what);
+  detail::check_numel(output, input.numel() * size(), "output", what);
   const int n = count_of(input.numel(), what);
-  const bool in_place = detail::is_slice_at(input, output, int64_t(rank_) * n);
+  const bool in_place = detail::is_slice_at(input, output, int64_t(rank()) * n);
   at::Tensor in = !in_place && detail::overlaps(input, output) ? input.clone() : input;
   MPI_Request req;
   mpi_check(MPI_Iallgather(in_place ? MPI_IN_PLACE : in.data_ptr(), n, move_type(in), output.data_ptr(), n,
-                           move_type(output), comm_, &req),
+                           move_type(output), mpi_comm(group_), &req),
             what);
   return std::make_unique<MpiWork>(req, std::vector<at::Tensor>{output, input, in}, nullptr, what);
 }
@@ -133,12 +129,12 @@ WorkPtr MpiCommunicator::all_to_all_async(const at::Tensor& output, const at::Te
   detail::check_tensor(input, device(), what);
   detail::check_same_dtype(output, input, what);
   detail::check_numel(output, input.numel(), "output", what);
-  if (input.numel() % size_ != 0)
-    throw std::invalid_argument(cat(what, ": ", input.numel(), " elements do not split into ", size_, " ranks"));
-  const int n = count_of(input.numel() / size_, what);
+  if (input.numel() % size() != 0)
+    throw std::invalid_argument(cat(what, ": ", input.numel(), " elements do not split into ", size(), " ranks"));
+  const int n = count_of(input.numel() / size(), what);
   at::Tensor in = detail::overlaps(input, output) ? input.clone() : input;
   MPI_Request req;
-  mpi_check(MPI_Ialltoall(in.data_ptr(), n, move_type(in), output.data_ptr(), n, move_type(output), comm_, &req),
+  mpi_check(MPI_Ialltoall(in.data_ptr(), n, move_type(in), output.data_ptr(), n, move_type(output), mpi_comm(group_), &req),
             what);
   return std::make_unique<MpiWork>(req, std::vector<at::Tensor>{output, input, in}, nullptr, what);
 }
@@ -146,14 +142,14 @@ WorkPtr MpiCommunicator::all_to_all_async(const at::Tensor& output, const at::Te
 WorkPtr MpiCommunicator::broadcast_async(const at::Tensor& tensor, int root) {
   const char* what = "MPI_Ibcast";
   detail::check_tensor(tensor, device(), what);
-  if (root < 0 || root >= size_)
-    throw std::invalid_argument(cat(what, ": root ", root, " outside a group of ", size_));
+  if (root < 0 || root >= group_.size())
+    throw std::invalid_argument(cat(what, ": root ", root, " outside a group of ", group_.size()));
   MPI_Request req;
-  mpi_check(MPI_Ibcast(tensor.data_ptr(), count_of(tensor.numel(), what), move_type(tensor), root, comm_, &req),
+  mpi_check(MPI_Ibcast(tensor.data_ptr(), count_of(tensor.numel(), what), move_type(tensor), root, mpi_comm(group_), &req),
             what);
   return std::make_unique<MpiWork>(req, std::vector<at::Tensor>{tensor}, nullptr, what);
 }
 
-void MpiCommunicator::barrier() { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); }
+void MpiCommunicator::barrier() { mpi_check(MPI_Barrier(mpi_comm(group_)), "MPI_Barrier"); }
 
-}  // namespace opendit
+}  // namespace opendit::parallel

@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <thread>
 
-namespace opendit {
+#include "parallel/mpi_comm.hpp"
+
+namespace opendit::parallel {
 
 MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   int provided = 0;
@@ -15,6 +17,7 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   // Errors come back as return codes that callers turn into exceptions, instead of MPI killing the job silently.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  world_ = std::make_unique<ProcessGroup>(ProcessGroup::world());
 }
 
 MpiRuntime::~MpiRuntime() { finalize(); }
@@ -22,6 +25,7 @@ MpiRuntime::~MpiRuntime() { finalize(); }
 void MpiRuntime::finalize() {
   if (finalized_) return;
   finalized_ = true;
+  world_.reset();
   MPI_Finalize();
 }
 
@@ -47,17 +51,16 @@ int MpiRuntime::exit_collective(const std::string& message) {
 }
 
 void MpiRuntime::abort_one(const std::string& message) {
+  if (size_ == 1) {
+    std::fprintf(stderr, "opendit: error: %s\n", message.c_str());
+    std::fflush(stderr);
+    finalize();
+    std::exit(1);
+  }
   std::fprintf(stderr, "opendit: error on rank %d: %s\n", rank_, message.c_str());
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, 1);
   std::_Exit(1);  // MPI_Abort does not return; this is for a broken MPI
 }
 
-void print0(const std::string& line) {
-  int rank = 0, init = 0;
-  MPI_Initialized(&init);
-  if (init) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank == 0) std::printf("%s\n", line.c_str());
-}
-
-}  // namespace opendit
+}  // namespace opendit::parallel

@@ -2,14 +2,15 @@
 // Started without mpirun, MPI runs as a world of one.
 #pragma once
 #include <c10/util/Exception.h>
-#include <mpi.h>
 
 #include <exception>
+#include <memory>
 #include <string>
 
 #include "core/error.hpp"
+#include "parallel/process_group.hpp"
 
-namespace opendit {
+namespace opendit::parallel {
 
 class MpiRuntime {
  public:
@@ -20,6 +21,7 @@ class MpiRuntime {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
+  const ProcessGroup& world() const { return *world_; }
   void finalize();
 
   // An error every rank reached: rank 0 prints it; all ranks finalize and the caller exits 1. If the other ranks
@@ -27,12 +29,14 @@ class MpiRuntime {
   // collective after all: this rank prints it with its rank and ends the job, so nothing hangs.
   int exit_collective(const std::string& message);
 
-  // An error of this rank alone: printed with the rank, then MPI_Abort ends every rank.
+  // An error of this rank alone: printed with the rank, then MPI_Abort ends every rank. In a world of one it is
+  // printed like a collective error and the process exits 1 normally.
   [[noreturn]] void abort_one(const std::string& message);
 
  private:
   int rank_ = 0, size_ = 1;
   bool finalized_ = false;
+  std::unique_ptr<ProcessGroup> world_;
 };
 
 // Runs `body` (returning an exit code) and ends the run the right way for whatever it throws.
@@ -42,7 +46,7 @@ int run_guarded(MpiRuntime& mpi, Body&& body) {
     int rc = body();
     mpi.finalize();
     return rc;
-  } catch (const Error& e) {
+  } catch (const CollectiveError& e) {
     return mpi.exit_collective(e.what());
   } catch (const c10::Error& e) {
     mpi.abort_one(e.what_without_backtrace());
@@ -51,7 +55,4 @@ int run_guarded(MpiRuntime& mpi, Body&& body) {
   }
 }
 
-// Prints a line to stdout on rank 0 only.
-void print0(const std::string& line);
-
-}  // namespace opendit
+}  // namespace opendit::parallel

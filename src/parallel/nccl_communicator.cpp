@@ -7,12 +7,12 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstring>
 #include <stdexcept>
 
 #include "core/error.hpp"
-#include "parallel/mesh.hpp"  // mpi_check
 
-namespace opendit {
+namespace opendit::parallel {
 namespace {
 
 using detail::count_of;
@@ -58,14 +58,14 @@ at::Device with_index(at::Device device) {
 
 }  // namespace
 
-NcclCommunicator::NcclCommunicator(MPI_Comm comm, at::Device device)
-    : device_(with_index(device)), stream_(c10::cuda::getStreamFromPool(false, device_.index())) {
-  mpi_check(MPI_Comm_dup(comm, &mpi_comm_), "MPI_Comm_dup");
-  mpi_check(MPI_Comm_rank(mpi_comm_, &rank_), "MPI_Comm_rank");
-  mpi_check(MPI_Comm_size(mpi_comm_, &size_), "MPI_Comm_size");
+NcclCommunicator::NcclCommunicator(const ProcessGroup& group, at::Device device)
+    : group_(group), device_(with_index(device)), stream_(c10::cuda::getStreamFromPool(false, device_.index())),
+      rank_(group.rank()), size_(group.size()) {
   ncclUniqueId id{};
   if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-  mpi_check(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, mpi_comm_), "MPI_Bcast(ncclUniqueId)");
+  std::string bytes(reinterpret_cast<const char*>(&id), sizeof(id));
+  bytes = group_.broadcast(bytes, 0);
+  std::memcpy(&id, bytes.data(), sizeof(id));
   c10::cuda::CUDAGuard guard(device_);
   check(ncclCommInitRank(&nccl_, size_, id, rank_), "ncclCommInitRank");
 }
@@ -76,9 +76,6 @@ NcclCommunicator::~NcclCommunicator() {
     ncclCommFinalize(nccl_);  // flushes queued collectives; errors cannot be reported from a destructor
     ncclCommDestroy(nccl_);
   }
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized && mpi_comm_ != MPI_COMM_NULL) MPI_Comm_free(&mpi_comm_);
 }
 
 void NcclCommunicator::check(ncclResult_t rc, const char* what) const {
@@ -180,8 +177,8 @@ void NcclCommunicator::barrier() {
   // Once every rank has drained its own stream, all earlier collectives of the group are complete.
   c10::cuda::CUDAGuard guard(device_);
   stream_.synchronize();
-  mpi_check(MPI_Barrier(mpi_comm_), "MPI_Barrier");
+  group_.barrier();
 }
 
-}  // namespace opendit
+}  // namespace opendit::parallel
 #endif  // OPENDIT_WITH_CUDA

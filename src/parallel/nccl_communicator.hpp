@@ -6,7 +6,6 @@
 #pragma once
 #ifdef OPENDIT_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
-#include <mpi.h>
 #include <nccl.h>
 
 #include <functional>
@@ -14,13 +13,13 @@
 
 #include "parallel/communicator.hpp"
 
-namespace opendit {
+namespace opendit::parallel {
 
 class NcclCommunicator : public Communicator {
  public:
-  // Collective over the ranks of `comm`: its rank 0 makes the ncclUniqueId and broadcasts it over `comm`.
+  // Collective over the ranks of `group`: its rank 0 makes the ncclUniqueId and broadcasts it over the group.
   // `device` is this rank's GPU (cuda without an index: the current one).
-  NcclCommunicator(MPI_Comm comm, at::Device device);
+  NcclCommunicator(const ProcessGroup& group, at::Device device);
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -43,12 +42,12 @@ class NcclCommunicator : public Communicator {
   WorkPtr enqueue(const std::vector<at::Tensor>& tensors, const std::function<void(cudaStream_t)>& launch);
   void check(ncclResult_t rc, const char* what) const;
 
-  MPI_Comm mpi_comm_ = MPI_COMM_NULL;
+  ProcessGroup group_;  // for the unique id and the barrier
   ncclComm_t nccl_ = nullptr;
   at::Device device_;
   c10::cuda::CUDAStream stream_;
   int rank_ = 0, size_ = 1;
 };
 
-}  // namespace opendit
+}  // namespace opendit::parallel
 #endif  // OPENDIT_WITH_CUDA

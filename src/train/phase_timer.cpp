@@ -30,16 +30,15 @@ double PhaseTimer::total() const {
   return s;
 }
 
-std::string PhaseTimer::report(MPI_Comm comm) {
+std::string PhaseTimer::report(const parallel::ProcessGroup& group) {
   switch_to(current_);  // account for the time up to now
   static const char* names[kPhases] = {"data wait", "forward", "backward", "communication", "optimizer",
                                        "checkpoint", "other"};
-  std::array<double, kPhases> mn{}, mx{}, sum{};
-  int size = 1;
-  MPI_Comm_size(comm, &size);
-  MPI_Reduce(total_.data(), mn.data(), kPhases, MPI_DOUBLE, MPI_MIN, 0, comm);
-  MPI_Reduce(total_.data(), mx.data(), kPhases, MPI_DOUBLE, MPI_MAX, 0, comm);
-  MPI_Reduce(total_.data(), sum.data(), kPhases, MPI_DOUBLE, MPI_SUM, 0, comm);
+  const std::vector<double> mine(total_.begin(), total_.end());
+  const std::vector<double> mn = group.all_reduce(mine, parallel::ReduceOp::Min);
+  const std::vector<double> mx = group.all_reduce(mine, parallel::ReduceOp::Max);
+  const std::vector<double> sum = group.all_reduce(mine, parallel::ReduceOp::Sum);
+  const int size = group.size();
   double all = 0;
   for (double s : sum) all += s / size;
   std::string out = "phase             min (s)     avg (s)     max (s)   % total\n";

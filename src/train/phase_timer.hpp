@@ -1,12 +1,12 @@
 // Where the time of a training run goes: wall time per phase, summed over steps, reported at the end as a table
 // of min/avg/max over ranks and the share of the total (the LAMMPS habit).
 #pragma once
-#include <mpi.h>
-
 #include <array>
 #include <chrono>
 #include <functional>
 #include <string>
+
+#include "parallel/process_group.hpp"
 
 namespace opendit::train {
 
@@ -25,8 +25,8 @@ class PhaseTimer {
   int64_t timed_steps() const { return timed_steps_; }
   double seconds(Phase p) const { return total_[static_cast<int>(p)]; }
   double total() const;
-  // Collective over `comm`: the table, for rank 0 to print.
-  std::string report(MPI_Comm comm);
+  // Collective over `group`: the table, for rank 0 to print.
+  std::string report(const parallel::ProcessGroup& group);
 
  private:
   static std::chrono::steady_clock::time_point now() { return std::chrono::steady_clock::now(); }

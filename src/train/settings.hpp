@@ -4,7 +4,7 @@
 #include <string>
 
 #include "config/deck.hpp"
-#include "train/grad_sync.hpp"
+#include "train/dp_optimizer.hpp"
 
 namespace opendit::train {
 

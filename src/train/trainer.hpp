@@ -1,14 +1,36 @@
-// `opendit train`: DiT on an opendit.latents dataset with IDDPM's loss, over the mesh's data-parallel groups.
+// `opendit train`: a model of the registry (models/registry.hpp) on an opendit.latents dataset with IDDPM's loss,
+// over the mesh's data-parallel groups.
 //
 // One optimizer step consumes data.global_batch samples: train.accumulation micro-steps, in each of which every dp
-// rank reads its contiguous slice of the loader's batch. Timesteps, noise and label dropout are drawn for the whole
-// global batch from a generator seeded by (run.seed, step), and each rank takes its samples' rows: the run is the
-// same on any number of ranks (up to reduction order), and ranks of one sp group see the same sample, t and noise.
+// rank reads its contiguous slice of the loader's batch. Timesteps, noise and condition dropout are drawn for the
+// whole global batch from a generator seeded by (run.seed, step), and each rank takes its samples' rows: the run is
+// the same on any number of ranks (up to reduction order), and ranks of one sp group see the same sample, t and
+// noise. The model sees only the Model interface; the dataset gives latents and their conditions (labels now,
+// caption embeddings next).
+//
+//   Trainer trainer(deck, ctx, options);   // validates, builds, prints the plan
+//   trainer.resume("auto");
+//   while (trainer.steps_done() < trainer.settings().steps) { trainer.step(); trainer.log(); ... }
+//   trainer.export_weights();
+// run() is that loop with checkpoints, the progress line and the closing phase table.
 #pragma once
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <memory>
 #include <string>
 
 #include "config/deck.hpp"
-#include "parallel/mesh.hpp"
+#include "core/op_profiler.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
+#include "io/checkpoint.hpp"
+#include "io/data_loader.hpp"
+#include "models/model.hpp"
+#include "parallel/context.hpp"
+#include "train/dp_optimizer.hpp"
+#include "train/flat_params.hpp"
+#include "train/phase_timer.hpp"
+#include "train/settings.hpp"
 
 namespace opendit::train {
 
@@ -18,7 +40,73 @@ struct TrainOptions {
   bool no_save = false;  // benchmarks and experiments: write no checkpoint and no final weights
 };
 
-// Collective over the mesh's world. Returns the process exit code.
-int train(const config::Deck& deck, const Mesh& mesh, const TrainOptions& options);
+// The randomness of one optimizer step for the whole global batch: t [B] int64, drop [B] bool, noise [B, ...].
+struct StepRandom {
+  at::Tensor t, drop, noise;
+};
+StepRandom draw_step(uint64_t seed, int64_t step, int64_t global_batch, const std::vector<int64_t>& sample_shape,
+                     int64_t num_timesteps, double dropout);
+
+class Trainer {
+ public:
+  // Collective over the world. Validates the deck, the dataset against the model and the mesh (a failure on any
+  // rank stops every rank alike, with one message), prints the plan on rank 0 and, unless options.dry_run, builds
+  // the model, the flat parameters, the optimizer and the data loader.
+  Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx, const TrainOptions& options);
+  ~Trainer();
+
+  const TrainSettings& settings() const { return s_; }
+  const models::Model& model() const { return *model_; }
+  bool dry_run() const { return options_.dry_run; }
+  int64_t steps_done() const { return step_; }
+
+  // Collective. "auto": the newest complete checkpoint of the run folder (rank 0 looks, every rank follows; none:
+  // a fresh start); otherwise a checkpoint file of any world size. Returns whether a checkpoint was read.
+  bool resume(const std::string& how);
+  // Collective: one optimizer step. Returns false when it was skipped (a non-finite loss or gradient norm);
+  // train.max_nonfinite_steps of those in a row end the run (opendit::CollectiveError).
+  bool step();
+  // Rank 0: the log line and the metrics record, on log steps (every train.log_every-th and the last).
+  void log();
+  void save();            // collective: a checkpoint of the state after steps_done()
+  void export_weights();  // collective: model.safetensors and ema.safetensors in the run folder
+  // The whole run: steps with logs, checkpoints and the progress line, the exported weights, the phase table.
+  int run();
+
+ private:
+  void build();
+  io::ShardedState sharded_state();
+  void profile_begin();
+  void profile_end(int64_t step_number);
+
+  config::Deck deck_;
+  const parallel::ParallelContext& ctx_;
+  TrainOptions options_;
+  TrainSettings s_;
+  std::unique_ptr<models::Model> model_;  // described (meta) until build()
+  models::ConditionSpec cond_spec_;
+  std::shared_ptr<io::LatentDataset> dataset_;
+  std::unique_ptr<io::DataLoader> loader_;
+  std::unique_ptr<diffusion::GaussianDiffusion> diffusion_;
+  std::unique_ptr<FlatParams> params_;
+  std::unique_ptr<DataParallelOptimizer> opt_;
+  std::map<std::string, at::Tensor*> frozen_;  // frozen tensors (checkpointed and exported beside the flat ones)
+  at::ScalarType compute_ = at::kBFloat16;
+  std::string gpu_name_;
+  double peak_tflops_ = 0;
+
+  int64_t step_ = 0, skipped_in_a_row_ = 0, skipped_total_ = 0;
+  double last_loss_ = 0, last_norm_ = 0;
+  double window_loss_ = 0;
+  int64_t window_steps_ = 0, resumed_at_ = 0;
+  std::chrono::steady_clock::time_point window_start_, run_start_;
+  std::future<StepRandom> next_random_;
+  std::unique_ptr<PhaseTimer> timer_;
+  std::unique_ptr<OpProfiler> profiler_;
+  std::ofstream metrics_;
+};
+
+// `opendit train`: the device of this rank, the parallel context, a Trainer and its run(). Collective.
+int train(const config::Deck& deck, const parallel::Mesh& mesh, const TrainOptions& options);
 
 }  // namespace opendit::train

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "cuda/ops.hpp"
-#include "../support.hpp"
+#include "support/support.hpp"
 #ifdef OPENDIT_WITH_CUDA
 #include "cuda/launch.hpp"
 #endif

@@ -10,12 +10,12 @@
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/likelihood.hpp"
 #include "diffusion/schedule.hpp"
-#include "ref_data.hpp"
+#include "support/ref_data.hpp"
 
 using namespace opendit::diffusion;
-using opendit::testing::max_abs_diff;
-using opendit::testing::max_rel_diff;
-using opendit::testing::RefData;
+using opendit::test::max_abs_diff;
+using opendit::test::max_rel_diff;
+using opendit::test::RefData;
 
 namespace {
 

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
-#include "../support.hpp"
+#include "support/support.hpp"
 #include "io/safetensors.hpp"
 
 using opendit::Error;

@@ -2,15 +2,15 @@
 // Values are small integers, exact in every dtype (bfloat16 holds integers up to 256 exactly), so sums compare
 // exactly; only Avg, which divides, compares within the dtype's rounding.
 #include <gtest/gtest.h>
-#include <mpi.h>
 
 #include <stdexcept>
 #include <vector>
 
 #include "core/error.hpp"
-#include "parallel/communicator.hpp"
+#include "parallel/mpi_communicator.hpp"
 
 using namespace opendit;
+using namespace opendit::parallel;
 
 namespace {
 
@@ -31,22 +31,20 @@ void expect_equal(const at::Tensor& got, const at::Tensor& expected_f64) {
 
 class CommTest : public ::testing::Test {
  protected:
-  MpiCommunicator comm{MPI_COMM_WORLD};
+  ProcessGroup world = ProcessGroup::world();
+  MpiCommunicator comm{world};
   int me = comm.rank(), p = comm.size();
 };
 
 }  // namespace
 
 TEST_F(CommTest, RankAndSizeMatchTheMpiCommunicator) {
-  int r = 0, s = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  EXPECT_EQ(comm.rank(), r);
-  EXPECT_EQ(comm.size(), s);
+  EXPECT_EQ(comm.rank(), world.rank());
+  EXPECT_EQ(comm.size(), world.size());
   EXPECT_EQ(comm.backend(), "mpi");
-  EXPECT_EQ(make_communicator(MPI_COMM_WORLD, at::kCPU)->backend(), "mpi");
+  EXPECT_EQ(make_communicator(world, at::kCPU)->backend(), "mpi");
 #ifndef OPENDIT_WITH_CUDA
-  EXPECT_THROW(make_communicator(MPI_COMM_WORLD, at::Device(at::kCUDA, 0)), Error);  // a build without NCCL says so
+  EXPECT_THROW(make_communicator(world, at::Device(at::kCUDA, 0)), Error);  // a build without NCCL says so
 #endif
 }
 
@@ -193,8 +191,7 @@ TEST_F(CommTest, BadArgumentsThrowBeforeCommunicating) {
 
 TEST_F(CommTest, SubgroupsCommunicateIndependently) {
   // Even and odd ranks form two groups; each sums only its own members.
-  MPI_Comm half;
-  MPI_Comm_split(MPI_COMM_WORLD, me % 2, me, &half);
+  const ProcessGroup half = world.split(me % 2, me);
   {
     MpiCommunicator sub(half);
     at::Tensor t = at::full({2}, double(me));
@@ -203,5 +200,4 @@ TEST_F(CommTest, SubgroupsCommunicateIndependently) {
     for (int r = me % 2; r < p; r += 2) expected += r;
     EXPECT_TRUE(at::equal(t, at::full({2}, expected)));
   }
-  MPI_Comm_free(&half);
 }

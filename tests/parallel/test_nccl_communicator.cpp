@@ -1,36 +1,34 @@
 // NcclCommunicator against MpiCommunicator: the same collectives on the same values give the same results.
 // GPU only (skipped without one). With at least as many GPUs as ranks the group is the world (rank r on GPU r);
-// otherwise every rank runs a group of one (MPI_COMM_SELF) on GPU rank % count.
+// otherwise every rank runs a group of one (ProcessGroup::self()) on GPU rank % count.
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <gtest/gtest.h>
-#include <mpi.h>
 
 #include <functional>
 #include <vector>
 
-#include "parallel/communicator.hpp"
+#include "parallel/mpi_communicator.hpp"
 #ifdef OPENDIT_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
 using namespace opendit;
+using namespace opendit::parallel;
 
 namespace {
 
 int gpu_count() { return at::detail::getCUDAHooks().getNumGPUs(); }
 
 struct Pair {
-  MPI_Comm group;
+  ProcessGroup group;
   at::Device gpu{at::kCPU};
 };
 
 Pair pick_group() {
-  int rank = 0, world = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const ProcessGroup world = ProcessGroup::world();
   const int gpus = gpu_count();
-  return {gpus >= world ? MPI_COMM_WORLD : MPI_COMM_SELF, at::Device(at::kCUDA, rank % gpus)};
+  return {gpus >= world.size() ? world : ProcessGroup::self(), at::Device(at::kCUDA, world.rank() % gpus)};
 }
 
 // Runs `collective` through both communicators on copies of `inputs` and compares every output exactly

@@ -261,7 +261,12 @@ class TrainTest(unittest.TestCase):
 
     def test_dry_run_validates_and_exits_0(self):
         """--dry-run validates and exits 0"""
-        train(self.tmp, "dry", 4, "parallel.strategy=zero1")  # as before: a 4-rank run that no check reads
+        # 4 ranks, zero1: the plan is printed once, nothing is trained and nothing is written.
+        rc, out = train(self.tmp, "dry", 4, "parallel.strategy=zero1", flags=["--dry-run"])
+        self.assertEqual(rc, 0, out[-1500:])
+        self.assertEqual(out.count("dry run: deck, data and mesh are valid"), 1, out[-1500:])
+        self.assertNotIn("step 1/", out)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "out", "dry")), "a dry run wrote its run folder")
         p = subprocess.run([MPIRUN, "-np", "2", BIN, "train", "--dry-run", "--config", self.deck],
                            capture_output=True, text=True)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)

@@ -1,0 +1,25 @@
+// One HDF5 file written by every rank of a group, the way the library allows it: with parallel HDF5 the file is
+// created collectively through MPI-IO and each rank's part goes in collective transfers; with serial HDF5 (or when
+// asked) rank 0 creates the file and its structure, then the ranks open it, write their part and close it in turn.
+// Failures are agreed on (ProcessGroup::agree): every rank stops alike with the message of the first failing rank.
+// Used by checkpoints (io/checkpoint.cpp) and the row writer (io/row_writer.hpp).
+#pragma once
+#include <functional>
+#include <string>
+
+#include "io/h5.hpp"
+#include "parallel/process_group.hpp"
+
+namespace opendit::io {
+
+// True when shared files go through MPI-IO: the HDF5 library is parallel and serial writes are not forced.
+bool collective_writes(bool force_serial);
+
+// create_structure: groups, datasets and attributes; it runs on every rank with parallel HDF5 (which wants identical
+// metadata everywhere) and on rank 0 alone otherwise. write_mine(file, collective): this rank's data; with
+// collective = true every rank calls every transfer (a rank with nothing to write selects nothing).
+void write_shared_file(const std::string& path, const parallel::ProcessGroup& group, bool force_serial,
+                       const std::function<void(H5File&)>& create_structure,
+                       const std::function<void(H5File&, bool collective)>& write_mine);
+
+}  // namespace opendit::io

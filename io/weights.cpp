@@ -1,0 +1,46 @@
+#include "io/weights.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "io/safetensors.hpp"
+
+namespace opendit::io {
+
+namespace fs = std::filesystem;
+
+WeightsFile read_weights(const std::string& path) {
+  WeightsFile w;
+  w.path = path;
+  if (fs::is_directory(path)) {
+    w.path.clear();
+    for (const char* name : {"diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors"})
+      if (fs::exists(fs::path(path) / name)) w.path = (fs::path(path) / name).string();
+    if (w.path.empty()) throw Error(cat(path, ": a folder without diffusion_pytorch_model.safetensors"));
+  }
+  SafetensorsFile file = load_safetensors(w.path);
+  w.tensors = std::move(file.tensors);
+  w.metadata = std::move(file.metadata);
+  // diffusers keeps the hyper-parameters that weights cannot tell (input size, heads) in config.json.
+  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  for (const fs::path& p : {dir / "config.json", dir / "transformer" / "config.json"}) {
+    std::ifstream f(p);
+    if (!f) continue;
+    std::ostringstream text;
+    text << f.rdbuf();
+    w.config_json = text.str();
+    break;
+  }
+  return w;
+}
+
+void write_weights(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
+                   const std::map<std::string, std::string>& metadata) {
+  std::map<std::string, at::Tensor> cpu;
+  for (const auto& [name, t] : tensors) cpu[name] = t.detach().to(at::kCPU).contiguous();
+  save_safetensors(path, cpu, metadata);
+}
+
+}  // namespace opendit::io

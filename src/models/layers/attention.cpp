@@ -1,0 +1,61 @@
+#include "models/layers/attention.hpp"
+
+#include <ATen/Context.h>
+#include <ATen/SDPBackend.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/error.hpp"
+
+namespace opendit::models::layers {
+
+at::Tensor self_attention(const at::Tensor& qkv, int64_t heads) {
+  const int64_t N = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / 3, hd = D / heads;
+  // unbind (not indexing): its backward stacks dq, dk, dv straight into one contiguous [N, T, 3, H, hd] gradient,
+  // where three index backwards would each zero-fill and copy a full-size buffer and then be summed.
+  auto q_k_v = qkv.view({N, T, 3, heads, hd}).unbind(2);                                   // 3 x [N, T, H, hd]
+  at::Tensor a = at::scaled_dot_product_attention(q_k_v[0].transpose(1, 2), q_k_v[1].transpose(1, 2),
+                                                  q_k_v[2].transpose(1, 2));              // [N, H, T, hd]
+  return a.transpose(1, 2).reshape({N, T, D});                                             // [N, T, D]
+}
+
+at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& key_mask, int64_t heads) {
+  const int64_t N = q.size(0), T = q.size(1), D = q.size(2), L = kv.size(1), hd = D / heads;
+  TORCH_CHECK(kv.dim() == 3 && kv.size(0) == N && kv.size(2) == 2 * D, "cross_attention: kv must be [", N,
+              ", L, ", 2 * D, "], got ", kv.sizes());
+  TORCH_CHECK(key_mask.dim() == 2 && key_mask.size(0) == N && key_mask.size(1) == L,
+              "cross_attention: key_mask must be [", N, ", ", L, "], got ", key_mask.sizes());
+  auto k_v = kv.view({N, L, 2, heads, hd}).unbind(2);                                     // 2 x [N, L, H, hd]
+  const at::Tensor mask = key_mask.to(at::kBool).view({N, 1, 1, L});                      // broadcast over H, T
+  at::Tensor a = at::scaled_dot_product_attention(q.view({N, T, heads, hd}).transpose(1, 2), k_v[0].transpose(1, 2),
+                                                  k_v[1].transpose(1, 2), mask);          // [N, H, T, hd]
+  return a.transpose(1, 2).reshape({N, T, D});                                             // [N, T, D]
+}
+
+
+void set_attention_backend(const std::string& name) {
+  using B = at::SDPBackend;
+  std::vector<B> order = {B::cudnn_attention, B::flash_attention, B::efficient_attention, B::math, B::overrideable};
+  if (name != "auto") {
+    B first = name == "cudnn"       ? B::cudnn_attention
+              : name == "flash"     ? B::flash_attention
+              : name == "efficient" ? B::efficient_attention
+              : name == "math"      ? B::math
+                                    : B::error;
+    if (first == B::error)
+      throw Error(cat("model.attention = \"", name, "\": expected auto, cudnn, flash, efficient or math"));
+    order.erase(std::find(order.begin(), order.end(), first));
+    order.insert(order.begin(), first);
+  }
+  std::vector<int64_t> ids;
+  for (B b : order) ids.push_back(static_cast<int64_t>(b));
+  auto& ctx = at::globalContext();
+  ctx.setSDPUseCuDNN(true);
+  ctx.setSDPUseFlash(true);
+  ctx.setSDPUseMemEfficient(true);
+  ctx.setSDPUseMath(true);
+  ctx.setSDPPriorityOrder(ids);
+}
+
+}  // namespace opendit::models::layers

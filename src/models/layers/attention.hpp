@@ -1,0 +1,30 @@
+// Multi-head attention for the models: self-attention from a packed qkv projection and cross-attention to a
+// padded key sequence (caption tokens), both on at::scaled_dot_product_attention, and the choice of its GPU kernel.
+// Sequence parallelism will enter here, as a setting of the attention (which communicator, which algorithm); the
+// models around it do not change.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace opendit::models::layers {
+
+// Self-attention over the tokens of each sample: qkv [N, T, 3 D] as the fused qkv linear writes it (q, then k, then
+// v; within each, head h at channels [h hd, (h + 1) hd)) -> [N, T, D], heads concatenated, before the output
+// projection. Scale hd^-1/2, no mask.
+at::Tensor self_attention(const at::Tensor& qkv, int64_t heads);
+
+// Cross-attention of queries q [N, T, D] to keys and values kv [N, L, 2 D] (k, then v: the packed kv linear),
+// where key_mask [N, L] (bool, true = attend) hides each sample's padding -> [N, T, D]. Each sample needs at least one
+// valid key (an all-padding sample would give NaN). The mask is passed to the attention kernel as a broadcast
+// [N, 1, 1, L] view: no per-head or per-query copy is made.
+at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& key_mask, int64_t heads);
+
+// Which kernel at::scaled_dot_product_attention runs on the GPU (a process-wide torch setting).
+// "auto": cuDNN, then flash, memory-efficient, math (on the H100 at head dim 72 and 256 tokens cuDNN's forward is
+// the fastest); "cudnn" | "flash" | "efficient" | "math": that one first, the rest in the auto order after it.
+// torch takes the first backend in the order that supports the inputs (dtype, head dim, mask, ...), so every
+// choice still runs everywhere. Throws opendit::Error for an unknown name.
+void set_attention_backend(const std::string& name);
+
+}  // namespace opendit::models::layers

@@ -1,0 +1,32 @@
+// A linear layer's parameters and their state-dict names: the building block of the layers below.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace opendit::models::layers {
+
+// Tensors of a layer by state-dict name (prefix included), in state-dict order, for Model::add_param.
+using NamedSlots = std::vector<std::pair<std::string, at::Tensor*>>;
+
+// Layers make their tensors as float32 zeros until initialised or loaded; on the meta device (shapes only, no
+// memory) when a model is only described (models/registry.hpp).
+inline at::TensorOptions param_options(bool meta) {
+  return at::TensorOptions(at::kFloat).device(meta ? at::kMeta : at::kCPU);
+}
+
+// weight [out, in], bias [out].
+struct Linear {
+  at::Tensor w, b;
+  Linear() = default;
+  Linear(int64_t in, int64_t out, bool meta = false)
+      : w(at::zeros({out, in}, param_options(meta))), b(at::zeros({out}, param_options(meta))) {}
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, w, b); }
+  NamedSlots slots(const std::string& prefix) { return {{prefix + ".weight", &w}, {prefix + ".bias", &b}}; }
+};
+
+inline void append(NamedSlots& to, NamedSlots more) { to.insert(to.end(), more.begin(), more.end()); }
+
+}  // namespace opendit::models::layers

@@ -1,0 +1,25 @@
+// The adaLN-modulated pieces of DiT-style blocks as autograd functions over the fused operations of cuda/ops.hpp
+// (CUDA kernels on a GPU, their ATen definitions elsewhere: one forward path on every device). Each saves only
+// what its backward needs and recomputes the cheap rest: the LayerNorm+modulate output is rebuilt from x and its
+// statistics instead of being stored, and the MLP keeps its fc1 output before bias and GELU (the GELU output is
+// recomputed).
+// Shapes: x [N, T, D]; shift, scale, gate [N, D] (chunks of the adaLN output, unit stride along D).
+#pragma once
+#include <ATen/ATen.h>
+
+namespace opendit::models::layers {
+
+// LayerNorm(x) * (1 + scale) + shift, then x @ w^T + b: w [O, D], b [O] -> [N, T, O].
+at::Tensor norm_modulate_linear(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
+                                const at::Tensor& w, const at::Tensor& b, double eps);
+
+// The MLP on the modulated LayerNorm: gelu_tanh(h @ w1^T + b1) @ w2^T + b2, h = LN(x) * (1 + scale) + shift.
+// w1 [M, D], b1 [M], w2 [D, M], b2 [D] -> [N, T, D].
+at::Tensor norm_modulate_mlp(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
+                             const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                             double eps);
+
+// x + gate * y, y [N, T, D].
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+
+}  // namespace opendit::models::layers

@@ -1,0 +1,22 @@
+// The MPI communicator behind a ProcessGroup, for the few places that hand one to a library: the MPI and NCCL
+// communicators of parallel/, and HDF5's MPI-IO file access in io/h5_file.cpp. Everything else uses
+// parallel/process_group.hpp.
+#pragma once
+#include <mpi.h>
+
+#include "parallel/process_group.hpp"
+
+namespace opendit::parallel {
+
+struct ProcessGroup::Impl {
+  MPI_Comm comm = MPI_COMM_NULL;
+  bool owned = true;  // freed with the last copy of the group (unless MPI is already finalized)
+  ~Impl();
+};
+
+inline MPI_Comm mpi_comm(const ProcessGroup& group) { return group.impl()->comm; }
+
+// Throws opendit::Error naming the call when an MPI call fails (MPI_ERRORS_RETURN is set on the world).
+void mpi_check(int rc, const char* what);
+
+}  // namespace opendit::parallel

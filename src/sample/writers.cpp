@@ -1,0 +1,40 @@
+#include "sample/writers.hpp"
+
+#include "core/error.hpp"
+#include "io/image.hpp"
+#include "io/safetensors.hpp"
+
+namespace opendit::sample {
+
+namespace {
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() > tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+}  // namespace
+
+OutputKind output_kind(const std::string& path, bool pixel_space, int64_t channels) {
+  const bool png = ends_with(path, ".png");
+  if (!pixel_space && png)
+    throw Error(cat("--out ", path, ": a latent model's samples are latents; write them to a .safetensors file "
+                                    "(decoding to images needs the VAE, which opendit does not have yet)"));
+  if (!png && !ends_with(path, ".safetensors"))
+    throw Error(cat("--out ", path, ": expected NAME.safetensors (the samples)", pixel_space ? " or NAME.png (a grid)" : ""));
+  if (png && channels != 1 && channels != 3) throw Error(cat("a PNG needs 1 or 3 channels; the model has ", channels));
+  return png ? OutputKind::Png : OutputKind::Safetensors;
+}
+
+void write_samples(const std::string& path, OutputKind kind, const at::Tensor& samples, const models::Condition& cond,
+                   int64_t per_row, const std::map<std::string, std::string>& metadata) {
+  if (kind == OutputKind::Png) {
+    io::write_png(path, io::image_grid(samples.clamp(-1, 1), per_row));
+    return;
+  }
+  std::map<std::string, at::Tensor> tensors = {{"samples", samples}};
+  if (cond.labels.defined()) tensors["labels"] = cond.labels.to(at::kCPU);
+  std::map<std::string, std::string> meta = metadata;
+  meta["format"] = "opendit.samples";
+  meta["version"] = "1";
+  io::save_safetensors(path, tensors, meta);
+}
+
+}  // namespace opendit::sample

@@ -1,0 +1,127 @@
+#include "train/dp_optimizer.hpp"
+
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "core/error.hpp"
+
+namespace opendit::train {
+
+DpStrategy parse_dp_strategy(const std::string& name) {
+  if (name == "ddp") return DpStrategy::Ddp;
+  if (name == "zero1") return DpStrategy::Zero1;
+  if (name == "zero2") return DpStrategy::Zero2;
+  throw CollectiveError(cat("unknown data-parallel strategy '", name, "': expected ddp, zero1 or zero2"));
+}
+
+const char* dp_strategy_name(DpStrategy s) {
+  switch (s) {
+    case DpStrategy::Ddp: return "ddp";
+    case DpStrategy::Zero1: return "zero1";
+    default: return "zero2";
+  }
+}
+
+// Where weight decay applies inside `r`: undefined when it applies everywhere (or nowhere matters: decay 0).
+static at::Tensor decay_mask_for(const FlatLayout& layout, FlatRange r, double weight_decay, at::Device device) {
+  bool any_skipped = false;
+  for (const FlatEntry& e : layout.entries()) any_skipped = any_skipped || !e.decay;
+  if (weight_decay == 0 || !any_skipped) return {};
+  at::Tensor mask = at::zeros({r.size()}, at::TensorOptions(at::kBool));
+  for (const auto& p : layout.pieces(r))
+    if (layout.entries()[p.entry].decay) mask.narrow(0, p.flat - r.begin, p.count).fill_(true);
+  return mask.to(device);
+}
+
+DataParallelOptimizer::DataParallelOptimizer(FlatParams& params, parallel::Communicator& comm,
+                                             const DataParallelOptions& opts)
+    : params_(params), comm_(comm), opts_(opts) {
+  if (params.world() != comm.size() || params.rank() != comm.rank())
+    throw std::invalid_argument(cat("DataParallelOptimizer: parameters sharded for rank ", params.rank(), " of ",
+                                    params.world(), ", communicator is rank ", comm.rank(), " of ", comm.size()));
+  if (params.data().device().type() != comm.device().type())
+    throw std::invalid_argument(cat("DataParallelOptimizer: parameters on ", params.data().device().str(),
+                                    ", communicator on ", comm.device().str()));
+  range_ = sharded() ? params.own() : FlatRange{0, params.data().numel()};
+  at::Tensor master = params.data().narrow(0, range_.begin, range_.size());
+  exp_avg_ = at::zeros_like(master);
+  exp_avg_sq_ = at::zeros_like(master);
+  if (opts.ema) ema_ = master.clone();
+  decay_mask_ = decay_mask_for(params.layout(), range_, opts.adamw.weight_decay, master.device());
+  // A world of one reduces nothing: its gradient shard is the flat gradient itself (no second copy in memory).
+  if (opts.strategy == DpStrategy::Zero2)
+    grad_shard_ = comm.size() == 1 ? params.grad().narrow(0, range_.begin, range_.size()) : at::zeros_like(master);
+}
+
+StepStats DataParallelOptimizer::step() {
+  reduce_grads();
+  StepStats s;
+  s.grad_norm = global_grad_norm();
+  s.clip_scale = clip_scale_for(s.grad_norm, opts_.max_grad_norm);
+  update(s.clip_scale);
+  gather_params();
+  return s;
+}
+
+void DataParallelOptimizer::reduce_grads() {
+  if (comm_.size() == 1) return;  // the average over one rank
+  if (opts_.strategy == DpStrategy::Zero2)
+    comm_.reduce_scatter(grad_shard_, params_.grad(), parallel::ReduceOp::Avg);
+  else
+    comm_.all_reduce(params_.grad(), parallel::ReduceOp::Avg);
+}
+
+at::Tensor DataParallelOptimizer::grad_range() {
+  if (opts_.strategy == DpStrategy::Zero2) return grad_shard_;
+  return params_.grad().narrow(0, range_.begin, range_.size());
+}
+
+double DataParallelOptimizer::global_grad_norm() {
+  // Per-rank norm in float32 (torch's own reduction), squared and summed over the group in float64.
+  const double local = at::linalg_vector_norm(grad_range(), 2).item<double>();
+  if (!sharded()) return local;
+  at::Tensor sum_sq = at::full({1}, local * local, at::TensorOptions(at::kDouble).device(comm_.device()));
+  comm_.all_reduce(sum_sq, parallel::ReduceOp::Sum);
+  return std::sqrt(sum_sq.item<double>());
+}
+
+void DataParallelOptimizer::update(double clip_scale) {
+  ++step_;
+  AdamWShard s;
+  s.param = params_.data().narrow(0, range_.begin, range_.size());
+  s.grad = grad_range();
+  s.exp_avg = exp_avg_;
+  s.exp_avg_sq = exp_avg_sq_;
+  s.ema = ema_;
+  s.decay_mask = decay_mask_;
+  if (params_.working().defined()) s.working = params_.working().narrow(0, range_.begin, range_.size());
+  adamw_ema_step(s, opts_.adamw, step_, clip_scale, opts_.ema_decay);
+}
+
+void DataParallelOptimizer::gather_params() {
+  if (!sharded()) return;
+  // In place: this rank's shard already sits at its offset of the buffer. With a working copy only that is
+  // gathered (half the bytes); data() outside the own shard is then stale, gather_full_master() assembles it.
+  const at::Tensor& full = params_.working().defined() ? params_.working() : params_.data();
+  comm_.all_gather(full, full.narrow(0, range_.begin, range_.size()));
+}
+
+at::Tensor DataParallelOptimizer::gather(const at::Tensor& shard) {
+  at::Tensor full = at::empty({params_.data().numel()}, shard.options());
+  comm_.all_gather(full, shard);
+  return full;
+}
+
+at::Tensor DataParallelOptimizer::gather_full_ema() {
+  if (!ema_.defined()) throw std::logic_error("gather_full_ema: the optimizer keeps no EMA");
+  return sharded() ? gather(ema_) : ema_.clone();
+}
+
+at::Tensor DataParallelOptimizer::gather_full_master() {
+  at::Tensor master = params_.data().narrow(0, range_.begin, range_.size());
+  return sharded() ? gather(master) : master.clone();
+}
+
+}  // namespace opendit::train

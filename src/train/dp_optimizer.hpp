@@ -1,0 +1,84 @@
+// The data-parallel optimizer over one dp group: gradient synchronisation (DDP, ZeRO-1, ZeRO-2), global-norm
+// clipping, the AdamW+EMA update of this rank's range, and the parameter all-gather.
+//
+//             gradient                         optimizer state + EMA      parameters after the update
+//   ddp       all-reduce (avg) the whole grad  whole buffer, every rank   already everywhere
+//   zero1     all-reduce (avg) the whole grad  own shard [r*S, (r+1)*S)   all-gather the shards
+//   zero2     reduce-scatter (avg) to the shard own shard                 all-gather the shards
+//
+// The EMA lives exactly where the optimizer state does and is never communicated while training;
+// gather_full_ema() assembles it for export. The gradient norm is global: each rank's sum of squares over the
+// part it owns, all-reduced over the group (ddp: the whole averaged gradient, the same on every rank).
+// step() runs the phases in order; they are public so that bucketed, overlapped versions can replace them.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "parallel/communicator.hpp"
+#include "train/adamw_ema.hpp"
+#include "train/flat_params.hpp"
+
+namespace opendit::train {
+
+enum class DpStrategy { Ddp, Zero1, Zero2 };
+DpStrategy parse_dp_strategy(const std::string& name);  // "ddp", "zero1", "zero2"; otherwise opendit::Error
+const char* dp_strategy_name(DpStrategy s);
+
+struct DataParallelOptions {
+  DpStrategy strategy = DpStrategy::Zero2;
+  AdamWConfig adamw;
+  double max_grad_norm = 0.0;  // 0: no clipping
+  bool ema = true;
+  double ema_decay = 0.9999;
+};
+
+struct StepStats {
+  double grad_norm = 0;   // global L2 norm of the averaged gradient, before clipping
+  double clip_scale = 1;  // the factor the gradient was multiplied by
+};
+
+class DataParallelOptimizer {
+ public:
+  // `params` were built for comm.size() ranks with this rank's comm.rank(), on comm's device. The EMA starts as a
+  // copy of the parameters (DiT's update_ema(ema, model, decay=0)).
+  DataParallelOptimizer(FlatParams& params, parallel::Communicator& comm, const DataParallelOptions& opts);
+
+  // One optimizer step from this rank's local gradient in params.grad(); every rank of the group calls it.
+  StepStats step();
+
+  // The phases of step().
+  void reduce_grads();             // ddp/zero1: params.grad() averaged in place; zero2: own shard into grad_shard
+  double global_grad_norm();       // collective for zero1/zero2
+  void update(double clip_scale);  // AdamW + EMA over state_range(); advances step_count()
+  void gather_params();            // zero1/zero2: the updated shards into params.data(), or working() if any
+
+  // Collective: the whole EMA / master weights [padded] on every rank, for export.
+  at::Tensor gather_full_ema();
+  at::Tensor gather_full_master();
+
+  // The optimizer state of this rank, for checkpoints: tensors [state_range().size()] covering state_range().
+  FlatRange state_range() const { return range_; }
+  at::Tensor& exp_avg() { return exp_avg_; }
+  at::Tensor& exp_avg_sq() { return exp_avg_sq_; }
+  at::Tensor& ema() { return ema_; }  // undefined without EMA
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t step) { step_ = step; }
+  const DataParallelOptions& options() const { return opts_; }
+  void set_lr(double lr) { opts_.adamw.lr = lr; }  // the schedule's value for the next update
+  void set_ema_decay(double decay) { opts_.ema_decay = decay; }  // 1 leaves the EMA as it is
+
+ private:
+  bool sharded() const { return opts_.strategy != DpStrategy::Ddp; }
+  at::Tensor grad_range();  // the averaged gradient over state_range()
+  at::Tensor gather(const at::Tensor& shard);
+
+  FlatParams& params_;
+  parallel::Communicator& comm_;
+  DataParallelOptions opts_;
+  FlatRange range_;
+  at::Tensor exp_avg_, exp_avg_sq_, ema_, decay_mask_, grad_shard_;
+  int64_t step_ = 0;
+};
+
+}  // namespace opendit::train
