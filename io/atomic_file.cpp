@@ -41,7 +41,8 @@ void AtomicFile::commit_with_marker(const std::string& marker_text) {
   const std::string done = done_marker(path_);
   const int fd = ::open(done.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(cat("'", done, "': cannot create (", errno_text(), ")"));
-  const bool ok = ::write(fd, marker_text.data(), marker_text.size()) == ssize_t(marker_text.size()) && ::fsync(fd) == 0;
+  const bool ok =
+      ::write(fd, marker_text.data(), marker_text.size()) == ssize_t(marker_text.size()) && ::fsync(fd) == 0;
   const std::string why = errno_text();
   ::close(fd);
   if (!ok) throw Error(cat("'", done, "': cannot write (", why, ")"));

@@ -8,7 +8,10 @@ namespace opendit::io {
 
 RowWriter::RowWriter(std::string path, std::vector<RowDataset> datasets, const parallel::ProcessGroup& group,
                      bool force_serial, const std::function<void(H5Group&)>& root_attrs)
-    : path_(std::move(path)), datasets_(std::move(datasets)), group_(group), collective_(collective_writes(force_serial)) {
+    : path_(std::move(path)),
+      datasets_(std::move(datasets)),
+      group_(group),
+      collective_(collective_writes(force_serial)) {
   auto create = [&](H5File& file) {
     H5Group root = file.root();
     if (root_attrs) root_attrs(root);

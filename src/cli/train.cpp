@@ -14,7 +14,8 @@ struct TrainArgs {
 
 void add_train(CLI::App& app, MpiRuntime& mpi) {
   auto a = std::make_shared<TrainArgs>();
-  auto* cmd = app.add_subcommand("train", "Train a model on an opendit.latents dataset (mpirun -np N for data parallelism)");
+  auto* cmd =
+      app.add_subcommand("train", "Train a model on an opendit.latents dataset (mpirun -np N for data parallelism)");
   a->deck.add_to(*cmd);
   cmd->add_flag("--dry-run", a->options.dry_run, "Validate the deck, the data and the mesh, print the plan, stop");
   cmd->add_flag("--no-save", a->options.no_save,
