@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
-APT_PACKAGES=(cmake g++ make pkg-config ccache python3-venv
+APT_PACKAGES=(cmake g++ make ninja-build pkg-config ccache python3-venv
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
   libgtest-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libpng-dev)
 # pip name[:import name]
