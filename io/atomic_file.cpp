@@ -22,7 +22,7 @@ std::string folder_of(const std::string& path) {
 std::string done_marker(const std::string& path) { return path + ".done"; }
 
 AtomicFile::AtomicFile(std::string path, const std::string& tmp_suffix)
-    : path_(std::move(path)), tmp_(path_ + tmp_suffix) {}
+    : path_(std::move(path)), tmp_(tmp_path_for(path_, tmp_suffix)) {}
 
 AtomicFile::~AtomicFile() {
   if (!committed_) std::remove(tmp_.c_str());

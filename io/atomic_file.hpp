@@ -21,6 +21,10 @@ class AtomicFile {
 
   const std::string& path() const { return path_; }
   const std::string& tmp_path() const { return tmp_; }
+  // The temporary name of `path` (for writers on other ranks of a file one rank commits).
+  static std::string tmp_path_for(const std::string& path, const std::string& tmp_suffix = ".tmp") {
+    return path + tmp_suffix;
+  }
 
   // fsync, rename to path(), fsync of the folder. Errors are opendit::Error naming the file and the call.
   void commit();

@@ -81,25 +81,25 @@ std::string checkpoint_path(const std::string& dir, std::int64_t step) {
 
 std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, const ShardedState& mine,
                             const std::map<std::string, at::Tensor>& frozen, const CheckpointMeta& meta_in,
-                            const parallel::ProcessGroup& comm, int keep_last, bool force_serial) {
-  const int rank = comm.rank();
+                            const parallel::ProcessGroup& group, int keep_last, bool force_serial) {
+  const int rank = group.rank();
   const auto& entries = layout.entries();
   const std::string final_path = checkpoint_path(dir, meta_in.step);
-  // Rank 0 owns the file: written as NAME.tmp, removed if anything fails, renamed and marked complete at the end.
+  const std::string tmp_path = AtomicFile::tmp_path_for(final_path);  // every rank writes into it
+  // Rank 0 owns the file once the input is checked: it removes NAME.tmp if anything fails, and renames and marks
+  // it complete at the end.
   std::optional<AtomicFile> file_out;
-  if (rank == 0) file_out.emplace(final_path);
-  const std::string tmp_path = final_path + ".tmp";
 
   // Which groups: every rank must agree on whether there is an EMA.
   const std::int64_t has_ema = mine.groups.count("ema") ? 1 : 0;
-  const std::int64_t ema_min = comm.all_reduce(has_ema, parallel::ReduceOp::Min);
-  const std::int64_t ema_max = comm.all_reduce(has_ema, parallel::ReduceOp::Max);
+  const std::int64_t ema_min = group.all_reduce(has_ema, parallel::ReduceOp::Min);
+  const std::int64_t ema_max = group.all_reduce(has_ema, parallel::ReduceOp::Max);
   std::vector<std::size_t> groups;
   for (std::size_t g = 0; g < kGroups.size(); ++g)
     if (g != kEma || ema_max) groups.push_back(g);
 
   // Check the input on every rank; rank 0 makes the folder.
-  comm.agree([&] {
+  group.agree([&] {
     if (ema_min != ema_max) throw Error("save_checkpoint: some ranks pass an 'ema' group and some do not");
     for (std::size_t g : groups) {
       auto it = mine.groups.find(kGroups[g]);
@@ -121,9 +121,10 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
       make_dirs(dir, "checkpoint folder");
     }
   });
+  if (rank == 0) file_out.emplace(final_path);
 
   // Who writes what.
-  const auto ranges = all_ranges(mine.range, comm);
+  const auto ranges = all_ranges(mine.range, group);
   std::vector<Interval> rest;
   const auto my_ivs = assigned(ranges, rank, layout.numel(), false, &rest);
   const auto rest_pieces = pieces_of(layout, rest);
@@ -144,18 +145,18 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
           {std::int64_t(g), std::int64_t(p.entry), p.param, p.count, std::int64_t(crc_bytes(data, p.count * 4))});
     }
   std::string gap;
-  std::vector<std::int64_t> crcs = combine_crcs(records, layout, kGroups.size(), groups, comm, &gap);
+  std::vector<std::int64_t> crcs = combine_crcs(records, layout, kGroups.size(), groups, group, &gap);
   crcs.resize(kGroups.size() * entries.size());
-  crcs = comm.broadcast(crcs, 0);
+  crcs = group.broadcast(crcs, 0);
 
   // Rank 0's meta and frozen tensors (names, shapes, crcs) for everyone.
   CheckpointMeta meta = meta_in;
-  meta.created_at = comm.broadcast(now_iso8601());
-  meta.created_by = comm.broadcast(cat("opendit ", OPENDIT_VERSION, " (", OPENDIT_GIT_COMMIT, ")"));
-  meta.strategy = comm.broadcast(meta.strategy);
-  meta.deck_json = comm.broadcast(meta.deck_json);
-  meta.model_json = comm.broadcast(meta.model_json);
-  const std::vector<std::int64_t> ints = comm.broadcast(std::vector<std::int64_t>{
+  meta.created_at = group.broadcast(now_iso8601());
+  meta.created_by = group.broadcast(cat("opendit ", OPENDIT_VERSION, " (", OPENDIT_GIT_COMMIT, ")"));
+  meta.strategy = group.broadcast(meta.strategy);
+  meta.deck_json = group.broadcast(meta.deck_json);
+  meta.model_json = group.broadcast(meta.model_json);
+  const std::vector<std::int64_t> ints = group.broadcast(std::vector<std::int64_t>{
       meta.step, meta.loader_epoch, meta.loader_cursor, meta.skipped_in_a_row, meta.world_size, meta.dp_size,
       meta.sp_size, std::int64_t(meta.seed), meta.optimizer_step});
   meta.optimizer_step = ints[8];
@@ -176,7 +177,7 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
         for (auto d : t.sizes()) desc += " " + std::to_string(d);
         desc += " " + std::to_string(crc_tensor(t.to(at::kFloat).cpu())) + "\n";
       }
-    desc = comm.broadcast(desc);
+    desc = group.broadcast(desc);
     std::istringstream in(desc);
     std::string name;
     while (std::getline(in, name)) {
@@ -231,13 +232,13 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
     }
   };
 
-  write_shared_file(tmp_path, comm, force_serial, create_structure, write_pieces);
-  comm.agree([&] {
+  write_shared_file(tmp_path, group, force_serial, create_structure, write_pieces);
+  group.agree([&] {
     if (!gap.empty()) throw Error(cat("save_checkpoint: internal error: no checksum for ", gap));
   });
 
   // Durable, then visible, then marked complete.
-  comm.agree([&] {
+  group.agree([&] {
     if (rank != 0) return;
     file_out->commit_with_marker(cat(kCheckpointFormat, " step ", meta.step, " complete ", meta.created_at, "\n"));
     prune(dir, meta.step, keep_last);
@@ -266,8 +267,8 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
 }
 
 CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout, ShardedState& mine,
-                               const parallel::ProcessGroup& comm) {
-  const int rank = comm.rank();
+                               const parallel::ProcessGroup& group) {
+  const int rank = group.rank();
   const auto& entries = layout.entries();
   std::unique_ptr<H5File> file;
   CheckpointMeta meta;
@@ -275,7 +276,7 @@ CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout
   std::vector<std::int64_t> stored;  // crc per (group, entry)
 
   // 1. Structure: every rank opens the file on its own (reading needs no MPI-IO) and checks it.
-  comm.agree([&] {
+  group.agree([&] {
     file = std::make_unique<H5File>(H5File::open(path));
     H5Group root = file->root();
     meta = check_and_read_meta(root);
@@ -290,9 +291,9 @@ CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout
   });
 
   // 2. Data: this rank's range, plus the crc32 of the pieces it verifies.
-  const auto ranges = all_ranges(mine.range, comm);
+  const auto ranges = all_ranges(mine.range, group);
   std::vector<CrcRecord> records;
-  comm.agree([&] {
+  group.agree([&] {
     H5Group root = file->root();
     const auto my_pieces = layout.pieces(mine.range);
     const auto verify = pieces_of(layout, assigned(ranges, rank, layout.numel(), true, nullptr));
@@ -323,8 +324,8 @@ CheckpointMeta load_checkpoint(const std::string& path, const FlatLayout& layout
 
   // 3. Checksums, combined and compared on rank 0.
   std::string gap;
-  const auto crcs = combine_crcs(records, layout, kGroups.size(), groups, comm, &gap);
-  comm.agree([&] {
+  const auto crcs = combine_crcs(records, layout, kGroups.size(), groups, group, &gap);
+  group.agree([&] {
     if (rank != 0) return;
     if (!gap.empty()) throw Error(cat("load_checkpoint: internal error: no checksum for ", gap));
     for (std::size_t g : groups)

@@ -33,7 +33,6 @@ std::vector<std::int64_t> with_rows(std::int64_t rows, std::vector<std::int64_t>
 LatentDatasetWriter::LatentDatasetWriter(std::string path, std::vector<std::int64_t> sample_shape, at::ScalarType dtype,
                                          LatentDatasetInfo info, std::int64_t chunk_rows)
     : path_(std::move(path)),
-      out_(path_, ".partial"),
       sample_shape_(std::move(sample_shape)),
       dtype_(dtype),
       info_(std::move(info)) {
@@ -45,7 +44,8 @@ LatentDatasetWriter::LatentDatasetWriter(std::string path, std::vector<std::int6
   if ((info_.text_length > 0) != (info_.text_dim > 0)) fail("text_length and text_dim must both be set or both 0");
   if (info_.created_by.empty()) info_.created_by = cat("opendit ", OPENDIT_VERSION, " (", OPENDIT_GIT_COMMIT, ")");
 
-  file_.emplace(H5File::create(out_.tmp_path()));
+  out_.emplace(path_, ".partial");  // only now: a writer that refused its arguments leaves any PATH.partial alone
+  file_.emplace(H5File::create(out_->tmp_path()));
   H5Group root = file_->root();
   root.write_attr("format", kLatentsFormat);
   root.write_attr("version", kLatentsVersion);
@@ -132,7 +132,7 @@ void LatentDatasetWriter::finalize() {
   latents_.reset(), labels_.reset(), text_emb_.reset(), text_mask_.reset();
   file_->close();
   file_.reset();
-  out_.commit();
+  out_->commit();
 }
 
 // ---- reader ----------------------------------------------------------------------------------------

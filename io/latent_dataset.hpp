@@ -54,7 +54,7 @@ class LatentDatasetWriter {
   void append_rows(H5Dataset& ds, const at::Tensor& rows);
 
   std::string path_;
-  AtomicFile out_;  // PATH.partial until finalize(); declared before the HDF5 handles, which close first
+  std::optional<AtomicFile> out_;  // PATH.partial until finalize(); declared before the HDF5 handles (closed first)
   std::vector<std::int64_t> sample_shape_;
   at::ScalarType dtype_;
   LatentDatasetInfo info_;

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -23,13 +24,16 @@ WeightsFile read_weights(const std::string& path) {
   SafetensorsFile file = load_safetensors(w.path);
   w.tensors = std::move(file.tensors);
   w.metadata = std::move(file.metadata);
-  // diffusers keeps the hyper-parameters that weights cannot tell (input size, heads) in config.json.
+  // diffusers keeps the hyper-parameters that weights cannot tell (input size, heads) in config.json: the first
+  // that holds a JSON object.
   const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
   for (const fs::path& p : {dir / "config.json", dir / "transformer" / "config.json"}) {
     std::ifstream f(p);
     if (!f) continue;
     std::ostringstream text;
     text << f.rdbuf();
+    const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, false);
+    if (j.is_discarded() || !j.is_object()) continue;
     w.config_json = text.str();
     break;
   }

@@ -1,5 +1,6 @@
 #include "cli/app.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -22,14 +23,14 @@ config::Deck DeckArgs::load(const parallel::ProcessGroup& world) const {
   std::string text;
   if (!config_path.empty()) {
     bool readable = false;
-    if (world.rank() == 0) {
+    if (world.rank() == 0 && std::filesystem::is_regular_file(config_path)) {  // a folder reads as empty text
       std::ifstream f(config_path, std::ios::binary);
       std::ostringstream ss;
       ss << f.rdbuf();
       readable = bool(f), text = ss.str();
     }
     if (!world.broadcast(std::vector<std::int64_t>{readable ? 1 : 0})[0])
-      throw CollectiveError(cat(config_path, ": cannot read the input deck (missing or not readable)"));
+      throw CollectiveError(cat(config_path, ": cannot read the input deck (missing, a folder, or not readable)"));
     text = world.broadcast(text);
   }
   config::Deck deck(schema);
@@ -66,9 +67,9 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
   return 0;
 }
 
-bool pick_gpu(const std::string& choice) {
+bool pick_gpu(const std::string& choice, const std::string& option) {
   const bool have_gpu = gpu_count() > 0;
-  if (choice == "cuda" && !have_gpu) throw Error("--device cuda: no GPU is visible");
+  if (choice == "cuda" && !have_gpu) throw Error(cat(option, " cuda: no GPU is visible"));
   return choice == "cuda" || (choice == "auto" && have_gpu);
 }
 

@@ -16,8 +16,9 @@ using parallel::MpiRuntime;
 // reaches (bad arguments, a bad deck) and opendit::Error for one rank's.
 int run(int argc, char** argv, MpiRuntime& mpi);
 
-// A benchmark's --device choice (auto | cpu | cuda): true for the GPU. "cuda" without a visible GPU is an error.
-bool pick_gpu(const std::string& choice);
+// A one-process command's device choice (auto | cpu | cuda; `option` names where it came from for the error):
+// true for the GPU. "cuda" without a visible GPU is an error.
+bool pick_gpu(const std::string& choice, const std::string& option = "--device");
 
 // A single-process subcommand (sample, convert, bench) refuses mpirun: one clear error instead of N copies of the
 // same work.

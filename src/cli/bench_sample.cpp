@@ -75,7 +75,10 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   sample::SampleOptions o;
   o.steps = a.steps, o.cfg = a.cfg, o.precision = a.dtype, o.no_graph = a.graph == "off";
   o.eta = 0.0;
-  const sample::SamplePlan plan = sample::make_plan(deck, o);
+  sample::SamplePlan plan = sample::make_plan(deck, o);
+  // The bench times what its own options say, whatever the deck's sampling defaults.
+  plan.cuda_graph = a.graph == "on";
+  plan.guide_first3 = false;
   const bool gpu = pick_gpu(a.device);
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
 

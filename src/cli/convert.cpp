@@ -22,13 +22,10 @@ struct ConvertArgs {
 // Weights -> a step-0 training checkpoint in folder `dir` (model = EMA = the weights, fresh AdamW state), so that
 // `opendit train --resume DIR/ckpt-00000000.h5` fine-tunes from them on any number of ranks.
 void write_start_checkpoint(const std::string& dir, models::Model& model) {
-  train::FlatParams::Slots trainable;
+  std::map<std::string, at::Tensor*> frozen_slots;
+  train::FlatParams params(train::FlatParams::trainable(model, &frozen_slots), 1, 0);
   std::map<std::string, at::Tensor> frozen;
-  for (const models::Param& p : model.parameters()) {
-    if (p.trainable) trainable.push_back({p.name, p.tensor});
-    else frozen[p.name] = *p.tensor;
-  }
-  train::FlatParams params(trainable, 1, 0);
+  for (const auto& [name, t] : frozen_slots) frozen[name] = *t;
   io::ShardedState st;
   st.range = {0, params.data().numel()};
   st.groups["model"] = params.data();

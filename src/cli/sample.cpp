@@ -59,10 +59,10 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
                       at::IntArrayRef(noise_shape), " (", N, " samples)"));
     noise = it->second.to(at::kFloat);
   }
-  at::Generator gen = at::detail::createCPUGenerator(plan.seed);
+  at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(plan.seed));
   if (!noise.defined()) noise = at::randn(noise_shape, gen);
 
-  const bool gpu = gpu_count() > 0;
+  const bool gpu = pick_gpu(deck.get_string("parallel.device"), "parallel.device =");  // auto: a GPU if visible
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   model = models::make_model(deck, uint64_t{0});
   const io::WeightsFile weights = io::read_weights(a.checkpoint);

@@ -13,26 +13,28 @@
 namespace opendit::parallel {
 
 // This rank's device for parallel.device = "auto" | "cpu" | "cuda": one GPU per rank of a node (node-local rank
-// modulo the GPUs), or the CPU. Throws opendit::CollectiveError when "cuda" is asked without a GPU, or when more
-// ranks share a node than it has GPUs (NCCL needs a GPU per rank).
+// modulo the GPUs), or the CPU. Collective over the world: "cuda" without a GPU, or more ranks on a node than it has
+// GPUs (NCCL needs a GPU per rank), on any node is one opendit::CollectiveError on every rank.
 at::Device rank_device(const std::string& choice, const Mesh& mesh);
 
 class ParallelContext {
  public:
-  // Collective over the world: makes the communicators (NCCL for a CUDA device, MPI for the CPU).
-  ParallelContext(const Mesh& mesh, at::Device device);
+  ParallelContext(const Mesh& mesh, at::Device device) : mesh_(mesh), device_(device) {}
 
   const Mesh& mesh() const { return mesh_; }
   const ProcessGroup& world() const { return mesh_.world(); }
   at::Device device() const { return device_; }
   bool gpu() const { return device_.is_cuda(); }
-  Communicator& dp() const { return *dp_; }
-  Communicator* sp() const { return sp_.get(); }  // null when sp_size == 1
+  // The tensor communicators of this rank's dp and sp groups (NCCL for a CUDA device, MPI for the CPU), made on the
+  // first call: collective over the group, so every rank of it asks at the same point. A plan or a dry run that
+  // never asks starts no NCCL. sp() throws when sp_size == 1.
+  Communicator& dp() const;
+  Communicator& sp() const;
 
  private:
   const Mesh& mesh_;
   at::Device device_;
-  std::unique_ptr<Communicator> dp_, sp_;
+  mutable std::unique_ptr<Communicator> dp_, sp_;
 };
 
 }  // namespace opendit::parallel

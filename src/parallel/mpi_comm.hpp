@@ -19,4 +19,13 @@ inline MPI_Comm mpi_comm(const ProcessGroup& group) { return group.impl()->comm;
 // Throws opendit::Error naming the call when an MPI call fails (MPI_ERRORS_RETURN is set on the world).
 void mpi_check(int rc, const char* what);
 
+// The MPI operation of a reduction (Avg: a sum, divided afterwards).
+inline MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+    default: return MPI_SUM;
+  }
+}
+
 }  // namespace opendit::parallel

@@ -25,13 +25,7 @@ MPI_Datatype move_type(const at::Tensor& t) {
   }
 }
 
-MPI_Op mpi_op(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Max: return MPI_MAX;
-    case ReduceOp::Min: return MPI_MIN;
-    default: return MPI_SUM;  // Avg: Sum, then divide
-  }
-}
+
 
 // One started request; wait() completes it, then runs `finish` (copy back from a float32 buffer, divide for Avg).
 // The tensors it holds keep their storage alive while MPI may still read or write it.

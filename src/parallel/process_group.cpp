@@ -1,6 +1,8 @@
 // ProcessGroup over an MPI communicator (see process_group.hpp).
 #include "parallel/process_group.hpp"
 
+#include <c10/util/Exception.h>
+
 #include <climits>
 
 #include "core/error.hpp"
@@ -9,14 +11,6 @@
 namespace opendit::parallel {
 
 namespace {
-
-MPI_Op mpi_op(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Max: return MPI_MAX;
-    case ReduceOp::Min: return MPI_MIN;
-    default: return MPI_SUM;  // Avg: summed, then divided
-  }
-}
 
 int count_of(std::size_t n, const char* what) {
   if (n > std::size_t(INT_MAX)) throw Error(cat(what, ": ", n, " elements exceed one MPI call"));
@@ -143,6 +137,8 @@ void ProcessGroup::agree(const std::function<void()>& local) const {
   std::int64_t failed = INT_MAX;
   try {
     local();
+  } catch (const c10::Error& e) {  // torch's checks: the message without the C++ backtrace
+    message = e.what_without_backtrace(), failed = rank_;
   } catch (const std::exception& e) {
     message = e.what(), failed = rank_;
   }

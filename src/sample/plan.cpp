@@ -4,7 +4,7 @@
 
 #include "core/error.hpp"
 #include "core/strings.hpp"
-#include "diffusion/schedule.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
 
 namespace opendit::sample {
 
@@ -15,7 +15,7 @@ SamplePlan make_plan(const config::Deck& deck, const SampleOptions& o) {
   p.cfg_scale = o.cfg.value_or(deck.get_float("sample.cfg_scale"));
   p.eta = o.eta.value_or(deck.get_float("sample.eta"));
   p.guide_first3 = deck.get_string("sample.cfg_channels") == "first3";
-  p.seed = static_cast<uint64_t>(o.seed.value_or(deck.get_int("sample.seed")));
+  p.seed = o.seed.value_or(deck.get_int("sample.seed"));
   p.dtype = o.precision.value_or(deck.get_string("sample.precision")) == "bf16" ? at::kBFloat16 : at::kFloat;
   p.cuda_graph = !o.no_graph && deck.get_bool("sample.cuda_graph");
   p.batch = o.batch;
@@ -26,7 +26,7 @@ SamplePlan make_plan(const config::Deck& deck, const SampleOptions& o) {
   if (!(p.cfg_scale >= 0)) throw Error(cat("--cfg ", p.cfg_scale, ": the guidance scale must be >= 0"));
   if (!(p.eta >= 0 && p.eta <= 1)) throw Error(cat("--eta ", p.eta, ": expected a value in [0, 1]"));
   if (p.batch < 0) throw Error(cat("--batch ", p.batch, ": expected >= 1 (or 0: all at once)"));
-  diffusion::space_timesteps(p.num_steps, p.steps);  // throws for steps that do not parse
+  diffusion::make_diffusion(p.steps, p.schedule, p.num_steps);  // throws for steps or a schedule that do not work
   return p;
 }
 

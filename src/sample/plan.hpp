@@ -27,7 +27,7 @@ struct SamplePlan {
   bool ddim = false;
   double cfg_scale = 4.0, eta = 0.0;
   bool guide_first3 = false;  // sample.cfg_channels = first3: the official DiT sampler's quirk
-  uint64_t seed = 0;
+  int64_t seed = 0;  // as given (sample.seed, --seed); the generator takes its bits
   at::ScalarType dtype = at::kFloat;  // the network's; the diffusion's arithmetic stays float32
   bool cuda_graph = true;             // on a GPU: replay each step's network call as a CUDA graph
   int64_t batch = 0;
@@ -39,8 +39,8 @@ struct SamplePlan {
   const char* dtype_name() const { return dtype == at::kBFloat16 ? "bf16" : "fp32"; }
 };
 
-// Throws opendit::Error for an invalid override (a negative guidance scale, eta outside [0, 1], steps that do not
-// parse against diffusion.num_steps, ...), naming the option.
+// Throws opendit::Error for an invalid override (a negative guidance scale, eta outside [0, 1], steps or a schedule
+// that make no diffusion, ...), naming the option.
 SamplePlan make_plan(const config::Deck& deck, const SampleOptions& options);
 
 // "207,360,387" -> class ids, each in [0, num_classes); empty text: every class of a model of at most 16 classes.

@@ -22,7 +22,7 @@
 namespace opendit::train {
 
 enum class DpStrategy { Ddp, Zero1, Zero2 };
-DpStrategy parse_dp_strategy(const std::string& name);  // "ddp", "zero1", "zero2"; otherwise opendit::Error
+DpStrategy parse_dp_strategy(const std::string& name);  // "ddp", "zero1", "zero2"; else opendit::CollectiveError
 const char* dp_strategy_name(DpStrategy s);
 
 struct DataParallelOptions {

@@ -9,6 +9,15 @@
 namespace opendit::train {
 
 // ---- FlatParams -------------------------------------------------------------------------------------------------
+FlatParams::Slots FlatParams::trainable(const models::Model& model, std::map<std::string, at::Tensor*>* frozen) {
+  Slots slots;
+  for (const models::Param& p : model.parameters()) {
+    if (p.trainable) slots.emplace_back(p.name, p.tensor);
+    else (*frozen)[p.name] = p.tensor;
+  }
+  return slots;
+}
+
 static std::vector<FlatLayout::Spec> specs_of(const FlatParams::Slots& params, const FlatParams::DecayRule& decays) {
   std::vector<FlatLayout::Spec> specs;
   for (const auto& [name, slot] : params)

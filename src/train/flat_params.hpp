@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/flat_layout.hpp"
+#include "models/model.hpp"
 
 namespace opendit::train {
 
@@ -19,6 +20,9 @@ namespace opendit::train {
 class FlatParams {
  public:
   using Slots = std::vector<std::pair<std::string, at::Tensor*>>;
+  // A model's trainable tensors (in its order), the rest by name in *frozen: kept beside the flat buffer, in
+  // checkpoints and exported weights.
+  static Slots trainable(const models::Model& model, std::map<std::string, at::Tensor*>* frozen);
   using DecayRule = std::function<bool(const std::string& name, const at::Tensor& param)>;
   FlatParams(const Slots& params, int world, int rank, int64_t align = 16, const DecayRule& decays = nullptr);
 

@@ -38,7 +38,6 @@ TrainSettings train_settings_from(const config::Deck& deck, int dp_size) {
   s.checkpoint_every = deck.get_int("train.checkpoint_every");
   s.keep_checkpoints = deck.get_int("train.keep_checkpoints");
   s.max_nonfinite = deck.get_int("train.max_nonfinite_steps");
-  s.device = deck.get_string("parallel.device");
   s.dp.strategy = parse_dp_strategy(deck.get_string("parallel.strategy"));
   s.dp.adamw.lr = deck.get_float("train.lr");
   s.dp.adamw.beta1 = deck.get_float("train.beta1");

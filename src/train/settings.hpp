@@ -16,7 +16,7 @@ struct TrainSettings {
   int64_t ema_every = 1, checkpoint_every = 1000, keep_checkpoints = 3, max_nonfinite = 5;
   int prefetch = 4;
   bool bf16 = true, activation_checkpointing = false;
-  std::string lr_schedule = "constant", device = "auto";
+  std::string lr_schedule = "constant";
   double min_lr = 0;
   DataParallelOptions dp;  // strategy, AdamW, clipping, EMA
 

@@ -123,12 +123,8 @@ void Trainer::build() {
   if (ctx_.gpu()) models::layers::set_attention_backend(deck_.get_string("model.attention"));
   model_->to(at::TensorOptions().device(ctx_.device()));
   model_->set_requires_grad(true);
-  FlatParams::Slots trainable;
-  for (const models::Param& p : model_->parameters()) {
-    if (p.trainable) trainable.push_back({p.name, p.tensor});
-    else frozen_[p.name] = p.tensor;
-  }
-  params_ = std::make_unique<FlatParams>(trainable, mesh.dp_size(), mesh.coord().dp_rank);
+  params_ = std::make_unique<FlatParams>(FlatParams::trainable(*model_, &frozen_), mesh.dp_size(),
+                                         mesh.coord().dp_rank);
   if (s_.bf16) {
     params_->use_working_copy(at::kBFloat16);
     for (auto& [name, t] : frozen_) *t = t->to(at::kBFloat16);
@@ -142,6 +138,7 @@ void Trainer::build() {
     if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index());
   });
   timer_->set_enabled(false);  // phases are timed (device-synchronized) on log steps only
+  window_start_ = run_start_ = std::chrono::steady_clock::now();
 }
 
 io::ShardedState Trainer::sharded_state() {
@@ -168,19 +165,29 @@ bool Trainer::resume(const std::string& how) {
   io::ShardedState st;
   st.range = opt_->state_range();
   const io::CheckpointMeta meta = io::load_checkpoint(path, params_->layout(), st, ctx_.mesh().dp());
-  if (meta.model_json != model_->config_json())
-    throw CollectiveError(cat(path, ": written for the model ", meta.model_json, ", the deck describes ",
-                              model_->config_json()));
-  at::NoGradGuard no_grad;
-  params_->data().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
-  opt_->ema().copy_(st.groups.at("ema"));
-  opt_->exp_avg().copy_(st.groups.at("optim/exp_avg"));
-  opt_->exp_avg_sq().copy_(st.groups.at("optim/exp_avg_sq"));
-  if (params_->working().defined())
-    params_->working().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
+  // Every rank reads the same meta and its own range: a mismatch is everyone's.
+  ctx_.world().agree([&] {
+    if (meta.model_json != model_->config_json())
+      throw Error(cat(path, ": written for the model ", meta.model_json, ", the deck describes ",
+                      model_->config_json()));
+    if (!st.groups.count("ema"))
+      throw Error(cat(path, ": holds no EMA (/ema); a training run resumes from a checkpoint written by train or by "
+                            "convert --to checkpoint"));
+    at::NoGradGuard no_grad;
+    params_->data().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
+    opt_->ema().copy_(st.groups.at("ema"));
+    opt_->exp_avg().copy_(st.groups.at("optim/exp_avg"));
+    opt_->exp_avg_sq().copy_(st.groups.at("optim/exp_avg_sq"));
+    if (params_->working().defined())
+      params_->working().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
+    loader_->restore({meta.loader_epoch, meta.loader_cursor});
+  });
   opt_->gather_params();
   opt_->set_step_count(meta.optimizer_step);
-  loader_->restore({meta.loader_epoch, meta.loader_cursor});
+  if (next_random_.valid()) {  // drawn for the step before the resume
+    next_random_.wait();
+    next_random_ = {};
+  }
   step_ = resumed_at_ = meta.step;
   skipped_in_a_row_ = meta.skipped_in_a_row;
   if (root)
@@ -287,7 +294,7 @@ bool Trainer::step() {
 }
 
 void Trainer::log() {
-  if (step_ % s_.log_every != 0 && step_ != s_.steps) return;
+  if ((step_ % s_.log_every != 0 && step_ != s_.steps) || window_steps_ == 0) return;
   const auto now = std::chrono::steady_clock::now();
   const double secs = std::chrono::duration<double>(now - window_start_).count();
   const double img_s = window_steps_ * s_.global_batch / secs;

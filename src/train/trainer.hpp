@@ -10,7 +10,8 @@
 //
 //   Trainer trainer(deck, ctx, options);   // validates, builds, prints the plan
 //   trainer.resume("auto");
-//   while (trainer.steps_done() < trainer.settings().steps) { trainer.step(); trainer.log(); ... }
+//   while (trainer.steps_done() < trainer.settings().steps)
+//     if (trainer.step()) trainer.log();   // false: a skipped (non-finite) step
 //   trainer.export_weights();
 // run() is that loop with checkpoints, the progress line and the closing phase table.
 #pragma once
@@ -66,7 +67,8 @@ class Trainer {
   // Collective: one optimizer step. Returns false when it was skipped (a non-finite loss or gradient norm);
   // train.max_nonfinite_steps of those in a row end the run (opendit::CollectiveError).
   bool step();
-  // Rank 0: the log line and the metrics record, on log steps (every train.log_every-th and the last).
+  // Rank 0: the log line and the metrics record, on log steps (every train.log_every-th and the last), over the
+  // steps since the last log line (rates count from the start of run() or the last resume).
   void log();
   void save();            // collective: a checkpoint of the state after steps_done()
   void export_weights();  // collective: model.safetensors and ema.safetensors in the run folder

@@ -62,6 +62,9 @@ check "sp does not divide: non-zero" test "$rc_nodiv" -ne 0
 run nofile 30 "${MPIRUN[@]}" -np 2 "$BIN" info --config "$out/missing.toml"
 check "missing deck: clear error" has nofile "missing.toml: cannot read the input deck"
 check "missing deck: non-zero" test "$rc_nofile" -ne 0
+run dirdeck 30 "${MPIRUN[@]}" -np 2 "$BIN" info --config "$out"
+check "a folder as the deck: one clear error" has dirdeck "cannot read the input deck (missing, a folder"
+check "a folder as the deck: one message" test "$(count dirdeck 'opendit: error')" -eq 1
 
 run badflag 30 "${MPIRUN[@]}" -np 2 "$BIN" info --no-such-flag
 check "unknown flag: one message" test "$(count badflag 'opendit: error')" -eq 1
