@@ -42,7 +42,7 @@ for stage in $STAGES; do
     sample) bench/sample.sh DiT-XL/2 8 250 cuda 2>&1 | tee "$OUT/sample.log" ;;
     train) bench/train.sh 30 2>&1 | grep -E "^(BENCH|PEER)" | tee "$OUT/train.log" ;;
     forward) for dt in fp32 bf16; do bench/forward.sh DiT-XL/2 8 $dt cuda; done 2>&1 | tee "$OUT/forward.log" ;;
-    checkpoint) bench/checkpoint.sh 40 10 2> "$OUT/checkpoint_runs.log" | tee "$OUT/checkpoint.log" ;;
+    checkpoint) bench/checkpoint.sh 450 150 2> "$OUT/checkpoint_runs.log" | tee "$OUT/checkpoint.log" ;;
     profile) bench/train.sh 14 "$OUT" > "$OUT/profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_train.log"; head -45 "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;
   esac

@@ -15,19 +15,27 @@ namespace opendit::train {
 io::ShardedState Trainer::snapshot() {
   io::ShardedState st;
   st.range = opt_->state_range();
-  const std::map<std::string, at::Tensor> live = {{"model", params_->data().narrow(0, st.range.begin, st.range.size())},
-                                                  {"ema", opt_->ema()},
-                                                  {"optim/exp_avg", opt_->exp_avg()},
-                                                  {"optim/exp_avg_sq", opt_->exp_avg_sq()}};
-  for (const auto& [name, t] : live) {
-    at::Tensor& buf = host_state_[name];
-    if (!buf.defined() || buf.numel() != t.numel())
-      buf = at::empty({t.numel()}, at::TensorOptions().dtype(at::kFloat).pinned_memory(ctx_.gpu()));
-    buf.copy_(t, /*non_blocking=*/ctx_.gpu());
-    st.groups[name] = buf;
+  const std::pair<const char*, at::Tensor> live[] = {
+      {"model", params_->data().narrow(0, st.range.begin, st.range.size())},
+      {"ema", opt_->ema()},
+      {"optim/exp_avg", opt_->exp_avg()},
+      {"optim/exp_avg_sq", opt_->exp_avg_sq()}};
+  const int64_t n = st.range.size();
+  if (!host_state_.defined() || host_state_.numel() != 4 * n)  // one allocation: pinning is slow, done once
+    host_state_ = at::empty({4 * n}, at::TensorOptions().dtype(at::kFloat).pinned_memory(ctx_.gpu()));
+  for (int g = 0; g < 4; ++g) {
+    at::Tensor buf = host_state_.narrow(0, g * n, n);
+    buf.copy_(live[g].second, /*non_blocking=*/ctx_.gpu());
+    st.groups[live[g].first] = buf;
   }
   if (ctx_.gpu()) at::detail::getCUDAHooks().deviceSynchronize(ctx_.device().index());
   return st;
+}
+
+void Trainer::prepare_snapshot() {
+  if (options_.no_save || !s_.async_checkpoint || !ctx_.gpu()) return;
+  const int64_t n = opt_->state_range().size();
+  host_state_ = at::empty({4 * n}, at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
 }
 
 void Trainer::save() {

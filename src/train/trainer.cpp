@@ -325,6 +325,7 @@ int Trainer::run() {
     metrics_.open(s_.run_dir() + "/metrics.jsonl", std::ios::app);
   }
   if (!options_.no_save) check_space(/*at_start=*/true);
+  prepare_snapshot();
   if (ctx_.gpu()) reset_peak_memory(ctx_.device().index());
   Progress progress("train", s_.steps, root);
   window_start_ = run_start_ = std::chrono::steady_clock::now();

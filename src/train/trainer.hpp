@@ -96,6 +96,7 @@ class Trainer {
   int64_t checkpoint_bytes() const;  // about the size of one checkpoint file
   void check_space(bool at_start);   // collective: room for one more checkpoint, else a clear error
   io::ShardedState snapshot();  // this rank's state in host buffers of its own (reused from one save to the next)
+  void prepare_snapshot();      // allocates those buffers up front (pinned on GPU: seconds for a large model)
   void profile_begin();
   void profile_end(int64_t step_number);
 
@@ -126,7 +127,7 @@ class Trainer {
   std::ofstream metrics_;
   std::unique_ptr<RunFolder> folder_;
   std::unique_ptr<parallel::ProcessGroup> writer_group_;  // the dp group on a communicator of the writer thread's
-  std::map<std::string, at::Tensor> host_state_;          // snapshot buffers (pinned on GPU)
+  at::Tensor host_state_;                                  // snapshot buffer [4 x shard] (pinned on GPU)
   std::future<void> writing_;                              // the background write in flight
 };
 

@@ -139,11 +139,19 @@ class LongJobTest(unittest.TestCase):
             b = load_file(os.path.join(self.out, name + "_ref", f"{w}.safetensors"))
             self.assertEqual([k for k in b if not (a[k] == b[k]).all()], [], f"{w}: {detail}")
 
-    def test_sigusr1_to_mpirun_checkpoints_exits_75_and_resumes_bit_exactly(self):
-        """SIGUSR1 to mpirun -np 2: a checkpoint at the step boundary, exit status 75, bit-exact resume"""
+    def ranks_of(self, p):
+        """The processes mpirun started (its children), by pid."""
+        out = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        return [int(pid) for pid in out]
+
+    def test_sigusr1_to_every_rank_checkpoints_exits_75_and_resumes_bit_exactly(self):
+        """SIGUSR1 to the ranks of mpirun -np 2 (as srun and Slurm deliver it): a checkpoint, status 75, bit-exact resume"""
         p, log = self.start("usr1", 2)
         self.wait_for(log, "step 20/", p)
-        p.send_signal(signal.SIGUSR1)
+        ranks = self.ranks_of(p)
+        self.assertEqual(len(ranks), 2, f"mpirun's children: {ranks}")
+        for pid in ranks:
+            os.kill(pid, signal.SIGUSR1)
         rc, out = self.finish(p, log)
         self.assertEqual(rc, EXIT_STOPPED, out[-2000:])
         self.assertEqual(out.count("SIGUSR1 received"), 1, out[-2000:])  # rank 0 only
@@ -153,6 +161,24 @@ class LongJobTest(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.out, "usr1", "model.safetensors")),
                          "a stopped run exported final weights")
         self.assert_resume_is_bit_exact("usr1", 2, step)
+
+    def test_sigusr1_to_mpirun(self):
+        """SIGUSR1 to mpirun -np 2: forwarded to the ranks, which stop with status 75 (skipped where mpirun keeps it)"""
+        p, log = self.start("usr1_mpirun", 2)
+        self.wait_for(log, "step 20/", p)
+        p.send_signal(signal.SIGUSR1)
+        try:
+            rc = p.wait(20)
+        except subprocess.TimeoutExpired:
+            # Seen with OpenMPI 4.1.6 on a GPU machine of this project (4.1.4 here forwards it): docs/LONG_JOBS.md.
+            for pid in self.ranks_of(p):
+                os.kill(pid, signal.SIGUSR1)
+            p.wait(60)
+            self.skipTest("this mpirun does not forward SIGUSR1 to its ranks")
+        with open(log) as f:
+            out = f.read()
+        self.assertEqual(rc, EXIT_STOPPED, out[-2000:])
+        self.stopped_step("usr1_mpirun", out)
 
     def test_sigterm_to_mpirun_reaches_the_ranks_and_checkpoints(self):
         """SIGTERM to mpirun -np 2 (OMPI_MCA_odls_base_sigkill_timeout=5): the ranks checkpoint before the kill"""
