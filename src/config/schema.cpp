@@ -1,7 +1,6 @@
 #include "config/schema.hpp"
 
 #include <cmath>
-#include <iomanip>
 #include <sstream>
 
 #include "core/strings.hpp"
@@ -124,9 +123,7 @@ std::vector<std::string> Schema::keys() const {
 
 static std::string number(double x) {
   if (x == std::floor(x) && std::fabs(x) < 1e15) return std::to_string(static_cast<int64_t>(x));
-  std::ostringstream os;
-  os << std::setprecision(17) << x;
-  return os.str();
+  return shortest(x);
 }
 
 std::string type_name(const Option& opt) {
@@ -152,10 +149,8 @@ std::string value_to_toml(const Value& v) {
   if (auto b = std::get_if<bool>(&v)) return *b ? "true" : "false";
   if (auto i = std::get_if<int64_t>(&v)) return std::to_string(*i);
   if (auto d = std::get_if<double>(&v)) {
-    std::ostringstream os;
-    os << std::setprecision(17) << *d;
-    std::string s = os.str();
-    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep it a TOML float
+    std::string s = shortest(*d);  // 0.1, not 0.10000000000000001
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep it a TOML float: 1.0, not 1
     return s;
   }
   std::string out = "\"";
