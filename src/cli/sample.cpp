@@ -29,9 +29,15 @@ struct SampleArgs {
 void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   require_one_process(mpi, "sample");
   const config::Deck deck = a.deck.load(mpi.world());
-  // Everything a user can get wrong is checked before any work starts.
+  // Everything a user can get wrong is checked before any work starts: the plan, the model (the one the weights
+  // record in their metadata, else the deck's), the classes.
   const sample::SamplePlan plan = sample::make_plan(deck, a.options);
-  std::unique_ptr<models::Model> model = models::make_model(deck, std::nullopt);  // described: checks come first
+  const std::string recorded = io::recorded_model(io::read_weights_metadata(a.checkpoint));
+  auto make_model = [&](std::optional<uint64_t> seed) {
+    return recorded.empty() ? models::make_model(deck, seed)
+                            : models::model_from_record(deck, recorded, a.checkpoint, seed);
+  };
+  std::unique_ptr<models::Model> model = make_model(std::nullopt);  // described: no memory yet
   if (a.per_class < 1) throw Error(cat("--per-class ", a.per_class, ": expected >= 1"));
   const models::ConditionSpec spec = model->condition_spec();
   if (spec.kind != models::ConditionKind::Labels)
@@ -64,7 +70,7 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
 
   const bool gpu = pick_gpu(deck.get_string("parallel.device"), "parallel.device =");  // auto: a GPU if visible
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  model = models::make_model(deck, uint64_t{0});
+  model = make_model(uint64_t{0});
   const io::WeightsFile weights = io::read_weights(a.checkpoint);
   model->load_state_dict(model->import_weights(weights.tensors, weights.path), a.checkpoint);
   sample::Sampler sampler(*model, plan, device);

@@ -171,3 +171,28 @@ TEST_F(SampleCli, BadInputIsRejectedBeforeAnyWork) {
   EXPECT_NE(missing.rc, 0);
   EXPECT_NE(missing.output.find("none.safetensors"), std::string::npos) << missing.output;
 }
+
+// opendit's weights record their model (safetensors metadata "config"): sample needs no model keys, a key that
+// agrees is fine, and one that contradicts the record is an error naming both, before any work.
+TEST_F(SampleCli, WeightsRecordTheirModel) {
+  models::dit::DiTConfig cfg;
+  cfg.depth = 1, cfg.hidden_size = 32, cfg.num_heads = 2, cfg.patch_size = 2;
+  cfg.in_channels = 1, cfg.input_size = 4, cfg.num_classes = 3, cfg.learn_sigma = false;
+  models::dit::DiT model(cfg, uint64_t{1});
+  const std::string w = (dir / "rec.safetensors").string(), out = " --out " + (dir / "g.png").string();
+  io::write_weights(w, model.state_dict(), model.weight_metadata());
+  const std::string base = "sample --set model.space=pixel --steps ddim2 --checkpoint " + w;
+  CliRun r = run_opendit(base + out);
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("DiT depth 1, hidden 32, heads 2"), std::string::npos) << r.output;
+  r = run_opendit(base + " --set model.depth=1 --set model.preset=custom" + out);
+  EXPECT_EQ(r.rc, 0) << r.output;
+  r = run_opendit(base + " --set model.depth=3 --set model.learn_sigma=true" + out);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.output.find("rec.safetensors: the deck contradicts the model these weights record"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("model.depth = 3 (--set) but they record depth 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.learn_sigma = true (--set) but they record learn_sigma false"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("sampling "), std::string::npos) << r.output;
+}
