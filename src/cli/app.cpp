@@ -82,6 +82,8 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
   add_sample(app, mpi);
   add_train(app, mpi);
   add_bench(app, mpi);
+  int status = 0;
+  add_check(app, mpi, status);
   check_subcommand_words(app, argc, argv);
   try {
     app.parse(argc, argv);
@@ -97,7 +99,7 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
     while (!msg.empty() && msg.back() == '\n') msg.pop_back();
     throw CollectiveError(msg + " (see opendit --help)");
   }
-  return 0;
+  return status;
 }
 
 bool pick_gpu(const std::string& choice, const std::string& option) {

@@ -42,5 +42,7 @@ void add_bench(CLI::App& app, MpiRuntime& mpi);
 void add_bench_sample(CLI::App& bench, MpiRuntime& mpi);   // `bench sample`, under add_bench's `bench`
 void add_bench_kernels(CLI::App& bench, MpiRuntime& mpi);  // `bench kernels`, called by add_bench
 void add_train(CLI::App& app, MpiRuntime& mpi);
+// status: the exit status of the run (1 when a file is damaged; check prints its own report, no error line).
+void add_check(CLI::App& app, MpiRuntime& mpi, int& status);
 
 }  // namespace opendit::cli

@@ -56,6 +56,9 @@ const Schema& base_schema() {
          1 << 24, {}},
         {"data.prefetch", Type::Int, int64_t{4}, "Batches read ahead by a background thread (0 = none).", 0, 64,
          {}},
+        {"data.verify", Type::Bool, true, "Before training (and in a dry run), verify every dataset of the file "
+         "against its crc32: each rank reads an equal share of the rows once, so the whole file is read once per "
+         "start. `false` skips it (`opendit check FILE` verifies a file by hand).", -inf, inf, {}},
         {"train.steps", Type::Int, int64_t{1000}, "Optimizer steps of the run.", 1, 1e12, {}},
         {"train.precision", Type::Choice, std::string("bf16"), "`bf16`: bf16 compute, fp32 master weights, "
          "optimizer state, EMA and loss; `fp32`: everything fp32.", -inf, inf, {"bf16", "fp32"}},
