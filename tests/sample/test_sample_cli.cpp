@@ -196,3 +196,48 @@ TEST_F(SampleCli, WeightsRecordTheirModel) {
       << r.output;
   EXPECT_EQ(r.output.find("sampling "), std::string::npos) << r.output;
 }
+
+// A sample that comes out NaN or Inf is named by its row: class, which of its class, and its noise.
+TEST_F(SampleCli, NonFiniteSampleIsNamedByItsRow) {
+  at::Tensor noise = io::load_safetensors(refdir + "/noise.safetensors").tensors.at("noise").clone();  // [6, ...]
+  noise[3].fill_(3e38f);  // finite, but the network overflows on it
+  const std::string huge = (dir / "huge.safetensors").string(), out = " --out " + (dir / "x.safetensors").string();
+  io::save_safetensors(huge, {{"noise", noise}}, {});
+  CliRun r = run_opendit("sample " + deck() + weights() + " --steps ddim3 --classes 1,3,7 --per-class 2 --init-noise " +
+                         huge + out);
+  EXPECT_NE(r.rc, 0);
+  const std::string row3 = "sample 3 (class 3, number 2 of 2 for that class; noise row 3 of " + huge + ")";
+  EXPECT_NE(r.output.find(row3 + " came out NaN or Inf; nothing written"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "x.safetensors"));
+  // A NaN in the given noise is named up front.
+  noise[3].fill_(NAN);
+  io::save_safetensors(huge, {{"noise", noise}}, {});
+  r = run_opendit("sample " + deck() + weights() + " --classes 1,3,7 --per-class 2 --init-noise " + huge + out);
+  EXPECT_NE(r.output.find(huge + ": noise row 3 (for " + row3 + ") holds NaN or Inf"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("sampling "), std::string::npos) << r.output;
+}
+
+// Where the samples go is checked before the weights are loaded: the folder, a folder in the way, the inputs.
+TEST_F(SampleCli, OutputIsCheckedBeforeAnyWork) {
+  fs::create_directories(dir / "taken.safetensors");
+  fs::copy_file(refdir + "/weights.safetensors", dir / "w.safetensors");
+  const std::string w = (dir / "w.safetensors").string();
+  struct Case {
+    std::string args, message;
+  } cases[] = {
+      {weights() + " --out " + (dir / "nope" / "x.safetensors").string(), "nope' does not exist"},
+      {weights() + " --out " + (dir / "taken.safetensors").string(), "is a folder"},
+      {" --checkpoint " + w + " --out " + w, "an input of this run"},
+  };
+  for (const auto& c : cases) {
+    CliRun r = run_opendit("sample " + deck() + " --classes 1" + c.args);
+    EXPECT_NE(r.rc, 0) << c.args;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("sampling "), std::string::npos) << "work started for" << c.args;
+  }
+  std::ofstream(dir / "old.safetensors") << "old";
+  CliRun r = run_opendit("sample " + deck() + weights() + " --classes 1 --steps 2 --out " +
+                         (dir / "old.safetensors").string());
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("replaces " + (dir / "old.safetensors").string()), std::string::npos) << r.output;
+}
