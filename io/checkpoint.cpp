@@ -363,20 +363,7 @@ std::map<std::string, at::Tensor> read_checkpoint_weights(const std::string& pat
   H5Group root = file.root();
   check_and_read_meta(root);
   H5Group grp = open_path(root, group);
-  std::vector<std::string> names;
-  {
-    std::lock_guard<std::recursive_mutex> lock(h5_mutex());
-    H5G_info_t info;
-    if (H5Gget_info(grp.id(), &info) < 0) grp.fail("cannot list the group");
-    for (hsize_t i = 0; i < info.nlinks; ++i) {
-      const ssize_t n = H5Lget_name_by_idx(grp.id(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
-      if (n < 0) grp.fail("cannot list the group");
-      std::string name(std::size_t(n) + 1, '\0');
-      H5Lget_name_by_idx(grp.id(), ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(), H5P_DEFAULT);
-      name.resize(std::size_t(n));
-      names.push_back(name);
-    }
-  }
+  const std::vector<std::string> names = grp.children();
   std::map<std::string, at::Tensor> out;
   for (const auto& name : names) {
     H5Dataset ds = grp.open_dataset(name);
@@ -388,6 +375,19 @@ std::map<std::string, at::Tensor> read_checkpoint_weights(const std::string& pat
     out[name] = t;
   }
   return out;
+}
+
+CheckpointMeta check_checkpoint(const std::string& path, const std::function<void(const DatasetCheck&)>& on_check,
+                                const std::function<void(std::int64_t)>& on_bytes) {
+  H5File file = H5File::open(path);
+  const H5Group root = file.root();
+  const CheckpointMeta meta = check_and_read_meta(root);
+  for (std::size_t g = 0; g < kGroups.size(); ++g) {
+    if (g == kEma && !root.has("ema")) continue;
+    const H5Group grp = open_path(root, kGroups[g]);
+    for (const auto& name : grp.children()) on_check(check_dataset(grp.open_dataset(name), on_bytes));
+  }
+  return meta;
 }
 
 }  // namespace opendit::io

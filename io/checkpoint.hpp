@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/flat_layout.hpp"
+#include "io/checksum.hpp"
 #include "parallel/process_group.hpp"
 
 namespace opendit::io {
@@ -89,5 +90,11 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 // Full tensors of one group ("model" or "ema", also the optimizer groups) by parameter name, frozen ones included,
 // checksums verified. One process (for export).
 std::map<std::string, at::Tensor> read_checkpoint_weights(const std::string& path, const std::string& group);
+
+// `opendit check`: the meta (format and version first), then every dataset of every group the file has (/model,
+// /ema when present, /optim/...), each read and compared with its crc32; a dataset without one is reported with no
+// expected value (the caller counts it as damaged: every checkpoint dataset has one). One process.
+CheckpointMeta check_checkpoint(const std::string& path, const std::function<void(const DatasetCheck&)>& on_check,
+                                const std::function<void(std::int64_t)>& on_bytes = {});
 
 }  // namespace opendit::io

@@ -49,6 +49,23 @@ bool path_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
+bool check_can_write(const std::string& path, const std::string& what) {
+  const std::size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw Error(cat(what, " ", path, ": the folder '", dir, "' does not exist (create it first)"));
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if (exists && S_ISDIR(st.st_mode)) throw Error(cat(what, " ", path, ": is a folder; expected a file name"));
+  // A probe file beside it: what the writer's temporary file needs (access() says yes to root on a read-only mount).
+  const std::string probe = cat(path, ".probe-", ::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+  if (fd < 0) throw Error(cat(what, " ", path, ": cannot create a file in '", dir, "' (", errno_text(), ")"));
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return exists;
+}
+
 std::vector<std::pair<std::string, std::string>> list_dir(const std::string& dir) {
   std::vector<std::pair<std::string, std::string>> out;
   DIR* d = ::opendir(dir.c_str());

@@ -17,6 +17,11 @@ void fsync_path(const std::string& path, bool dir);
 
 bool path_exists(const std::string& path);
 
+// Before any work: whether a writer can make the file `path` (atomically: a temporary file beside it, then a
+// rename). Its folder must exist and take a new file (tried, then removed) and `path` must not be a folder; errors
+// are opendit::Error "<what> <path>: ...". Returns whether a file is there already (it would be replaced).
+bool check_can_write(const std::string& path, const std::string& what);
+
 // The entries of a folder as (name, full path); empty when it cannot be read.
 std::vector<std::pair<std::string, std::string>> list_dir(const std::string& dir);
 

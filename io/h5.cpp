@@ -47,6 +47,13 @@ std::string hdf5_library_version() {
              hdf5_is_parallel() ? " (parallel: yes)" : " (parallel: no, checkpoints are written through rank 0)");
 }
 
+bool is_hdf5_file(const std::string& path) {
+  Lock lock;
+  const htri_t rc = H5Fis_hdf5(path.c_str());
+  H5Eclear2(H5E_DEFAULT);
+  return rc > 0;
+}
+
 std::recursive_mutex& h5_mutex() {
   static std::recursive_mutex m;
   return m;
@@ -256,6 +263,30 @@ double H5Object::read_attr_double(const std::string& name) const {
 bool H5Group::has(const std::string& name) const {
   Lock lock;
   return check(H5Lexists(id(), name.c_str(), H5P_DEFAULT), file_, child_path(name), "cannot look up a link") > 0;
+}
+
+std::vector<std::string> H5Group::children() const {
+  Lock lock;
+  H5G_info_t info;
+  if (H5Gget_info(id(), &info) < 0) fail("cannot list the group");
+  std::vector<std::string> names;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t n = H5Lget_name_by_idx(id(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    if (n < 0) fail("cannot list the group");
+    std::string name(std::size_t(n) + 1, '\0');
+    H5Lget_name_by_idx(id(), ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(), H5P_DEFAULT);
+    name.resize(std::size_t(n));
+    names.push_back(name);
+  }
+  return names;
+}
+
+bool H5Group::is_group(const std::string& name) const {
+  Lock lock;
+  if (!has(name)) return false;
+  H5Handle o(H5Oopen(id(), name.c_str(), H5P_DEFAULT), H5Oclose);
+  if (!o.valid()) h5_fail(file_, child_path(name), "cannot open the object");
+  return H5Iget_type(o.id()) == H5I_GROUP;
 }
 
 H5Group H5Group::create_group(const std::string& name) {

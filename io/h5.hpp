@@ -32,6 +32,8 @@ bool hdf5_is_parallel();
 // "1.10.8 (parallel: yes)", for `opendit info`.
 std::string hdf5_library_version();
 std::recursive_mutex& h5_mutex();
+// Whether `path` is an HDF5 file (its signature); false when it cannot be read.
+bool is_hdf5_file(const std::string& path);
 
 // Throws opendit::Error: "HDF5 file 'F', object 'O': WHAT (HDF5: messages of the current error stack)".
 [[noreturn]] void h5_fail(const std::string& file, const std::string& object, const std::string& what);
@@ -143,6 +145,8 @@ class H5Group : public H5Object {
   H5Group(H5Handle h, std::string file, std::string path, bool mpio)
       : H5Object(std::move(h), std::move(file), std::move(path), mpio) {}
   bool has(const std::string& name) const;  // a direct child (group or dataset)
+  std::vector<std::string> children() const;  // the names of the direct children, in name order
+  bool is_group(const std::string& name) const;  // a direct child that is a group
   H5Group create_group(const std::string& name);
   H5Group open_group(const std::string& name) const;
   void remove(const std::string& name);  // unlinks a child (the space is not reclaimed)

@@ -29,6 +29,14 @@ at::Tensor image_grid(const at::Tensor& images, int64_t cols, int64_t pad) {
   return grid;
 }
 
+bool png_supported() {
+#ifdef OPENDIT_HAVE_PNG
+  return true;
+#else
+  return false;
+#endif
+}
+
 void write_png(const std::string& path, const at::Tensor& hwc) {
   TORCH_CHECK(hwc.dim() == 3 && hwc.scalar_type() == at::kByte && (hwc.size(2) == 1 || hwc.size(2) == 3),
               "write_png expects uint8 [H, W, 1|3], got ", hwc.sizes(), " ", hwc.scalar_type());

@@ -10,6 +10,9 @@ namespace opendit::io {
 // row-major order of the samples (`cols` per row), with `pad` pixels of white between and around them.
 at::Tensor image_grid(const at::Tensor& images, int64_t cols, int64_t pad = 2);
 
+// Whether this build writes PNG files (it was built with libpng).
+bool png_supported();
+
 // Writes uint8 [H, W, C] (C = 1 grey, 3 RGB) atomically (PATH.tmp, then rename). Errors name the path.
 void write_png(const std::string& path, const at::Tensor& hwc_uint8);
 

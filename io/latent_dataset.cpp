@@ -14,6 +14,7 @@
 #include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/strings.hpp"
+#include "io/checksum.hpp"
 #include "io/files.hpp"
 
 namespace opendit::io {
@@ -78,9 +79,12 @@ void LatentDatasetWriter::fail(const std::string& what) const {
   throw Error(cat("latent dataset '", path_, "': ", what));
 }
 
+// Rows go to the file and into the dataset's running crc32, from the same memory: no second pass.
 void LatentDatasetWriter::append_rows(H5Dataset& ds, const at::Tensor& rows) {
-  ds.extend_rows(count_ + rows.size(0));
-  ds.write_rows(count_, rows);
+  const at::Tensor c = rows.contiguous();
+  ds.extend_rows(count_ + c.size(0));
+  ds.write_rows(count_, c);
+  crcs_[ds.path()].add(c);
 }
 
 void LatentDatasetWriter::append(const at::Tensor& latents, const at::Tensor& labels, const at::Tensor& text_emb,
@@ -126,6 +130,8 @@ void LatentDatasetWriter::finalize() {
   if (!file_) fail("finalize() called twice");
   {
     H5Group root = file_->root();
+    for (auto* ds : {&latents_, &labels_, &text_emb_, &text_mask_})
+      if (ds->has_value()) (*ds)->write_attr(kCrcAttribute, std::int64_t(crcs_[(*ds)->path()].value()));
     root.write_attr("count", count_);
     root.write_attr("created_at", now_iso8601());
   }
@@ -173,6 +179,12 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
       labels.fail(cat("must be int64 [N], found ", dtype_name(labels.dtype()), " ", shape_str(labels.shape())));
     if (labels.shape()[0] != count_) labels.fail(cat("has ", labels.shape()[0], " labels for ", count_, " samples"));
     labels_ = labels.read();
+    // Read whole anyway: verified on every open (before the range check, which damage would trip first).
+    if (const auto want = stored_crc32(labels)) {
+      Crc32 found;
+      found.add(labels_);
+      if (found.value() != *want) labels.fail(crc_mismatch(*want, found.value()));
+    }
     const auto bad = (labels_ < 0).logical_or(labels_ >= num_classes_).nonzero();
     if (bad.numel() > 0) {
       const std::int64_t row = bad[0][0].item<std::int64_t>();
@@ -195,6 +207,13 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
       text_mask_->fail(
           cat("must be uint8 [", count_, ", ", e[1], "], found ", dtype_name(text_mask_->dtype()), " ", shape_str(m)));
   }
+}
+
+std::vector<std::string> LatentDataset::dataset_names() const {
+  std::vector<std::string> names = {"latents"};
+  if (has_labels()) names.push_back("labels");
+  if (has_text()) names.insert(names.end(), {"text_emb", "text_mask"});
+  return names;
 }
 
 std::int64_t LatentDataset::bytes_per_sample() const {

@@ -2,19 +2,21 @@
 //
 //   LatentDatasetWriter w(path, {4, 32, 32}, at::kHalf, info);     // writes path + ".partial"
 //   w.append(latents, labels);  ...                                 // [n, 4, 32, 32], [n]
-//   w.finalize();                                                   // count, created_at; renamed to path
+//   w.finalize();                                                   // crc32s, count, created_at; renamed
 //
-//   LatentDataset ds(path);                                         // validated on open
+//   LatentDataset ds(path);                                         // validated on open (and /labels' crc32)
 //   LatentBatch b = ds.read({7, 3, 4});                             // float32 [3, 4, 32, 32], labels [3]
 #pragma once
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "io/atomic_file.hpp"
+#include "io/checksum.hpp"
 #include "io/h5.hpp"
 
 namespace opendit::io {
@@ -61,6 +63,7 @@ class LatentDatasetWriter {
   std::int64_t count_ = 0;
   std::optional<H5File> file_;
   std::optional<H5Dataset> latents_, labels_, text_emb_, text_mask_;
+  std::map<std::string, Crc32> crcs_;  // by dataset path: the crc32 of the rows appended so far
 };
 
 // Rows of a latent dataset, in the order they were asked for.
@@ -86,6 +89,9 @@ class LatentDataset {
   double scale_factor() const { return scale_factor_; }
   const std::string& space() const { return space_; }
   std::int64_t bytes_per_sample() const;  // as stored, all datasets
+  // The datasets it has, by name under the root ("latents", "labels", "text_emb", "text_mask"): what
+  // io::verify_datasets checks. /labels is read whole on open and so verified against its crc32 there.
+  std::vector<std::string> dataset_names() const;
 
   // Any rows in any order (repeats allowed). Reads the sorted distinct rows in contiguous runs, one hyperslab per
   // run, then puts them in the asked order. pin_memory: the float tensors are in pinned host memory (needs CUDA).

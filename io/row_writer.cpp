@@ -1,7 +1,11 @@
 #include "io/row_writer.hpp"
 
+#include <algorithm>
+#include <tuple>
+
 #include "core/error.hpp"
 #include "core/strings.hpp"
+#include "io/checksum.hpp"
 #include "io/shared_file.hpp"
 
 namespace opendit::io {
@@ -81,9 +85,20 @@ void RowWriter::write_blocks(H5File& file, const std::map<std::string, RowBlock>
   }
 }
 
-void RowWriter::write(const std::map<std::string, RowBlock>& blocks) {
+void RowWriter::write(const std::map<std::string, RowBlock>& in) {
   if (closed_) throw Error(cat("row writer '", path_, "': write() after close()"));
-  group_.agree([&] { check(blocks); });
+  group_.agree([&] { check(in); });
+  // The stored dtype, contiguous on the CPU: written as it is and its crc32 taken from the same memory.
+  std::map<std::string, RowBlock> blocks;
+  for (std::size_t i = 0; i < datasets_.size(); ++i) {
+    auto it = in.find(datasets_[i].name);
+    if (it == in.end()) continue;
+    RowBlock b{it->second.first, it->second.rows.to(at::kCPU, datasets_[i].dtype).contiguous()};
+    Crc32 crc;
+    crc.add(b.rows);
+    pieces_.push_back({std::int64_t(i), b.first, b.rows.size(0), std::int64_t(crc.value()), crc.bytes()});
+    blocks.emplace(it->first, std::move(b));
+  }
   if (collective_) {
     group_.agree([&] { write_blocks(*file_, blocks, true); });
     return;
@@ -96,10 +111,58 @@ void RowWriter::write(const std::map<std::string, RowBlock>& blocks) {
   });
 }
 
+// Rank 0 combines every rank's pieces in row order. A dataset gets its crc32 only when the pieces cover its rows
+// exactly once: otherwise the writes do not tell what it holds (unwritten rows, rows written twice).
+std::vector<std::int64_t> RowWriter::combined_crcs() const {
+  std::vector<std::int64_t> flat;
+  for (const Piece& p : pieces_) flat.insert(flat.end(), {p.dataset, p.first, p.rows, p.crc, p.bytes});
+  const auto gathered = group_.gather(flat, 0);
+  std::vector<std::int64_t> crcs(datasets_.size(), -1);  // -1: no crc32
+  if (group_.rank() == 0) {
+    std::vector<Piece> all;
+    for (const auto& v : gathered)
+      for (std::size_t i = 0; i + 5 <= v.size(); i += 5) all.push_back({v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]});
+    std::sort(all.begin(), all.end(), [](const Piece& a, const Piece& b) {
+      return std::tie(a.dataset, a.first) < std::tie(b.dataset, b.first);
+    });
+    for (std::size_t d = 0; d < datasets_.size(); ++d) {
+      Crc32 whole;
+      std::int64_t next = 0;
+      bool exact = true;
+      for (const Piece& p : all) {
+        if (p.dataset != std::int64_t(d) || p.rows == 0) continue;
+        exact = exact && p.first == next;
+        whole.append(std::uint32_t(p.crc), p.bytes);
+        next = p.first + p.rows;
+      }
+      if (exact && next == datasets_[d].rows) crcs[d] = whole.value();
+    }
+  }
+  return group_.broadcast(crcs, 0);
+}
+
 void RowWriter::close() {
   if (closed_) return;
   closed_ = true;
-  if (collective_) group_.agree([&] { file_->close(); });
+  const std::vector<std::int64_t> crcs = combined_crcs();
+  auto write_crcs = [&](H5File& file) {
+    H5Group root = file.root();
+    for (std::size_t d = 0; d < datasets_.size(); ++d)
+      if (crcs[d] >= 0) root.open_dataset(datasets_[d].name).write_attr(kCrcAttribute, crcs[d]);
+  };
+  if (collective_) {  // attribute writes are collective with parallel HDF5: every rank writes the same
+    group_.agree([&] {
+      write_crcs(*file_);
+      file_->close();
+    });
+  } else {
+    group_.agree([&] {
+      if (group_.rank() != 0) return;
+      H5File file = H5File::open(path_, H5Mode::read_write);
+      write_crcs(file);
+      file.close();
+    });
+  }
   file_.reset();
 }
 

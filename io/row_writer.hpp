@@ -9,6 +9,9 @@
 // serial HDF5 (or force_serial) rank 0 creates the file and each write() has the ranks open, write and close it in
 // turn (io/shared_file.hpp). Bad blocks (an unknown dataset, rows outside the dataset, another row shape) and HDF5
 // failures stop every rank alike with one opendit::CollectiveError.
+//
+// Checksums: each rank takes the crc32 of the blocks it writes, from memory; close() combines them in row order on
+// rank 0 and gives every dataset whose rows were written exactly once its crc32 attribute (io/checksum.hpp).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -49,9 +52,13 @@ class RowWriter {
 
   // This rank's blocks, by dataset name; a rank may pass none (it still takes part).
   void write(const std::map<std::string, RowBlock>& blocks);
-  void close();
+  void close();  // collective: the crc32 attributes, then the file is closed
 
  private:
+  struct Piece {  // one block this rank wrote: its dataset (index), rows, crc32 and bytes
+    std::int64_t dataset, first, rows, crc, bytes;
+  };
+  std::vector<std::int64_t> combined_crcs() const;  // collective: per dataset its crc32, or -1
   void check(const std::map<std::string, RowBlock>& blocks) const;
   void write_blocks(H5File& file, const std::map<std::string, RowBlock>& blocks, bool collective) const;
 
@@ -61,6 +68,7 @@ class RowWriter {
   bool collective_;
   std::unique_ptr<H5File> file_;  // open between writes with parallel HDF5
   bool closed_ = false;
+  std::vector<Piece> pieces_;
 };
 
 }  // namespace opendit::io

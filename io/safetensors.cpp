@@ -71,13 +71,7 @@ struct Fd {
 
 // ---- reading --------------------------------------------------------------------------------------
 
-// One header entry after validation: [begin, end) lies inside the data buffer and holds exactly numel * itemsize.
-struct Entry {
-  std::string name;
-  at::ScalarType dtype;
-  std::vector<std::int64_t> shape;
-  std::uint64_t begin, end;
-};
+using Entry = SafetensorsEntry;
 
 class Reader {
  public:
@@ -157,22 +151,50 @@ class Reader {
     const int raw = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (raw < 0) throw Error(cat("cannot open safetensors file '", path_, "': ", std::strerror(errno)));
     Fd fd(raw);
+    const SafetensorsHeader h = header(fd.fd);
+    const std::uint64_t data_start = h.file_bytes - h.data_bytes;
+    SafetensorsFile out;
+    out.metadata = h.metadata;
+    // Only now, with every entry validated, touch the data.
+    for (const Entry& e : h.tensors) {
+      at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
+      read_exact(fd.fd, t.data_ptr(), e.end - e.begin, data_start + e.begin);
+      if (e.dtype == at::kBool) {  // any byte but 0/1 in a torch bool tensor is undefined behaviour
+        const auto* b = static_cast<const unsigned char*>(t.data_ptr());
+        const auto* bad = std::find_if(b, b + t.numel(), [](unsigned char c) { return c > 1; });
+        if (bad != b + t.numel())
+          fail(e.name, cat("BOOL element ", bad - b, " holds byte ", int(*bad), ", expected 0 or 1"));
+      }
+      out.tensors.emplace(e.name, std::move(t));
+    }
+    return out;
+  }
+
+  SafetensorsHeader header() const {
+    const int raw = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (raw < 0) throw Error(cat("cannot open safetensors file '", path_, "': ", std::strerror(errno)));
+    Fd fd(raw);
+    return header(fd.fd);
+  }
+
+  // The header, validated against the file size; entries sorted by offset.
+  SafetensorsHeader header(int fd) const {
     struct stat st {};
-    if (::fstat(fd.fd, &st) != 0) fail(cat("cannot stat: ", std::strerror(errno)));
+    if (::fstat(fd, &st) != 0) fail(cat("cannot stat: ", std::strerror(errno)));
     if (!S_ISREG(st.st_mode)) fail("not a regular file");
     const auto size = static_cast<std::uint64_t>(st.st_size);
 
     // 8-byte little-endian header length, then the header.
     if (size < 8) fail(cat("file is ", size, " bytes, shorter than the 8-byte header length"));
     unsigned char len_bytes[8];
-    read_exact(fd.fd, len_bytes, 8, 0);
+    read_exact(fd, len_bytes, 8, 0);
     std::uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
     if (n == 0) fail("header length is 0");
     if (n > kMaxHeaderBytes) fail(cat("header length ", n, " exceeds the 100 MiB limit (not a safetensors file?)"));
     if (n > size - 8) fail(cat("header length ", n, " but only ", size - 8, " bytes follow (truncated file?)"));
     std::string text(n, '\0');
-    read_exact(fd.fd, text.data(), n, 8);
+    read_exact(fd, text.data(), n, 8);
     const std::uint64_t data_start = 8 + n, data_size = size - data_start;
 
     // A name given twice would silently hide one tensor: the parser callback sees every top-level key.
@@ -194,8 +216,10 @@ class Reader {
     }
     if (!header.is_object()) fail(cat("header must be a JSON object, found ", header.type_name()));
 
-    SafetensorsFile out;
-    std::vector<Entry> entries;
+    SafetensorsHeader out;
+    out.file_bytes = size;
+    out.data_bytes = data_size;
+    std::vector<Entry>& entries = out.tensors;
     for (const auto& [name, value] : header.items()) {
       if (name != "__metadata__") {
         entries.push_back(parse_entry(name, value, data_size));
@@ -220,18 +244,6 @@ class Reader {
       if (!last || e.end > last->end) last = &e;
     }
 
-    // Only now, with every entry validated, touch the data.
-    for (const Entry& e : entries) {
-      at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
-      read_exact(fd.fd, t.data_ptr(), e.end - e.begin, data_start + e.begin);
-      if (e.dtype == at::kBool) {  // any byte but 0/1 in a torch bool tensor is undefined behaviour
-        const auto* b = static_cast<const unsigned char*>(t.data_ptr());
-        const auto* bad = std::find_if(b, b + t.numel(), [](unsigned char c) { return c > 1; });
-        if (bad != b + t.numel())
-          fail(e.name, cat("BOOL element ", bad - b, " holds byte ", int(*bad), ", expected 0 or 1"));
-      }
-      out.tensors.emplace(e.name, std::move(t));
-    }
     return out;
   }
 
@@ -258,6 +270,8 @@ void write_all(int fd, const void* src, std::uint64_t n, const std::string& path
 }  // namespace
 
 SafetensorsFile load_safetensors(const std::string& path) { return Reader(path).load(); }
+
+SafetensorsHeader read_safetensors_header(const std::string& path) { return Reader(path).header(); }
 
 void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {

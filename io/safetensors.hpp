@@ -12,8 +12,10 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace opendit::io {
 
@@ -22,8 +24,25 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;  // the "__metadata__" object
 };
 
+// One tensor of a header, validated: [begin, end) lies inside the data buffer (offsets relative to its start) and
+// holds exactly numel * itemsize bytes; no two tensors share bytes.
+struct SafetensorsEntry {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin, end;
+};
+
+struct SafetensorsHeader {
+  std::vector<SafetensorsEntry> tensors;        // by offset
+  std::map<std::string, std::string> metadata;  // the "__metadata__" object
+  std::uint64_t file_bytes = 0, data_bytes = 0;  // the file, and its data buffer (after the header)
+};
+
 // Supported dtypes: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL.
 SafetensorsFile load_safetensors(const std::string& path);
+// The header alone, validated as load_safetensors validates it (no tensor data is read).
+SafetensorsHeader read_safetensors_header(const std::string& path);
 
 // Tensors may live on any device and be non-contiguous; they are copied to contiguous CPU memory first.
 // Written sorted by name, header padded with spaces to a multiple of 8 bytes, atomically

@@ -12,15 +12,26 @@ namespace opendit::io {
 
 namespace fs = std::filesystem;
 
+std::string weights_file_path(const std::string& path) {
+  if (!fs::is_directory(path)) return path;
+  for (const char* name : {"diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors"})
+    if (fs::exists(fs::path(path) / name)) return (fs::path(path) / name).string();
+  throw Error(cat(path, ": a folder without diffusion_pytorch_model.safetensors"));
+}
+
+std::map<std::string, std::string> read_weights_metadata(const std::string& path) {
+  return read_safetensors_header(weights_file_path(path)).metadata;
+}
+
+std::string recorded_model(const std::map<std::string, std::string>& metadata) {
+  const auto format = metadata.find("format"), config = metadata.find("config");
+  if (format == metadata.end() || format->second.rfind("opendit.", 0) != 0 || config == metadata.end()) return "";
+  return config->second;
+}
+
 WeightsFile read_weights(const std::string& path) {
   WeightsFile w;
-  w.path = path;
-  if (fs::is_directory(path)) {
-    w.path.clear();
-    for (const char* name : {"diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors"})
-      if (fs::exists(fs::path(path) / name)) w.path = (fs::path(path) / name).string();
-    if (w.path.empty()) throw Error(cat(path, ": a folder without diffusion_pytorch_model.safetensors"));
-  }
+  w.path = weights_file_path(path);
   SafetensorsFile file = load_safetensors(w.path);
   w.tensors = std::move(file.tensors);
   w.metadata = std::move(file.metadata);

@@ -18,6 +18,14 @@ struct WeightsFile {
 
 // A .safetensors file or a diffusers folder. Throws opendit::Error naming the path.
 WeightsFile read_weights(const std::string& path);
+// The .safetensors file read_weights reads: `path` itself, or a diffusers folder's weights file.
+std::string weights_file_path(const std::string& path);
+// The metadata alone (the header; no tensor is read): what a command checks before loading the weights.
+std::map<std::string, std::string> read_weights_metadata(const std::string& path);
+
+// The model configuration opendit's own weight files record (Model::weight_metadata: "format" = "opendit.*" and
+// "config" = Model::config_json), "" for weights from elsewhere; with it a command needs no model.* deck keys.
+std::string recorded_model(const std::map<std::string, std::string>& metadata);
 
 // Tensors of any device and layout, written contiguous on the CPU (atomically: io/safetensors.hpp).
 void write_weights(const std::string& path, const std::map<std::string, at::Tensor>& tensors,

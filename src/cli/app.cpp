@@ -1,5 +1,6 @@
 #include "cli/app.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -7,6 +8,7 @@
 #include "core/build_info.hpp"
 #include "core/devices.hpp"
 #include "core/error.hpp"
+#include "core/strings.hpp"
 #include "models/registry.hpp"
 
 namespace opendit::cli {
@@ -41,6 +43,36 @@ config::Deck DeckArgs::load(const parallel::ProcessGroup& world) const {
   return deck;
 }
 
+namespace {
+
+// `opendit trian` names the word and the closest subcommand (CLI11 alone says "A subcommand is required"). Walks
+// argv down the commands that require a subcommand (opendit, opendit bench) while its words name subcommands.
+void check_subcommand_words(const CLI::App& app, int argc, char** argv) {
+  const CLI::App* cur = &app;
+  std::string where = "opendit";
+  for (int i = 1; i < argc && cur->get_require_subcommand_min() > 0; ++i) {
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') return;  // an option: CLI11's own checks follow
+    std::vector<std::string> names;
+    for (const CLI::App* sub : cur->get_subcommands([](const CLI::App*) { return true; }))
+      names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), word) != names.end()) {
+      cur = cur->get_subcommand(word);
+      where += " " + word;
+      continue;
+    }
+    const std::string near = closest_match(word, names);
+    const std::string prefix = where == "opendit" ? "" : where.substr(8) + " ";  // "bench "
+    const bool close = edit_distance(word, near) <= std::max<std::size_t>(2, word.size() / 3);
+    throw CollectiveError(cat("unknown subcommand '", prefix, word, "'",
+                              close ? "; did you mean '" + prefix + near + "'?"
+                                    : " (subcommands: " + join(names, ", ") + ")",
+                              " (see ", where, " --help)"));
+  }
+}
+
+}  // namespace
+
 int run(int argc, char** argv, MpiRuntime& mpi) {
   CLI::App app{"opendit: train and sample Diffusion Transformers on GPU clusters (MPI + NCCL + HDF5)", "opendit"};
   app.set_version_flag("--version", std::string("opendit ") + OPENDIT_VERSION + " (" + OPENDIT_GIT_COMMIT + ")");
@@ -48,9 +80,11 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
   add_info(app, mpi);
   add_convert(app, mpi);
   add_sample(app, mpi);
-  int status = 0;
+  int status = 0;  // the exit status of train or check (a stop on a signal, a damaged file)
   add_train(app, mpi, status);
   add_bench(app, mpi);
+  add_check(app, mpi, status);
+  check_subcommand_words(app, argc, argv);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

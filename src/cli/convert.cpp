@@ -46,17 +46,21 @@ void run_convert(const ConvertArgs& a, MpiRuntime& mpi) {
   require_one_process(mpi, "convert");
   const bool checkpoint = a.in.size() > 3 && a.in.substr(a.in.size() - 3) == ".h5";
   const bool have_deck = !a.deck.config_path.empty() || !a.deck.sets.empty();
-  // The model: the deck's, the checkpoint's, or the one the weights describe.
+  const config::Deck deck = a.deck.load(mpi.world());
+  // The model: the one the weights record (checkpoints always, opendit's safetensors in their metadata), checked
+  // against the model keys the deck gives; else the deck's, or the one the weights and a config.json describe.
   models::StateDict sd;
   std::unique_ptr<models::Model> model;
   if (checkpoint) {
     sd = io::read_checkpoint_weights(a.in, a.group);
-    model = have_deck ? models::make_model(a.deck.load(mpi.world()), uint64_t{0})
-                      : models::model_from_config_json(io::read_checkpoint_meta(a.in).model_json, uint64_t{0});
+    model = models::model_from_record(deck, io::read_checkpoint_meta(a.in).model_json, a.in, uint64_t{0});
   } else {
     const io::WeightsFile file = io::read_weights(a.in);
-    if (have_deck)
-      model = models::make_model(a.deck.load(mpi.world()), uint64_t{0});
+    const std::string recorded = io::recorded_model(file.metadata);
+    if (!recorded.empty())
+      model = models::model_from_record(deck, recorded, file.path, uint64_t{0});
+    else if (have_deck)
+      model = models::make_model(deck, uint64_t{0});
     else
       model = models::model_type_of(file.tensors, file.path).from_weights(file.tensors, file.config_json, a.in);
     sd = model->import_weights(file.tensors, file.path);

@@ -8,6 +8,7 @@
 #include "core/devices.hpp"
 #include "core/error.hpp"
 #include "core/progress.hpp"
+#include "core/strings.hpp"
 #include "io/safetensors.hpp"
 #include "io/weights.hpp"
 #include "models/registry.hpp"
@@ -26,12 +27,32 @@ struct SampleArgs {
   sample::SampleOptions options;
 };
 
+// Rows of samples [N, ...] that hold a NaN or Inf.
+std::vector<int64_t> nonfinite_rows(const at::Tensor& samples) {
+  const at::Tensor bad = at::isfinite(samples).flatten(1).all(1).logical_not().nonzero().flatten();
+  return std::vector<int64_t>(bad.data_ptr<int64_t>(), bad.data_ptr<int64_t>() + bad.numel());
+}
+
+// "sample 5 (class 3, number 2 of 4 for that class; noise row 5 of seed 0)": which request a row of the output is.
+std::string describe_row(int64_t row, const std::vector<int64_t>& labels, int per_class, const SampleArgs& a,
+                         int64_t seed) {
+  const std::string noise = a.init_noise.empty() ? cat("seed ", seed) : a.init_noise;
+  return cat("sample ", row, " (class ", labels[size_t(row)], ", number ", row % per_class + 1, " of ", per_class,
+             " for that class; noise row ", row, " of ", noise, ")");
+}
+
 void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   require_one_process(mpi, "sample");
   const config::Deck deck = a.deck.load(mpi.world());
-  // Everything a user can get wrong is checked before any work starts.
+  // Everything a user can get wrong is checked before any work starts: the plan, the model (the one the weights
+  // record in their metadata, else the deck's), the classes, the output.
   const sample::SamplePlan plan = sample::make_plan(deck, a.options);
-  std::unique_ptr<models::Model> model = models::make_model(deck, std::nullopt);  // described: checks come first
+  const std::string recorded = io::recorded_model(io::read_weights_metadata(a.checkpoint));
+  auto make_model = [&](std::optional<uint64_t> seed) {
+    return recorded.empty() ? models::make_model(deck, seed)
+                            : models::model_from_record(deck, recorded, a.checkpoint, seed);
+  };
+  std::unique_ptr<models::Model> model = make_model(std::nullopt);  // described: no memory yet
   if (a.per_class < 1) throw Error(cat("--per-class ", a.per_class, ": expected >= 1"));
   const models::ConditionSpec spec = model->condition_spec();
   if (spec.kind != models::ConditionKind::Labels)
@@ -39,6 +60,8 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   const std::vector<int64_t> classes = sample::parse_classes(a.classes, spec.num_classes);
   const std::vector<int64_t> shape = model->sample_shape();
   const sample::OutputKind kind = sample::output_kind(a.out, plan.pixel, shape.front());
+  const bool replaces =
+      sample::check_output(a.out, kind, {io::weights_file_path(a.checkpoint), a.init_noise, a.deck.config_path});
 
   // Labels: a row of per_class samples for each class.
   std::vector<int64_t> labels;
@@ -58,28 +81,40 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
       throw Error(cat(a.init_noise, ": noise has shape ", it->second.sizes(), ", expected ",
                       at::IntArrayRef(noise_shape), " (", N, " samples)"));
     noise = it->second.to(at::kFloat);
+    if (const auto bad = nonfinite_rows(noise); !bad.empty())
+      throw Error(cat(a.init_noise, ": noise row ", bad.front(), " (for ", describe_row(bad.front(), labels,
+                      a.per_class, a, plan.seed), ") holds NaN or Inf"));
   }
   at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(plan.seed));
   if (!noise.defined()) noise = at::randn(noise_shape, gen);
 
   const bool gpu = pick_gpu(deck.get_string("parallel.device"), "parallel.device =");  // auto: a GPU if visible
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  model = models::make_model(deck, uint64_t{0});
+  model = make_model(uint64_t{0});
   const io::WeightsFile weights = io::read_weights(a.checkpoint);
   model->load_state_dict(model->import_weights(weights.tensors, weights.path), a.checkpoint);
   sample::Sampler sampler(*model, plan, device);
-  std::fprintf(stderr, "sampling %lld images (%zu classes x %d) with %s, %s %s, cfg %.2f, %s, on %s\n  %s\n",
+  std::fprintf(stderr, "sampling %lld images (%zu classes x %d) with %s, %s %s, cfg %s, %s, on %s\n  %s\n",
                (long long)N, classes.size(), a.per_class, a.checkpoint.c_str(), plan.sampler_name(),
-               plan.steps.c_str(), plan.cfg_scale, plan.dtype_name(),
+               plan.steps.c_str(), shortest(plan.cfg_scale).c_str(), plan.dtype_name(),
                gpu ? (sampler.graph_wanted() ? "GPU (CUDA graph)" : "GPU") : "CPU", model->describe().c_str());
+  if (replaces) std::fprintf(stderr, "  replaces %s\n", a.out.c_str());
 
   Progress progress("sample", sampler.total_steps(N));
   at::Tensor samples = sampler.run(noise, cond, gen, [&](int done, int) { progress.update(done); });  // [N, C, ...]
   progress.finish();
-  if (!at::isfinite(samples).all().item<bool>())
-    throw Error("the samples contain NaN or Inf: the weights or the sampling settings are broken");
+  // A NaN or Inf is named by its row: which class, which of its samples, which noise (nothing is written).
+  if (const auto bad = nonfinite_rows(samples); !bad.empty()) {
+    std::vector<std::string> rows;
+    for (size_t i = 0; i < bad.size() && i < 8; ++i) rows.push_back(std::to_string(bad[i]));
+    if (bad.size() > 8) rows.push_back("...");
+    throw Error(cat(describe_row(bad.front(), labels, a.per_class, a, plan.seed), " came out NaN or Inf",
+                    bad.size() > 1 ? cat(" (", bad.size(), " of ", N, " samples did: ", join(rows, ", "), ")") : "",
+                    "; nothing written. The weights, the noise or the sampling settings (", plan.sampler_name(), " ",
+                    plan.steps, ", cfg ", shortest(plan.cfg_scale), ", ", plan.dtype_name(), ") break there"));
+  }
   sample::write_samples(a.out, kind, samples, cond, a.per_class,
-                        {{"steps", plan.steps}, {"cfg_scale", std::to_string(plan.cfg_scale)},
+                        {{"steps", plan.steps}, {"cfg_scale", shortest(plan.cfg_scale)},
                          {"seed", std::to_string(plan.seed)}});
   std::printf("wrote %s (%lld samples)\n", a.out.c_str(), (long long)N);
 }

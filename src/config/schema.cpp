@@ -1,7 +1,6 @@
 #include "config/schema.hpp"
 
 #include <cmath>
-#include <iomanip>
 #include <sstream>
 
 #include "core/strings.hpp"
@@ -57,6 +56,9 @@ const Schema& base_schema() {
          1 << 24, {}},
         {"data.prefetch", Type::Int, int64_t{4}, "Batches read ahead by a background thread (0 = none).", 0, 64,
          {}},
+        {"data.verify", Type::Bool, true, "Before training (and in a dry run), verify every dataset of the file "
+         "against its crc32: each rank reads an equal share of the rows once, so the whole file is read once per "
+         "start. `false` skips it (`opendit check FILE` verifies a file by hand).", -inf, inf, {}},
         {"train.steps", Type::Int, int64_t{1000}, "Optimizer steps of the run.", 1, 1e12, {}},
         {"train.precision", Type::Choice, std::string("bf16"), "`bf16`: bf16 compute, fp32 master weights, "
          "optimizer state, EMA and loss; `fp32`: everything fp32.", -inf, inf, {"bf16", "fp32"}},
@@ -133,9 +135,7 @@ std::vector<std::string> Schema::keys() const {
 
 static std::string number(double x) {
   if (x == std::floor(x) && std::fabs(x) < 1e15) return std::to_string(static_cast<int64_t>(x));
-  std::ostringstream os;
-  os << std::setprecision(17) << x;
-  return os.str();
+  return shortest(x);
 }
 
 std::string type_name(const Option& opt) {
@@ -161,10 +161,8 @@ std::string value_to_toml(const Value& v) {
   if (auto b = std::get_if<bool>(&v)) return *b ? "true" : "false";
   if (auto i = std::get_if<int64_t>(&v)) return std::to_string(*i);
   if (auto d = std::get_if<double>(&v)) {
-    std::ostringstream os;
-    os << std::setprecision(17) << *d;
-    std::string s = os.str();
-    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep it a TOML float
+    std::string s = shortest(*d);  // 0.1, not 0.10000000000000001
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep it a TOML float: 1.0, not 1
     return s;
   }
   std::string out = "\"";

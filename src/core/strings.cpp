@@ -1,9 +1,24 @@
 #include "core/strings.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <numeric>
 
 namespace opendit {
+
+std::string shortest(double value) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, value);  // the shortest digits that round-trip
+  std::string s(buf, r.ptr);
+  // The exponent as people write it: 1e-04 -> 1e-4, 6e+23 -> 6e23.
+  const std::size_t e = s.find('e');
+  if (e == std::string::npos) return s;
+  std::size_t digits = e + 1;
+  std::string exp = s[digits] == '-' ? "-" : "";
+  if (s[digits] == '-' || s[digits] == '+') ++digits;
+  while (digits + 1 < s.size() && s[digits] == '0') ++digits;
+  return s.substr(0, e + 1) + exp + s.substr(digits);
+}
 
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);

@@ -71,7 +71,7 @@ StateDict Model::state_dict() const {
   return sd;
 }
 
-void Model::load_state_dict(const StateDict& sd, const std::string& origin) {
+std::string Model::mismatch(const StateDict& sd) const {
   std::vector<std::string> missing, unexpected, wrong_shape;
   std::map<std::string, const Param*> ours;
   for (const Param& p : params_) {
@@ -86,16 +86,18 @@ void Model::load_state_dict(const StateDict& sd, const std::string& origin) {
   }
   for (const auto& [name, t] : sd)
     if (!ours.count(name)) unexpected.push_back(name);
-  if (!missing.empty() || !unexpected.empty() || !wrong_shape.empty()) {
-    auto first = [](const char* what, const std::vector<std::string>& v) -> std::string {
-      if (v.empty()) return "";
-      std::vector<std::string> head(v.begin(), v.begin() + std::min<size_t>(3, v.size()));
-      return cat("; ", v.size(), " ", what, ": ", join(head, ", "), v.size() > 3 ? ", ..." : "");
-    };
-    throw Error(cat(origin, ": the weights do not match the deck's model (", describe(), ")",
-                    first("missing", missing), first("unexpected", unexpected), first("wrong shape", wrong_shape),
-                    ". ", explain_weights(sd)));
-  }
+  if (missing.empty() && unexpected.empty() && wrong_shape.empty()) return "";
+  auto first = [](const char* what, const std::vector<std::string>& v) -> std::string {
+    if (v.empty()) return "";
+    std::vector<std::string> head(v.begin(), v.begin() + std::min<size_t>(3, v.size()));
+    return cat("; ", v.size(), " ", what, ": ", join(head, ", "), v.size() > 3 ? ", ..." : "");
+  };
+  return cat("the weights do not match the model (", describe(), ")", first("missing", missing),
+             first("unexpected", unexpected), first("wrong shape", wrong_shape), ". ", explain_weights(sd));
+}
+
+void Model::load_state_dict(const StateDict& sd, const std::string& origin) {
+  if (const std::string why = mismatch(sd); !why.empty()) throw Error(cat(origin, ": ", why));
   for (const Param& p : params_) {
     auto it = sd.find(p.name);
     if (it != sd.end() && it->second.is_floating_point() && !at::isfinite(it->second).all().item<bool>())

@@ -90,6 +90,8 @@ class Model {
   // value be finite; otherwise one opendit::Error lists the first mismatches (and what the weights look like).
   // Frozen tensors may be absent (they are recomputed; some published files omit them).
   void load_state_dict(const StateDict& sd, const std::string& origin);
+  // "" when every name and shape of `sd` matches (described models too: no data is touched), else why not.
+  std::string mismatch(const StateDict& sd) const;
   void to(const at::TensorOptions& options);  // device and/or dtype of every tensor
   void set_requires_grad(bool on);           // trainable tensors only
 

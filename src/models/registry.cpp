@@ -37,6 +37,24 @@ std::unique_ptr<Model> model_from_config_json(const std::string& json, std::opti
   return model_type(type).from_config_json(json, seed);
 }
 
+std::unique_ptr<Model> model_from_record(const config::Deck& deck, const std::string& recorded,
+                                         const std::string& origin, std::optional<uint64_t> seed) {
+  std::unique_ptr<Model> model = model_from_config_json(recorded, seed);
+  std::vector<std::string> bad;
+  const std::string& type = deck.get_string("model.type");
+  if (deck.origin("model.type") != "default" && type != model->type())
+    bad.push_back(cat("model.type = \"", type, "\" (", deck.origin("model.type"), ") but they record a ", model->type(),
+                      " model"));
+  else
+    for (const Contradiction& c : model_type(model->type()).contradictions(deck, recorded))
+      bad.push_back(cat(c.key, " = ", c.given, " (", deck.origin(c.key), ") but they record ", c.recorded));
+  if (!bad.empty())
+    throw Error(cat(origin, ": the deck contradicts the model these weights record (", model->describe(), "): ",
+                    join(bad, "; "), ". Leave these keys out (the weights' metadata describes the model) or give "
+                    "other weights"));
+  return model;
+}
+
 const ModelType& model_type_of(const StateDict& sd, const std::string& origin) {
   std::vector<std::string> reasons;
   for (const ModelType& t : model_types()) {

@@ -13,6 +13,13 @@
 
 namespace opendit::models {
 
+// A deck key that says otherwise than the model that weights record.
+struct Contradiction {
+  std::string key;       // "model.depth"
+  std::string given;     // the deck's value, "12"
+  std::string recorded;  // what the weights record, "depth 2"
+};
+
 struct ModelType {
   std::string name;     // model.type
   std::string summary;  // one line for `opendit info` and docs/CONFIG.md
@@ -31,6 +38,8 @@ struct ModelType {
   // them ("" if none). Throws opendit::Error naming `origin` and what the weights do not tell.
   std::function<std::unique_ptr<Model>(const StateDict& sd, const std::string& config_json, const std::string& origin)>
       from_weights;
+  // The keys of `options` the deck gives (not defaults) that contradict a recorded config JSON (model_from_record).
+  std::function<std::vector<Contradiction>(const config::Deck& deck, const std::string& config_json)> contradictions;
 };
 
 // Every registered type, in registration order.
@@ -42,6 +51,11 @@ const ModelType& model_type(const std::string& name);
 std::unique_ptr<Model> make_model(const config::Deck& deck, std::optional<uint64_t> seed);
 // The model a checkpoint's config JSON describes: its "type" member (absent: "dit", the format before the registry).
 std::unique_ptr<Model> model_from_config_json(const std::string& json, std::optional<uint64_t> seed);
+// The model that weights record (`recorded`: Model::config_json from an opendit weight file's metadata or a
+// checkpoint), so that the deck need not describe it. A model key the deck gives (a file or --set, not a default)
+// that contradicts the record is an opendit::Error naming both and `origin` (the weights).
+std::unique_ptr<Model> model_from_record(const config::Deck& deck, const std::string& recorded,
+                                         const std::string& origin, std::optional<uint64_t> seed);
 // The type whose weights these are (throws opendit::Error naming `origin` and each type's reason when none is).
 const ModelType& model_type_of(const StateDict& sd, const std::string& origin);
 

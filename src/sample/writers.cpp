@@ -1,6 +1,9 @@
 #include "sample/writers.hpp"
 
+#include <filesystem>
+
 #include "core/error.hpp"
+#include "io/files.hpp"
 #include "io/image.hpp"
 #include "io/safetensors.hpp"
 
@@ -21,6 +24,18 @@ OutputKind output_kind(const std::string& path, bool pixel_space, int64_t channe
     throw Error(cat("--out ", path, ": expected NAME.safetensors (the samples)", pixel_space ? " or NAME.png (a grid)" : ""));
   if (png && channels != 1 && channels != 3) throw Error(cat("a PNG needs 1 or 3 channels; the model has ", channels));
   return png ? OutputKind::Png : OutputKind::Safetensors;
+}
+
+bool check_output(const std::string& path, OutputKind kind, const std::vector<std::string>& inputs) {
+  if (kind == OutputKind::Png && !io::png_supported())
+    throw Error(cat("--out ", path, ": this opendit was built without libpng; write NAME.safetensors instead"));
+  const bool exists = io::check_can_write(path, "--out");
+  for (const std::string& in : inputs) {
+    std::error_code ec;
+    if (exists && !in.empty() && std::filesystem::equivalent(path, in, ec))
+      throw Error(cat("--out ", path, " is ", in, ", an input of this run: the samples would replace it"));
+  }
+  return exists;
 }
 
 void write_samples(const std::string& path, OutputKind kind, const at::Tensor& samples, const models::Condition& cond,

@@ -73,6 +73,15 @@ check "unknown flag: non-zero" test "$rc_badflag" -ne 0
 run nosub 30 "$BIN"
 check "no subcommand: error" test "$rc_nosub" -ne 0
 
+run typosub 30 "${MPIRUN[@]}" -np 2 "$BIN" trian --config x.toml
+check "misspelt subcommand: suggests the closest" has typosub "unknown subcommand 'trian'; did you mean 'train'?"
+check "misspelt subcommand: one message" test "$(count typosub 'opendit: error')" -eq 1
+check "misspelt subcommand: non-zero" test "$rc_typosub" -ne 0
+run typobench 30 "$BIN" bench sampel --images 1
+check "misspelt bench subcommand: suggests the closest" has typobench "did you mean 'bench sample'?"
+run othersub 30 "$BIN" frobnicate
+check "unknown subcommand: lists them" has othersub "unknown subcommand 'frobnicate' (subcommands: info, convert"
+
 run one 30 "${MPIRUN[@]}" -np 4 "$PROBE" one
 check "error on one rank: names the rank" has one "opendit: error on rank 1: cannot open shard-1.h5"
 check "error on one rank: non-zero, no hang" test "$rc_one" -ne 0 -a "$rc_one" -ne 124

@@ -121,6 +121,21 @@ TEST(Deck, ResolvedTomlRoundTrips) {
             R"({"train":{"steps":10,"lr":0.25,"ema":true},"model":{"name":"quote\"me","precision":"bf16"}})");
 }
 
+// Floats print as written: the shortest text that reads back as the same double, still a TOML float.
+TEST(Deck, FloatsPrintAsWritten) {
+  Deck d(test_schema());
+  d.set("train.lr=1e-4");
+  EXPECT_TRUE(contains(d.to_toml(), "lr = 1e-4\n")) << d.to_toml();
+  EXPECT_TRUE(contains(d.to_json(), "\"lr\":0.0001")) << d.to_json();
+  d.set("train.lr=0.1");
+  EXPECT_TRUE(contains(d.to_toml(), "lr = 0.1\n")) << d.to_toml();
+  d.set("train.lr=1");
+  EXPECT_TRUE(contains(d.to_toml(), "lr = 1.0\n")) << d.to_toml();  // a float, not the integer 1
+  d.set("train.lr=0.30000000000000004");
+  Deck back = Deck::from_toml(d.to_toml(), "resolved", test_schema());
+  EXPECT_EQ(back.get_float("train.lr"), 0.1 + 0.2);
+}
+
 TEST(Deck, ConfigDocIsUpToDate) {
   std::ifstream f(std::string(OPENDIT_SOURCE_DIR) + "/docs/CONFIG.md");
   ASSERT_TRUE(f) << "docs/CONFIG.md is missing";

@@ -3,7 +3,10 @@
 // one CollectiveError on every rank.
 #include <gtest/gtest.h>
 
+#include <zlib.h>
+
 #include "core/error.hpp"
+#include "io/checksum.hpp"
 #include "io/h5.hpp"
 #include "io/row_writer.hpp"
 #include "support/support.hpp"
@@ -14,6 +17,12 @@ using opendit::test::SharedDir;
 
 namespace {
 const parallel::ProcessGroup& world() { return opendit::test::world_group(); }
+
+// zlib's crc32 of a dataset as read back: what its crc32 attribute must hold.
+std::int64_t crc_of_read(const H5Dataset& ds) {
+  const at::Tensor t = ds.read().contiguous();
+  return std::int64_t(crc32(0, static_cast<const Bytef*>(t.data_ptr()), uInt(t.nbytes())));
+}
 }  // namespace
 
 TEST(RowWriter, EveryRankWritesItsRowsOfOneFile) {
@@ -42,7 +51,35 @@ TEST(RowWriter, EveryRankWritesItsRowsOfOneFile) {
     EXPECT_EQ(f.root().read_attr_string("format"), "opendit.test");
     EXPECT_TRUE(f.root().open_dataset("latents").read().equal(latents.to(at::kHalf))) << path;
     EXPECT_TRUE(f.root().open_dataset("labels").read().equal(labels)) << path;
+    // The pieces of every rank, combined in row order, are the crc32 of the whole dataset.
+    for (const char* name : {"latents", "labels"}) {
+      const H5Dataset ds = f.root().open_dataset(name);
+      ASSERT_TRUE(ds.has_attr(kCrcAttribute)) << path << " " << name;
+      EXPECT_EQ(ds.read_attr_int64(kCrcAttribute), crc_of_read(ds)) << path << " " << name;
+    }
   }
+}
+
+// A dataset whose rows were not written exactly once gets no crc32: the writes do not tell what it holds.
+TEST(RowWriter, NoChecksumUnlessEveryRowWasWrittenOnce) {
+  SharedDir dir;
+  const int me = world().rank(), p = world().size();
+  const std::string path = dir.file("partial.h5");
+  RowWriter w(path, {{"gaps", at::kFloat, {2}, 2 * p + 1}, {"twice", at::kFloat, {2}, p}, {"whole", at::kLong, {}, p}},
+              world());
+  const at::Tensor two = at::ones({2, 2});
+  w.write({{"gaps", {2 * me, two}},
+           {"twice", {me, two.narrow(0, 0, 1)}},
+           {"whole", {me, at::full({1}, me, at::kLong)}}});
+  w.write({{"twice", {0, two.narrow(0, 0, 1)}}});  // row 0 again, from every rank
+  w.close();
+  world().barrier();
+  const H5File f = H5File::open(path);
+  EXPECT_FALSE(f.root().open_dataset("gaps").has_attr(kCrcAttribute));  // the last row never written
+  EXPECT_FALSE(f.root().open_dataset("twice").has_attr(kCrcAttribute));
+  const H5Dataset whole = f.root().open_dataset("whole");
+  ASSERT_TRUE(whole.has_attr(kCrcAttribute));
+  EXPECT_EQ(whole.read_attr_int64(kCrcAttribute), crc_of_read(whole));
 }
 
 TEST(RowWriter, BadBlocksAreOneErrorOnEveryRank) {

@@ -171,3 +171,73 @@ TEST_F(SampleCli, BadInputIsRejectedBeforeAnyWork) {
   EXPECT_NE(missing.rc, 0);
   EXPECT_NE(missing.output.find("none.safetensors"), std::string::npos) << missing.output;
 }
+
+// opendit's weights record their model (safetensors metadata "config"): sample needs no model keys, a key that
+// agrees is fine, and one that contradicts the record is an error naming both, before any work.
+TEST_F(SampleCli, WeightsRecordTheirModel) {
+  models::dit::DiTConfig cfg;
+  cfg.depth = 1, cfg.hidden_size = 32, cfg.num_heads = 2, cfg.patch_size = 2;
+  cfg.in_channels = 1, cfg.input_size = 4, cfg.num_classes = 3, cfg.learn_sigma = false;
+  models::dit::DiT model(cfg, uint64_t{1});
+  const std::string w = (dir / "rec.safetensors").string(), out = " --out " + (dir / "g.png").string();
+  io::write_weights(w, model.state_dict(), model.weight_metadata());
+  const std::string base = "sample --set model.space=pixel --steps ddim2 --checkpoint " + w;
+  CliRun r = run_opendit(base + out);
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("DiT depth 1, hidden 32, heads 2"), std::string::npos) << r.output;
+  r = run_opendit(base + " --set model.depth=1 --set model.preset=custom" + out);
+  EXPECT_EQ(r.rc, 0) << r.output;
+  r = run_opendit(base + " --set model.depth=3 --set model.learn_sigma=true" + out);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.output.find("rec.safetensors: the deck contradicts the model these weights record"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("model.depth = 3 (--set) but they record depth 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.learn_sigma = true (--set) but they record learn_sigma false"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("sampling "), std::string::npos) << r.output;
+}
+
+// A sample that comes out NaN or Inf is named by its row: class, which of its class, and its noise.
+TEST_F(SampleCli, NonFiniteSampleIsNamedByItsRow) {
+  at::Tensor noise = io::load_safetensors(refdir + "/noise.safetensors").tensors.at("noise").clone();  // [6, ...]
+  noise[3].fill_(3e38f);  // finite, but the network overflows on it
+  const std::string huge = (dir / "huge.safetensors").string(), out = " --out " + (dir / "x.safetensors").string();
+  io::save_safetensors(huge, {{"noise", noise}}, {});
+  CliRun r = run_opendit("sample " + deck() + weights() + " --steps ddim3 --classes 1,3,7 --per-class 2 --init-noise " +
+                         huge + out);
+  EXPECT_NE(r.rc, 0);
+  const std::string row3 = "sample 3 (class 3, number 2 of 2 for that class; noise row 3 of " + huge + ")";
+  EXPECT_NE(r.output.find(row3 + " came out NaN or Inf; nothing written"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "x.safetensors"));
+  // A NaN in the given noise is named up front.
+  noise[3].fill_(NAN);
+  io::save_safetensors(huge, {{"noise", noise}}, {});
+  r = run_opendit("sample " + deck() + weights() + " --classes 1,3,7 --per-class 2 --init-noise " + huge + out);
+  EXPECT_NE(r.output.find(huge + ": noise row 3 (for " + row3 + ") holds NaN or Inf"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("sampling "), std::string::npos) << r.output;
+}
+
+// Where the samples go is checked before the weights are loaded: the folder, a folder in the way, the inputs.
+TEST_F(SampleCli, OutputIsCheckedBeforeAnyWork) {
+  fs::create_directories(dir / "taken.safetensors");
+  fs::copy_file(refdir + "/weights.safetensors", dir / "w.safetensors");
+  const std::string w = (dir / "w.safetensors").string();
+  struct Case {
+    std::string args, message;
+  } cases[] = {
+      {weights() + " --out " + (dir / "nope" / "x.safetensors").string(), "nope' does not exist"},
+      {weights() + " --out " + (dir / "taken.safetensors").string(), "is a folder"},
+      {" --checkpoint " + w + " --out " + w, "an input of this run"},
+  };
+  for (const auto& c : cases) {
+    CliRun r = run_opendit("sample " + deck() + " --classes 1" + c.args);
+    EXPECT_NE(r.rc, 0) << c.args;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("sampling "), std::string::npos) << "work started for" << c.args;
+  }
+  std::ofstream(dir / "old.safetensors") << "old";
+  CliRun r = run_opendit("sample " + deck() + weights() + " --classes 1 --steps 2 --out " +
+                         (dir / "old.safetensors").string());
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("replaces " + (dir / "old.safetensors").string()), std::string::npos) << r.output;
+}

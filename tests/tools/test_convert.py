@@ -154,10 +154,30 @@ class ConvertTest(unittest.TestCase):
         self.assertIn("not DiT weights", out, out)
 
     def test_custom_widths_need_a_deck_for_the_heads(self):
-        """custom widths need a deck for the heads"""
-        rc, out = run(BIN, "convert", self.path("ours.safetensors"), self.path("z.safetensors"))
+        """custom widths need a deck for the heads (weights that record no model)"""
+        rc, out = run(BIN, "convert", self.path("ema.safetensors"), self.path("z.safetensors"))
         self.assertNotEqual(rc, 0, out)
         self.assertIn("number of heads", out, out)
+
+    def test_opendit_weights_record_their_model(self):
+        """opendit's weights record their model in the metadata: no deck needed, and a deck that agrees is fine"""
+        rc, out = run(BIN, "convert", self.path("ours.safetensors"), self.path("recorded.safetensors"))
+        self.assertEqual(rc, 0, out)
+        for fact in ("depth 2", "hidden 64", "heads 4", "input 8x8x4"):
+            self.assertIn(fact, out, out)
+        rc, out = run(BIN, "convert", self.path("ours.safetensors"), self.path("recorded.safetensors"), "--set",
+                      "model.num_heads=4")
+        self.assertEqual(rc, 0, out)
+
+    def test_deck_contradicting_the_recorded_model_is_refused(self):
+        """a deck key that contradicts the model the weights record is an error naming both"""
+        rc, out = run(BIN, "convert", self.path("ours.safetensors"), self.path("x.safetensors"), "--set",
+                      "model.num_heads=8", "--set", "model.preset=DiT-S/2")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("the deck contradicts the model these weights record", out, out)
+        self.assertIn("model.num_heads = 8 (--set) but they record num_heads 4", out, out)
+        self.assertIn('model.preset = "DiT-S/2" (--set) but they record depth 2 (the preset\'s is 12)', out, out)
+        self.assertEqual(out.count("opendit: error"), 1, out)
 
     def test_missing_input_is_one_clear_error(self):
         """missing input is one clear error"""
