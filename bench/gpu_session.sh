@@ -5,6 +5,7 @@
 #   kernels  opendit bench kernels (bf16, fp32)          sample  bench/sample.sh (opendit and peer, XL/2, 8 images)
 #   train    bench/train.sh (opendit and peer, XL/2)     forward bench/forward.sh (opendit and peer, XL/2 batch 8)
 #   profile  one profiled XL/2 batch-64 step of opendit and of the peer
+#   checkpoint  bench/checkpoint.sh (XL/2 checkpoint pauses: background and foreground writes, and the peer)
 # On machines where nothing can be installed, header-only libraries come from .carry/include and Python wheels from
 # .whl/ (see README, "GPU machines").
 set -uo pipefail
@@ -41,6 +42,7 @@ for stage in $STAGES; do
     sample) bench/sample.sh DiT-XL/2 8 250 cuda 2>&1 | tee "$OUT/sample.log" ;;
     train) bench/train.sh 30 2>&1 | grep -E "^(BENCH|PEER)" | tee "$OUT/train.log" ;;
     forward) for dt in fp32 bf16; do bench/forward.sh DiT-XL/2 8 $dt cuda; done 2>&1 | tee "$OUT/forward.log" ;;
+    checkpoint) bench/checkpoint.sh 40 10 2> "$OUT/checkpoint_runs.log" | tee "$OUT/checkpoint.log" ;;
     profile) bench/train.sh 14 "$OUT" > "$OUT/profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_train.log"; head -45 "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;
   esac

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import copy
 import math
+import os
 import time
 
 import torch
@@ -316,6 +317,9 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler's kernel table of one step")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-dir", default=None,
+                    help="train: after timing, save checkpoints as the official DiT's train.py does (rank 0, "
+                         "torch.save of model, EMA and optimizer state) and time the pause")
     a = ap.parse_args()
     steps = a.steps if a.steps is not None else (20 if a.mode == "train" else 50)
     dev = a.device
@@ -359,6 +363,19 @@ def main():
         print(f"PEER train preset={preset} batch={a.batch} dtype={dtype} compile={int(a.compile)} "
               f"img_per_s={img_s:.1f} ms_per_step={sec * 1e3:.1f} peak_mem_gib={peak_mem(dev)} mfu={100 * mfu:.1f}% "
               f"gflops_per_img={flops / 1e9:.1f}", flush=True)
+        if a.save_dir:  # DiT's train.py: torch.save({"model", "ema", "opt", "args"}) every ckpt_every steps
+            os.makedirs(a.save_dir, exist_ok=True)
+            for i in range(2):
+                path = os.path.join(a.save_dir, f"{i:07d}.pt")
+                if dev.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                            "args": vars(a)}, path)
+                paused = time.perf_counter() - t0
+                print(f"PEER checkpoint preset={preset} paused_s={paused:.2f} bytes={os.path.getsize(path)}",
+                      flush=True)
+                os.remove(path)
     else:
         model.eval().requires_grad_(False)
         step_model = torch.compile(model) if a.compile else model

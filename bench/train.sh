@@ -17,7 +17,7 @@ xl() {  # xl BATCH EXTRA-SETS...: one opendit XL/2 run; prints its last log line
   local b=$1; shift
   build/bin/opendit train --set model.preset=DiT-XL/2 --set data.path="$tmp/latents.h5" --set data.global_batch="$b" \
     --set train.steps="$STEPS" --set train.log_every=10 --set run.out_dir="$tmp/out" --set run.name="xl$b" \
-    --no-save --set parallel.strategy=zero2 --set train.precision=bf16 "$@" \
+    --no-save --overwrite --set parallel.strategy=zero2 --set train.precision=bf16 "$@" \
     > "$tmp/log" 2>&1 || { tail -20 "$tmp/log"; return 1; }
   grep "^step $STEPS/" "$tmp/log" | tail -1
 }

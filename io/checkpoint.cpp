@@ -248,15 +248,30 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
 
 // ---- find ----------------------------------------------------------------------------------------------
 
-std::optional<std::string> latest_checkpoint(const std::string& dir) {
-  std::optional<std::pair<std::int64_t, std::string>> best;
+std::vector<std::int64_t> complete_checkpoints(const std::string& dir) {
+  std::vector<std::int64_t> steps;
   for (const auto& [name, path] : list_dir(dir)) {
     auto p = parse_name(name);
-    if (!p || !p->second.empty() || !path_exists(done_marker(path))) continue;
-    if (!best || p->first > best->first) best = std::make_pair(p->first, path);
+    if (p && p->second.empty() && path_exists(done_marker(path))) steps.push_back(p->first);
   }
-  if (!best) return std::nullopt;
-  return best->second;
+  std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
+std::optional<std::string> latest_checkpoint(const std::string& dir) {
+  const std::vector<std::int64_t> steps = complete_checkpoints(dir);
+  if (steps.empty()) return std::nullopt;
+  return checkpoint_path(dir, steps.back());
+}
+
+std::vector<std::string> checkpoint_files(const std::string& dir, std::function<bool(std::int64_t, bool)> pick) {
+  std::vector<std::string> out;
+  for (const auto& [name, path] : list_dir(dir)) {
+    auto p = parse_name(name);
+    if (p && pick(p->first, p->second == ".tmp")) out.push_back(path);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 // ---- load ----------------------------------------------------------------------------------------------

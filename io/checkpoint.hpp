@@ -18,9 +18,11 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/flat_layout.hpp"
 #include "parallel/process_group.hpp"
@@ -69,6 +71,10 @@ std::string save_checkpoint(const std::string& dir, const FlatLayout& layout, co
 
 // The newest complete checkpoint in DIR (ckpt-NNNNNNNN.h5 with its .done marker), or nullopt. One process.
 std::optional<std::string> latest_checkpoint(const std::string& dir);
+// The steps of DIR's complete checkpoints, ascending. One process.
+std::vector<std::int64_t> complete_checkpoints(const std::string& dir);
+// The checkpoint files of DIR (ckpt-N.h5, .done, .tmp) for which pick(step, is_tmp) holds, sorted by name.
+std::vector<std::string> checkpoint_files(const std::string& dir, std::function<bool(std::int64_t, bool)> pick);
 
 // Collective: validates the file (format and version, every parameter of `layout` present with its shape and
 // float32, checksums of every parameter dataset) and fills mine.groups for mine.range from /model,

@@ -3,9 +3,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 
@@ -54,6 +56,31 @@ std::vector<std::pair<std::string, std::string>> list_dir(const std::string& dir
   while (dirent* e = ::readdir(d)) out.push_back({e->d_name, dir + "/" + e->d_name});
   ::closedir(d);
   return out;
+}
+
+std::optional<long long> free_bytes(const std::string& path) {
+  std::string p = path.empty() ? "." : path;
+  struct statvfs st;
+  while (::statvfs(p.c_str(), &st) != 0) {
+    if ((errno != ENOENT && errno != ENOTDIR) || p == "." || p == "/") return std::nullopt;
+    const auto slash = p.find_last_of('/');
+    if (slash == std::string::npos)
+      p = ".";
+    else if (slash == 0)
+      p = "/";
+    else
+      p = p.substr(0, slash);
+  }
+  return static_cast<long long>(st.f_bavail) * static_cast<long long>(st.f_frsize);
+}
+
+std::string format_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) bytes /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+  return buf;
 }
 
 std::string now_iso8601() {

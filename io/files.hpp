@@ -1,5 +1,6 @@
 // Small POSIX helpers for the writers in io/ and the run folder of `train`: folders, durability, listing, time.
 #pragma once
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +19,13 @@ bool path_exists(const std::string& path);
 
 // The entries of a folder as (name, full path); empty when it cannot be read.
 std::vector<std::pair<std::string, std::string>> list_dir(const std::string& dir);
+
+// The bytes an unprivileged user may still write on the filesystem of `path` (or of its nearest existing parent
+// folder: the path may not exist yet), from statvfs; nullopt when that cannot be read.
+std::optional<long long> free_bytes(const std::string& path);
+
+// "1.5 GiB", "320 MiB", "12 KiB", "12 B"
+std::string format_bytes(double bytes);
 
 std::string now_iso8601();  // UTC, e.g. 2026-11-25T02:53:40Z
 

@@ -2,6 +2,8 @@
 
 #include <memory>
 
+#include "core/error.hpp"
+
 namespace opendit::io {
 
 bool collective_writes(bool force_serial) { return hdf5_is_parallel() && !force_serial; }
@@ -10,20 +12,21 @@ void write_shared_file(const std::string& path, const parallel::ProcessGroup& gr
                        const std::function<void(H5File&)>& create_structure,
                        const std::function<void(H5File&, bool collective)>& write_mine) {
   if (collective_writes(force_serial)) {
-    // Collective HDF5 calls: a failure inside is reported by HDF5 on the ranks concerned; MPI-IO errors on
-    // open/create are collective. Local failures are agreed upon after the file is closed.
+    // MPI-IO errors on create are collective. Inside the collective transfers and the close, a failure (a full
+    // disk, a quota, an I/O error) reaches only the ranks whose writes failed, while the others wait in the next
+    // collective call: no agreement is possible there, and closing the file is itself collective. So a failing
+    // rank leaves the file open and ends the job with its error (a rank error: MPI_Abort); NAME.tmp stays and the
+    // next run removes it. The newest complete checkpoint is untouched.
     std::unique_ptr<H5File> file;
     group.agree([&] { file = std::make_unique<H5File>(H5File::create(path, &group)); });
-    group.agree([&] {
-      try {
-        create_structure(*file);
-        write_mine(*file, true);
-        file->close();
-      } catch (...) {
-        file.reset();
-        throw;
-      }
-    });
+    try {
+      create_structure(*file);
+      write_mine(*file, true);
+      file->close();
+    } catch (const std::exception& e) {
+      (void)file.release();
+      throw Error(cat("writing '", path, "' failed on this rank while the others were writing it too: ", e.what()));
+    }
     return;
   }
   group.agree([&] {

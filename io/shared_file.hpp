@@ -1,7 +1,9 @@
 // One HDF5 file written by every rank of a group, the way the library allows it: with parallel HDF5 the file is
 // created collectively through MPI-IO and each rank's part goes in collective transfers; with serial HDF5 (or when
 // asked) rank 0 creates the file and its structure, then the ranks open it, write their part and close it in turn.
-// Failures are agreed on (ProcessGroup::agree): every rank stops alike with the message of the first failing rank.
+// Failures are agreed on (ProcessGroup::agree): every rank stops alike with the message of the first failing rank,
+// except a failure inside parallel HDF5's collective transfers, which only the failing ranks see: that one is an
+// opendit::Error of the rank (the job ends with MPI_Abort; see write_shared_file).
 // Used by checkpoints (io/checkpoint.cpp) and the row writer (io/row_writer.hpp).
 #pragma once
 #include <functional>

@@ -26,7 +26,6 @@ for s in "${sets[@]}"; do
 done
 RUN=$out_dir/$name
 mkdir -p "$RUN"
-rm -f "$RUN/metrics.jsonl"
 
 t0=$(date +%s)
 # Each rank needs a GPU of its own: with fewer GPUs than ranks, use one rank per GPU.
@@ -35,8 +34,9 @@ if [ "${gpus:-0}" -gt 0 ] && [ "$NP" -gt "$gpus" ]; then
   echo "== $gpus GPU(s): training with $gpus rank(s) instead of $NP (one GPU per rank)"
   NP=$gpus
 fi
-echo "== train: $MPIRUN -np $NP $BIN train --config $DECK ${sets[*]}"
-"$MPIRUN" -np "$NP" "$BIN" train --config $DECK "${sets[@]}"
+# The demo starts over each time: --overwrite replaces the previous demo run in the folder.
+echo "== train: $MPIRUN -np $NP $BIN train --config $DECK ${sets[*]} --overwrite"
+"$MPIRUN" -np "$NP" "$BIN" train --config $DECK "${sets[@]}" --overwrite
 t1=$(date +%s)
 
 echo "== sample: 10 classes x 8, seed 0, the deck's sampler and guidance scale (sample.steps, sample.cfg_scale)"

@@ -48,7 +48,8 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
   add_info(app, mpi);
   add_convert(app, mpi);
   add_sample(app, mpi);
-  add_train(app, mpi);
+  int status = 0;
+  add_train(app, mpi, status);
   add_bench(app, mpi);
   try {
     app.parse(argc, argv);
@@ -64,7 +65,7 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
     while (!msg.empty() && msg.back() == '\n') msg.pop_back();
     throw CollectiveError(msg + " (see opendit --help)");
   }
-  return 0;
+  return status;
 }
 
 bool pick_gpu(const std::string& choice, const std::string& option) {

@@ -41,6 +41,7 @@ void add_sample(CLI::App& app, MpiRuntime& mpi);
 void add_bench(CLI::App& app, MpiRuntime& mpi);
 void add_bench_sample(CLI::App& bench, MpiRuntime& mpi);   // `bench sample`, under add_bench's `bench`
 void add_bench_kernels(CLI::App& bench, MpiRuntime& mpi);  // `bench kernels`, called by add_bench
-void add_train(CLI::App& app, MpiRuntime& mpi);
+// status: the exit status of the run (0, or core/stop_request.hpp's kExitStopped after a signal).
+void add_train(CLI::App& app, MpiRuntime& mpi, int& status);
 
 }  // namespace opendit::cli

@@ -30,6 +30,7 @@ class Deck {
   // The resolved deck as TOML (every key, in schema order) and as JSON (for checkpoints and metrics).
   std::string to_toml(bool with_origins = false) const;
   std::string to_json() const;
+  const Schema& schema() const { return *schema_; }
 
  private:
   void assign(const Option& opt, Value v, const std::string& where);

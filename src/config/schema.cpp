@@ -87,6 +87,10 @@ const Schema& base_schema() {
          1e12, {}},
         {"train.keep_checkpoints", Type::Int, int64_t{3}, "Complete checkpoints kept; older ones are deleted.", 1,
          1000, {}},
+        {"train.async_checkpoint", Type::Bool, true, "Write checkpoints in the background: training stops only to "
+         "copy its state to host memory, and the next checkpoint (or the end of the run) waits for the write. Needs "
+         "MPI with MPI_THREAD_MULTIPLE (otherwise checkpoints are written in the foreground, with a note).",
+         -inf, inf, {}},
         {"train.max_nonfinite_steps", Type::Int, int64_t{5}, "Consecutive steps with a NaN/Inf loss or gradient "
          "that are skipped before the run stops.", 1, 1000000, {}},
         {"parallel.strategy", Type::Choice, std::string("zero2"), "Data parallelism: `ddp` (all-reduce), `zero1` "
@@ -98,6 +102,11 @@ const Schema& base_schema() {
          "Ranks per sequence-parallel group (contiguous ranks). The data-parallel size is world / sp_size, which "
          "must divide.",
          1, 1 << 20, {}},
+        {"parallel.watchdog_s", Type::Float, 900.0,
+         "Seconds a training step, a checkpoint save or a collective may take before the watchdog names it and ends "
+         "the job (a rank that died or hangs must not hold the others forever); 0 turns it off. Raise it when one "
+         "checkpoint takes longer to write.",
+         0, 1e9, {}},
     };
     return s;
   }();

@@ -21,8 +21,9 @@ Progress::Progress(std::string label, int64_t total, bool enabled)
 
 void Progress::update(int64_t done) {
   if (!enabled_) return;
+  if (base_ < 0) base_ = done;  // a resumed job starts part-way: its rate counts only the work done here
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  double rate = elapsed > 0 ? done / elapsed : 0;
+  double rate = elapsed > 0 ? (done - base_) / elapsed : 0;
   std::string eta = rate > 0 ? format_duration((total_ - done) / rate) : "?";
   if (tty_) {
     const int width = 30;

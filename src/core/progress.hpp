@@ -9,12 +9,12 @@ namespace opendit {
 class Progress {
  public:
   Progress(std::string label, int64_t total, bool enabled = true);
-  void update(int64_t done);  // done in [0, total]
+  void update(int64_t done);  // done in [0, total]; the rate counts from the first update's done
   void finish();              // final line with the elapsed time
 
  private:
   std::string label_;
-  int64_t total_, last_decile_ = -1;
+  int64_t total_, last_decile_ = -1, base_ = -1;
   bool enabled_, tty_, finished_ = false;
   std::chrono::steady_clock::time_point start_;
 };

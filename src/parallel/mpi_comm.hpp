@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include "parallel/process_group.hpp"
+#include "parallel/watchdog.hpp"
 
 namespace opendit::parallel {
 
@@ -18,6 +19,13 @@ inline MPI_Comm mpi_comm(const ProcessGroup& group) { return group.impl()->comm;
 
 // Throws opendit::Error naming the call when an MPI call fails (MPI_ERRORS_RETURN is set on the world).
 void mpi_check(int rc, const char* what);
+
+// An MPI call under the watchdog (parallel/watchdog.hpp): mpi_call("MPI_Barrier", [&] { return MPI_Barrier(c); }).
+template <typename Call>
+void mpi_call(const char* what, Call&& call) {
+  Watch watch(what);
+  mpi_check(call(), what);
+}
 
 // The MPI operation of a reduction (Avg: a sum, divided afterwards).
 inline MPI_Op mpi_op(ReduceOp op) {

@@ -43,7 +43,7 @@ class MpiWork : public Work {
   void wait() override {
     if (done_) return;
     done_ = true;
-    mpi_check(MPI_Wait(&request_, MPI_STATUS_IGNORE), what_);
+    mpi_call(what_, [&] { return MPI_Wait(&request_, MPI_STATUS_IGNORE); });  // under the watchdog
     if (finish_) finish_();
     keep_.clear();
   }
@@ -144,6 +144,8 @@ WorkPtr MpiCommunicator::broadcast_async(const at::Tensor& tensor, int root) {
   return std::make_unique<MpiWork>(req, std::vector<at::Tensor>{tensor}, nullptr, what);
 }
 
-void MpiCommunicator::barrier() { mpi_check(MPI_Barrier(mpi_comm(group_)), "MPI_Barrier"); }
+void MpiCommunicator::barrier() {
+  mpi_call("MPI_Barrier", [&] { return MPI_Barrier(mpi_comm(group_)); });
+}
 
 }  // namespace opendit::parallel

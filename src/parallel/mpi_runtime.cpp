@@ -11,8 +11,10 @@ namespace opendit::parallel {
 
 MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   int provided = 0;
-  // Only the main thread calls MPI (data-loading threads never do).
-  MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  // The main thread and the background checkpoint writer (train.async_checkpoint) call MPI, on communicators of
+  // their own; data-loading threads never do. An MPI without MPI_THREAD_MULTIPLE gets foreground checkpoints.
+  MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
+  set_mpi_thread_multiple(provided >= MPI_THREAD_MULTIPLE);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   // Errors come back as return codes that callers turn into exceptions, instead of MPI killing the job silently.

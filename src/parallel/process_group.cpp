@@ -57,6 +57,19 @@ ProcessGroup ProcessGroup::split(int color, int key) const {
   return ProcessGroup(std::move(impl));
 }
 
+ProcessGroup ProcessGroup::dup() const {
+  auto impl = std::make_shared<Impl>();
+  mpi_check(MPI_Comm_dup(impl_->comm, &impl->comm), "MPI_Comm_dup");
+  return ProcessGroup(std::move(impl));
+}
+
+namespace {
+bool g_thread_multiple = false;
+}  // namespace
+
+bool mpi_thread_multiple() { return g_thread_multiple; }
+void set_mpi_thread_multiple(bool on) { g_thread_multiple = on; }
+
 ProcessGroup ProcessGroup::node_local() const {
   auto impl = std::make_shared<Impl>();
   mpi_check(MPI_Comm_split_type(impl_->comm, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &impl->comm),
@@ -64,20 +77,25 @@ ProcessGroup ProcessGroup::node_local() const {
   return ProcessGroup(std::move(impl));
 }
 
-void ProcessGroup::barrier() const { mpi_check(MPI_Barrier(impl_->comm), "MPI_Barrier"); }
+void ProcessGroup::barrier() const {
+  mpi_call("MPI_Barrier", [&] { return MPI_Barrier(impl_->comm); });
+}
 
 std::string ProcessGroup::broadcast(const std::string& value, int root) const {
   std::int64_t len = rank_ == root ? std::int64_t(value.size()) : 0;
-  mpi_check(MPI_Bcast(&len, 1, MPI_INT64_T, root, impl_->comm), "MPI_Bcast");
+  mpi_call("MPI_Bcast", [&] { return MPI_Bcast(&len, 1, MPI_INT64_T, root, impl_->comm); });
   std::string out = rank_ == root ? value : std::string(std::size_t(len), '\0');
-  if (len > 0) mpi_check(MPI_Bcast(out.data(), count_of(out.size(), "MPI_Bcast"), MPI_CHAR, root, impl_->comm), "MPI_Bcast");
+  if (len > 0)
+    mpi_call("MPI_Bcast",
+             [&] { return MPI_Bcast(out.data(), count_of(out.size(), "MPI_Bcast"), MPI_CHAR, root, impl_->comm); });
   return out;
 }
 
 std::vector<std::int64_t> ProcessGroup::broadcast(std::vector<std::int64_t> values, int root) const {
   if (!values.empty())
-    mpi_check(MPI_Bcast(values.data(), count_of(values.size(), "MPI_Bcast"), MPI_INT64_T, root, impl_->comm),
-              "MPI_Bcast");
+    mpi_call("MPI_Bcast", [&] {
+      return MPI_Bcast(values.data(), count_of(values.size(), "MPI_Bcast"), MPI_INT64_T, root, impl_->comm);
+    });
   return values;
 }
 
@@ -88,15 +106,16 @@ double ProcessGroup::all_reduce(double value, ReduceOp op) const {
 std::int64_t ProcessGroup::all_reduce(std::int64_t value, ReduceOp op) const {
   if (op == ReduceOp::Avg) throw Error("ProcessGroup::all_reduce: Avg of an integer");
   std::int64_t out = 0;
-  mpi_check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, mpi_op(op), impl_->comm), "MPI_Allreduce");
+  mpi_call("MPI_Allreduce", [&] { return MPI_Allreduce(&value, &out, 1, MPI_INT64_T, mpi_op(op), impl_->comm); });
   return out;
 }
 
 std::vector<double> ProcessGroup::all_reduce(std::vector<double> values, ReduceOp op) const {
   if (!values.empty())
-    mpi_check(MPI_Allreduce(MPI_IN_PLACE, values.data(), count_of(values.size(), "MPI_Allreduce"), MPI_DOUBLE,
-                            mpi_op(op), impl_->comm),
-              "MPI_Allreduce");
+    mpi_call("MPI_Allreduce", [&] {
+      return MPI_Allreduce(MPI_IN_PLACE, values.data(), count_of(values.size(), "MPI_Allreduce"), MPI_DOUBLE,
+                           mpi_op(op), impl_->comm);
+    });
   if (op == ReduceOp::Avg)
     for (double& v : values) v /= size_;
   return values;
@@ -105,20 +124,22 @@ std::vector<double> ProcessGroup::all_reduce(std::vector<double> values, ReduceO
 std::vector<std::int64_t> ProcessGroup::all_gather(const std::vector<std::int64_t>& mine) const {
   std::vector<std::int64_t> all(mine.size() * std::size_t(size_));
   const int n = count_of(mine.size(), "MPI_Allgather");
-  mpi_check(MPI_Allgather(mine.data(), n, MPI_INT64_T, all.data(), n, MPI_INT64_T, impl_->comm), "MPI_Allgather");
+  mpi_call("MPI_Allgather",
+           [&] { return MPI_Allgather(mine.data(), n, MPI_INT64_T, all.data(), n, MPI_INT64_T, impl_->comm); });
   return all;
 }
 
 std::vector<std::vector<std::int64_t>> ProcessGroup::gather(const std::vector<std::int64_t>& mine, int root) const {
   int count = count_of(mine.size(), "MPI_Gather");
   std::vector<int> counts(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_));
-  mpi_check(MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, root, impl_->comm), "MPI_Gather");
+  mpi_call("MPI_Gather", [&] { return MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, root, impl_->comm); });
   std::size_t total = 0;
   for (int r = 0; r < size_; ++r) displs[r] = count_of(total, "MPI_Gatherv"), total += std::size_t(counts[r]);
   std::vector<std::int64_t> flat(rank_ == root ? total : 0);
-  mpi_check(MPI_Gatherv(mine.data(), count, MPI_INT64_T, flat.data(), counts.data(), displs.data(), MPI_INT64_T,
-                        root, impl_->comm),
-            "MPI_Gatherv");
+  mpi_call("MPI_Gatherv", [&] {
+    return MPI_Gatherv(mine.data(), count, MPI_INT64_T, flat.data(), counts.data(), displs.data(), MPI_INT64_T, root,
+                       impl_->comm);
+  });
   std::vector<std::vector<std::int64_t>> out;
   if (rank_ != root) return out;
   for (int r = 0; r < size_; ++r) out.emplace_back(flat.begin() + displs[r], flat.begin() + displs[r] + counts[r]);

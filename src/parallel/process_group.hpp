@@ -26,6 +26,7 @@ class ProcessGroup {
 
   // Sub-groups: ranks with the same color, ordered by key (MPI_Comm_split); the ranks of this node.
   ProcessGroup split(int color, int key) const;
+  ProcessGroup dup() const;  // the same ranks on a communicator of their own (for another thread)
   ProcessGroup node_local() const;
 
   void barrier() const;
@@ -56,6 +57,10 @@ class ProcessGroup {
   std::shared_ptr<Impl> impl_;  // shared: copies of a group are the same group
   int rank_ = 0, size_ = 1;
 };
+
+// Whether MPI was started with MPI_THREAD_MULTIPLE: two threads may then call MPI at once, each on its own group.
+bool mpi_thread_multiple();
+void set_mpi_thread_multiple(bool on);  // by MpiRuntime
 
 // "Open MPI v4.1.4 (MPI 3.1)": the MPI library, for `opendit info`.
 std::string mpi_library_version();

@@ -37,6 +37,7 @@ TrainSettings train_settings_from(const config::Deck& deck, int dp_size) {
   s.log_every = deck.get_int("train.log_every");
   s.checkpoint_every = deck.get_int("train.checkpoint_every");
   s.keep_checkpoints = deck.get_int("train.keep_checkpoints");
+  s.async_checkpoint = deck.get_bool("train.async_checkpoint");
   s.max_nonfinite = deck.get_int("train.max_nonfinite_steps");
   s.dp.strategy = parse_dp_strategy(deck.get_string("parallel.strategy"));
   s.dp.adamw.lr = deck.get_float("train.lr");

@@ -6,14 +6,18 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/devices.hpp"
 #include "core/error.hpp"
 #include "core/progress.hpp"
+#include "core/stop_request.hpp"
+#include "core/strings.hpp"
 #include "io/files.hpp"
 #include "io/weights.hpp"
 #include "models/layers/attention.hpp"
 #include "models/registry.hpp"
+#include "parallel/watchdog.hpp"
 
 namespace opendit::train {
 
@@ -46,6 +50,22 @@ void check_dataset(const io::LatentDataset& data, const models::Model& model, co
   } else if (!data.has_text()) {
     throw Error(cat(data.path(), ": no /text_emb: a text-conditional model needs caption embeddings"));
   }
+}
+
+// "inputs/x.toml + 2 --set": where the deck came from, for the plan.
+std::string deck_origin(const config::Deck& deck) {
+  std::set<std::string> files;
+  int sets = 0;
+  for (const config::Option& o : deck.schema().options) {
+    const std::string& where = deck.origin(o.key);
+    if (where == "--set")
+      ++sets;
+    else if (where != "default")
+      files.insert(where.substr(0, where.rfind(':')));
+  }
+  std::string out = files.empty() ? "defaults" : join(std::vector<std::string>(files.begin(), files.end()), ", ");
+  if (sets) out += cat(" + ", sets, " --set");
+  return out;
 }
 
 }  // namespace
@@ -96,7 +116,11 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
   if (mesh.rank() == 0) {
     const int64_t local = s_.global_batch / s_.accumulation / dp, n = model_->num_parameters();
     const double epochs = double(s_.steps) * s_.accumulation / loader_->batches_per_epoch();
-    std::printf("resolved deck:\n%s\n", deck.to_toml().c_str());
+    // The whole resolved deck only in a dry run: in a run it goes to RUN/deck.toml, and an error stays near the top.
+    if (options.dry_run)
+      std::printf("resolved deck:\n%s\n", deck.to_toml().c_str());
+    else
+      std::printf("%-22s %s (resolved: %s/deck.toml)\n", "deck", deck_origin(deck).c_str(), s_.run_dir().c_str());
     std::printf("%-22s %s\n%-22s %lld (%.1f M)\n%-22s %lld samples of %s (%s)\n"
                 "%-22s %lld = %d dp x %lld accumulation x %lld\n%-22s %lld (%.2f epochs)\n"
                 "%-22s %s, %s, lr %g (%s, warmup %lld), grad clip %g, EMA %g\n%-22s %s\n%-22s %s\n\n",
@@ -113,6 +137,7 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
 
 Trainer::~Trainer() {
   if (next_random_.valid()) next_random_.wait();  // the worker reads members; it must end before they do
+  if (writing_.valid()) writing_.wait();          // a run ending in an error: the writers of all ranks finish together
 }
 
 void Trainer::build() {
@@ -131,69 +156,12 @@ void Trainer::build() {
   }
   params_->stream_grads();  // after the working copy: hooks live on the tensors the model computes with
   opt_ = std::make_unique<DataParallelOptimizer>(*params_, ctx_.dp(), s_.dp);
-  ctx_.world().agree([&] { io::make_dirs(s_.run_dir(), "run folder"); });
-  if (mesh.rank() == 0) metrics_.open(s_.run_dir() + "/metrics.jsonl", std::ios::app);
   const at::Device device = ctx_.device();
   timer_ = std::make_unique<PhaseTimer>([device] {
     if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index());
   });
   timer_->set_enabled(false);  // phases are timed (device-synchronized) on log steps only
   window_start_ = run_start_ = std::chrono::steady_clock::now();
-}
-
-io::ShardedState Trainer::sharded_state() {
-  io::ShardedState st;  // this rank's state, as CPU float32 tensors over the optimizer's range
-  st.range = opt_->state_range();
-  st.groups["model"] = params_->data().narrow(0, st.range.begin, st.range.size()).to(at::kCPU);
-  st.groups["ema"] = opt_->ema().to(at::kCPU);
-  st.groups["optim/exp_avg"] = opt_->exp_avg().to(at::kCPU);
-  st.groups["optim/exp_avg_sq"] = opt_->exp_avg_sq().to(at::kCPU);
-  return st;
-}
-
-bool Trainer::resume(const std::string& how) {
-  const bool root = ctx_.mesh().rank() == 0;
-  const std::string ckpt_dir = s_.run_dir() + "/checkpoints";
-  std::string path = how;
-  if (how == "auto") {
-    // Rank 0 looks, everyone follows: all ranks resume from the same file.
-    path = ctx_.world().broadcast(root ? io::latest_checkpoint(ckpt_dir).value_or("") : "");
-    if (root && path.empty())
-      std::printf("resume auto: no complete checkpoint in %s: starting at step 0\n", ckpt_dir.c_str());
-  }
-  if (path.empty()) return false;
-  io::ShardedState st;
-  st.range = opt_->state_range();
-  const io::CheckpointMeta meta = io::load_checkpoint(path, params_->layout(), st, ctx_.mesh().dp());
-  // Every rank reads the same meta and its own range: a mismatch is everyone's.
-  ctx_.world().agree([&] {
-    if (meta.model_json != model_->config_json())
-      throw Error(cat(path, ": written for the model ", meta.model_json, ", the deck describes ",
-                      model_->config_json()));
-    if (!st.groups.count("ema"))
-      throw Error(cat(path, ": holds no EMA (/ema); a training run resumes from a checkpoint written by train or by "
-                            "convert --to checkpoint"));
-    at::NoGradGuard no_grad;
-    params_->data().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
-    opt_->ema().copy_(st.groups.at("ema"));
-    opt_->exp_avg().copy_(st.groups.at("optim/exp_avg"));
-    opt_->exp_avg_sq().copy_(st.groups.at("optim/exp_avg_sq"));
-    if (params_->working().defined())
-      params_->working().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
-    loader_->restore({meta.loader_epoch, meta.loader_cursor});
-  });
-  opt_->gather_params();
-  opt_->set_step_count(meta.optimizer_step);
-  if (next_random_.valid()) {  // drawn for the step before the resume
-    next_random_.wait();
-    next_random_ = {};
-  }
-  step_ = resumed_at_ = meta.step;
-  skipped_in_a_row_ = meta.skipped_in_a_row;
-  if (root)
-    std::printf("resumed from %s: step %lld (written by %d ranks, %s)\n", path.c_str(), (long long)step_,
-                meta.world_size, meta.strategy.c_str());
-  return true;
 }
 
 void Trainer::profile_begin() {
@@ -323,26 +291,8 @@ void Trainer::log() {
   window_start_ = std::chrono::steady_clock::now();
 }
 
-void Trainer::save() {
-  io::CheckpointMeta meta;
-  meta.step = step_;
-  meta.optimizer_step = opt_->step_count();
-  const auto ls = loader_->state();
-  meta.loader_epoch = ls.epoch, meta.loader_cursor = ls.cursor;
-  meta.skipped_in_a_row = skipped_in_a_row_;
-  meta.world_size = ctx_.mesh().world_size(), meta.dp_size = ctx_.mesh().dp_size(), meta.sp_size = ctx_.mesh().sp_size();
-  meta.strategy = dp_strategy_name(s_.dp.strategy);
-  meta.deck_json = deck_.to_json();
-  meta.model_json = model_->config_json();
-  meta.seed = s_.seed;
-  std::map<std::string, at::Tensor> frozen;
-  for (const auto& [name, t] : frozen_) frozen[name] = t->to(at::kCPU, at::kFloat);
-  const std::string path = io::save_checkpoint(s_.run_dir() + "/checkpoints", params_->layout(), sharded_state(),
-                                               frozen, meta, ctx_.mesh().dp(), static_cast<int>(s_.keep_checkpoints));
-  if (ctx_.mesh().rank() == 0) std::fprintf(stderr, "checkpoint: %s\n", path.c_str());
-}
-
 void Trainer::export_weights() {
+  parallel::Watch watch("export of the final weights");
   // Master weights and EMA, fp32, official names, for `opendit sample` and `opendit convert`.
   at::Tensor master = opt_->gather_full_master().to(at::kCPU), ema = opt_->gather_full_ema().to(at::kCPU);
   if (ctx_.mesh().rank() != 0) return;
@@ -359,26 +309,65 @@ void Trainer::export_weights() {
 int Trainer::run() {
   const bool root = ctx_.mesh().rank() == 0;
   if (options_.dry_run) {
-    if (root) std::printf("dry run: deck, data and mesh are valid; nothing trained\n");
+    dry_run_checks();
+    if (root)
+      std::printf(
+          "dry run: deck, data and mesh are valid, and so are the run folder, --resume and the free space; "
+          "nothing trained\n");
     return 0;
   }
+  StopHandlers stop(root);  // SIGTERM, SIGINT, SIGUSR1: stop at the next step boundary with a checkpoint
+  open_run_folder();
   if (!options_.resume.empty()) resume(options_.resume);
+  folder_->settle(step_);  // what a killed or abandoned branch left after this step moves aside
+  if (root) {
+    std::ofstream(s_.run_dir() + "/deck.toml") << deck_.to_toml(/*with_origins=*/true);
+    metrics_.open(s_.run_dir() + "/metrics.jsonl", std::ios::app);
+  }
+  if (!options_.no_save) check_space(/*at_start=*/true);
   if (ctx_.gpu()) reset_peak_memory(ctx_.device().index());
   Progress progress("train", s_.steps, root);
   window_start_ = run_start_ = std::chrono::steady_clock::now();
   progress.update(step_);
+  int64_t saved_at = -1;  // the step of this run's newest checkpoint
+  int signal = 0;
   while (step_ < s_.steps) {
-    if (!step()) continue;
+    // A signal may reach the ranks at different steps: they agree on the first step boundary where any has it.
+    signal = static_cast<int>(ctx_.world().all_reduce(int64_t(stop.signal()), parallel::ReduceOp::Max));
+    if (signal) break;
+    bool stepped;
+    {
+      parallel::Watch watch("training step", step_ + 1);
+      stepped = step();
+    }
+    if (!stepped) continue;
     log();
     if (!options_.no_save && (step_ % s_.checkpoint_every == 0 || step_ == s_.steps)) {
       timer_->switch_to(Phase::Checkpoint);
-      save();
+      save();  // in the background with train.async_checkpoint: only the copy to host memory stops training
+      saved_at = step_;
       timer_->switch_to(Phase::Other);
     }
     progress.update(step_);
   }
+  if (signal) {
+    if (root)
+      std::fprintf(stderr, "\nstopping at step %lld of %lld on %s\n", (long long)step_, (long long)s_.steps,
+                   signal_name(signal));
+    if (options_.no_save) {
+      if (root) std::fprintf(stderr, "--no-save: no checkpoint written; the steps done are lost\n");
+    } else if (saved_at != step_ && step_ > resumed_at_) {
+      save();
+    }
+    finish_save();
+    if (root)
+      std::fprintf(stderr, "stopped at step %lld (exit status %d): continue with --resume auto\n", (long long)step_,
+                   kExitStopped);
+    return kExitStopped;
+  }
   progress.finish();
   timer_->switch_to(Phase::Checkpoint);
+  finish_save();
   if (options_.no_save) {
     if (root) std::printf("--no-save: no checkpoint and no weights written\n");
   } else {
@@ -393,6 +382,7 @@ int Trainer::run() {
 }
 
 int train(const config::Deck& deck, const parallel::Mesh& mesh, const TrainOptions& options) {
+  parallel::Watchdog::start(deck.get_float("parallel.watchdog_s"), mesh.rank());
   const at::Device device = parallel::rank_device(deck.get_string("parallel.device"), mesh);
   parallel::ParallelContext ctx(mesh, device);
   Trainer trainer(deck, ctx, options);

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "config/deck.hpp"
@@ -31,6 +32,7 @@
 #include "train/dp_optimizer.hpp"
 #include "train/flat_params.hpp"
 #include "train/phase_timer.hpp"
+#include "train/run_folder.hpp"
 #include "train/settings.hpp"
 
 namespace opendit::train {
@@ -39,6 +41,8 @@ struct TrainOptions {
   bool dry_run = false;  // validate deck, data and mesh, print the plan, do not train
   std::string resume;    // "": start fresh; "auto": the newest complete checkpoint of the run, if any; else a path
   bool no_save = false;  // benchmarks and experiments: write no checkpoint and no final weights
+  bool overwrite = false;          // a fresh start may delete the run in the run folder (train/run_folder.hpp)
+  bool allow_deck_change = false;  // resume although keys that define the run changed (train/deck_changes.hpp)
 };
 
 // The randomness of one optimizer step for the whole global batch: t [B] int64, drop [B] bool, noise [B, ...].
@@ -61,8 +65,10 @@ class Trainer {
   bool dry_run() const { return options_.dry_run; }
   int64_t steps_done() const { return step_; }
 
-  // Collective. "auto": the newest complete checkpoint of the run folder (rank 0 looks, every rank follows; none:
-  // a fresh start); otherwise a checkpoint file of any world size. Returns whether a checkpoint was read.
+  // Collective. "auto": the newest complete checkpoint of the run folder that can be read (a damaged one is named
+  // and the one before it tried; none: a fresh start); otherwise a checkpoint file of any world size. The deck
+  // is compared with the checkpoint's (train/deck_changes.hpp). Returns whether a checkpoint was read. Needs the
+  // run folder: called by run().
   bool resume(const std::string& how);
   // Collective: one optimizer step. Returns false when it was skipped (a non-finite loss or gradient norm);
   // train.max_nonfinite_steps of those in a row end the run (opendit::CollectiveError).
@@ -70,14 +76,26 @@ class Trainer {
   // Rank 0: the log line and the metrics record, on log steps (every train.log_every-th and the last), over the
   // steps since the last log line (rates count from the start of run() or the last resume).
   void log();
-  void save();            // collective: a checkpoint of the state after steps_done()
+  // Collective: a checkpoint of the state after steps_done(). With train.async_checkpoint the state is copied to
+  // host memory and written by a background thread; the next save() or finish_save() waits for it.
+  void save();
+  void finish_save();  // collective: waits for the background write (its error, every rank's, is thrown here)
   void export_weights();  // collective: model.safetensors and ema.safetensors in the run folder
   // The whole run: steps with logs, checkpoints and the progress line, the exported weights, the phase table.
+  // Returns 0, or kExitStopped (core/stop_request.hpp) when SIGTERM, SIGINT or SIGUSR1 stopped it: the ranks agree
+  // on the step boundary after the signal, save a checkpoint there and return.
   int run();
 
  private:
   void build();
-  io::ShardedState sharded_state();
+  void open_run_folder();  // collective: the lock and the rules of train/run_folder.hpp
+  void dry_run_checks();   // collective: what run() would refuse, without writing
+  // Collective: the checkpoint's meta, read by every rank (nullopt and a warning when `fallback` and it is damaged).
+  std::optional<io::CheckpointMeta> read_meta(const std::string& path, bool fallback);
+  void check_deck(const io::CheckpointMeta& meta, const std::string& path, bool own);
+  int64_t checkpoint_bytes() const;  // about the size of one checkpoint file
+  void check_space(bool at_start);   // collective: room for one more checkpoint, else a clear error
+  io::ShardedState snapshot();  // this rank's state in host buffers of its own (reused from one save to the next)
   void profile_begin();
   void profile_end(int64_t step_number);
 
@@ -106,6 +124,10 @@ class Trainer {
   std::unique_ptr<PhaseTimer> timer_;
   std::unique_ptr<OpProfiler> profiler_;
   std::ofstream metrics_;
+  std::unique_ptr<RunFolder> folder_;
+  std::unique_ptr<parallel::ProcessGroup> writer_group_;  // the dp group on a communicator of the writer thread's
+  std::map<std::string, at::Tensor> host_state_;          // snapshot buffers (pinned on GPU)
+  std::future<void> writing_;                              // the background write in flight
 };
 
 // `opendit train`: the device of this rank, the parallel context, a Trainer and its run(). Collective.

@@ -83,6 +83,11 @@ check "collective error on one rank only: named with its rank" has partial "erro
 check "collective error on one rank only: non-zero, no hang" test "$rc_partial" -ne 0 -a "$rc_partial" -ne 124
 check "collective error on one rank only: under 10 s" test "$ms_partial" -lt 10000
 
+run hang 60 "${MPIRUN[@]}" -np 3 "$PROBE" hang
+check "a rank that stops answering: the watchdog names the wait on another rank" has hang "error on rank [02]: watchdog: MPI_Barrier (in training step 7) has not finished after"
+check "a rank that stops answering: non-zero, no hang" test "$rc_hang" -ne 0 -a "$rc_hang" -ne 124
+check "a rank that stops answering: ended within 20 s" test "$ms_hang" -lt 20000
+
 run doc 30 "$BIN" info --config-doc
 check "config doc printed" has doc "# Input deck reference"
 

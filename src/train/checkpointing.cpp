@@ -1,0 +1,93 @@
+// The Trainer's checkpoints: a snapshot of this rank's shard in host memory, written in the foreground or by a
+// background thread (train.async_checkpoint) on a communicator of its own, so that training goes on during the
+// write. One write at a time: the next save, a stop and the end of the run wait for it.
+#include <ATen/detail/CUDAHooksInterface.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "core/error.hpp"
+#include "parallel/watchdog.hpp"
+#include "train/trainer.hpp"
+
+namespace opendit::train {
+
+io::ShardedState Trainer::snapshot() {
+  io::ShardedState st;
+  st.range = opt_->state_range();
+  const std::map<std::string, at::Tensor> live = {{"model", params_->data().narrow(0, st.range.begin, st.range.size())},
+                                                  {"ema", opt_->ema()},
+                                                  {"optim/exp_avg", opt_->exp_avg()},
+                                                  {"optim/exp_avg_sq", opt_->exp_avg_sq()}};
+  for (const auto& [name, t] : live) {
+    at::Tensor& buf = host_state_[name];
+    if (!buf.defined() || buf.numel() != t.numel())
+      buf = at::empty({t.numel()}, at::TensorOptions().dtype(at::kFloat).pinned_memory(ctx_.gpu()));
+    buf.copy_(t, /*non_blocking=*/ctx_.gpu());
+    st.groups[name] = buf;
+  }
+  if (ctx_.gpu()) at::detail::getCUDAHooks().deviceSynchronize(ctx_.device().index());
+  return st;
+}
+
+void Trainer::save() {
+  const auto t_enter = std::chrono::steady_clock::now();
+  finish_save();  // the previous write has landed (and pruned): the free space is what it is
+  check_space(/*at_start=*/false);
+  parallel::Watch watch("checkpoint of step", step_);
+  io::CheckpointMeta meta;
+  meta.step = step_;
+  meta.optimizer_step = opt_->step_count();
+  const auto ls = loader_->state();
+  meta.loader_epoch = ls.epoch, meta.loader_cursor = ls.cursor;
+  meta.skipped_in_a_row = skipped_in_a_row_;
+  meta.world_size = ctx_.mesh().world_size(), meta.dp_size = ctx_.mesh().dp_size(),
+  meta.sp_size = ctx_.mesh().sp_size();
+  meta.strategy = dp_strategy_name(s_.dp.strategy);
+  meta.deck_json = deck_.to_json();
+  meta.model_json = model_->config_json();
+  meta.seed = s_.seed;
+  std::map<std::string, at::Tensor> frozen;  // never updated by training: no copy needed beyond the dtype
+  for (const auto& [name, t] : frozen_) frozen[name] = t->to(at::kCPU, at::kFloat);
+  const bool root = ctx_.mesh().rank() == 0;
+  if (s_.async_checkpoint && !writer_group_) {
+    if (parallel::mpi_thread_multiple()) {
+      writer_group_ = std::make_unique<parallel::ProcessGroup>(ctx_.mesh().dp().dup());
+    } else if (root) {
+      std::fprintf(stderr, "note: this MPI has no MPI_THREAD_MULTIPLE: checkpoints are written in the foreground\n");
+    }
+  }
+  const bool background = s_.async_checkpoint && writer_group_;
+  io::ShardedState st = snapshot();
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  // What training waits for: in the background mode the copy to host memory (and the previous write, if it has
+  // not landed yet); otherwise the whole write.
+  const double paused = seconds_since(t_enter);
+  auto write = [this, root, background, meta, frozen, paused, seconds_since, st = std::move(st),
+                dir = folder_->checkpoint_dir(), keep = static_cast<int>(s_.keep_checkpoints)] {
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel::Watch watch("checkpoint write of step", meta.step);
+    const std::string path = io::save_checkpoint(dir, params_->layout(), st, frozen, meta,
+                                                 background ? *writer_group_ : ctx_.mesh().dp(), keep);
+    if (!root) return;
+    if (background)
+      std::fprintf(stderr, "checkpoint: %s (training paused %.2f s; written in %.1f s in the background)\n",
+                   path.c_str(), paused, seconds_since(t0));
+    else
+      std::fprintf(stderr, "checkpoint: %s (training paused %.2f s)\n", path.c_str(), paused + seconds_since(t0));
+  };
+  if (background)
+    writing_ = std::async(std::launch::async, std::move(write));
+  else
+    write();
+}
+
+void Trainer::finish_save() {
+  if (!writing_.valid()) return;
+  parallel::Watch watch("waiting for the background checkpoint write");
+  writing_.get();  // rethrows the writer's error: the writers agree, so every rank throws alike
+}
+
+}  // namespace opendit::train
