@@ -2,7 +2,8 @@
 # Installs what opendit needs to build (and, with --test, to run its reference tests).
 # Idempotent: when everything is present it only checks, in a few seconds.
 #   tools/bootstrap.sh          Debian packages + LibTorch (torch==2.11.0 wheel in .venv/)
-#   tools/bootstrap.sh --test   ... plus the Python packages used by the reference-test scripts and the digits test
+#   tools/bootstrap.sh --test   ... plus the Python packages used by the reference-test scripts and the digits test,
+#                               and Slurm + munge for the real-Slurm job test (tests/jobs/test_slurm.sh)
 #   tools/bootstrap.sh --demo   ... plus the Python packages of `make run` (digits quality score and plots)
 # Where a python3 that already imports torch 2.11 exists (the GPU machines), it is used and nothing is installed.
 set -euo pipefail
@@ -12,6 +13,8 @@ TORCH_VERSION=2.11.0
 APT_PACKAGES=(cmake g++ make ninja-build pkg-config ccache python3-venv
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
   libgtest-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libpng-dev)
+# A single-node Slurm (22.05 on Debian 12) that the jobs/ scripts are tested under; the test starts its own daemons.
+TEST_APT_PACKAGES=(slurm-wlm munge)
 # pip name[:import name]
 DEMO_PIP_PACKAGES=(numpy safetensors scikit-learn:sklearn matplotlib)
 TEST_PIP_PACKAGES=(numpy diffusers safetensors scikit-learn:sklearn matplotlib)
@@ -29,6 +32,7 @@ done
 say() { echo "bootstrap: $*"; }
 
 # ---- Debian packages -------------------------------------------------------------------------------
+if [ $want_test -eq 1 ]; then APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}"); fi
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do

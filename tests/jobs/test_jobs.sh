@@ -71,8 +71,50 @@ out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" 2>&1)
 check "sample_dit.sbatch without a checkpoint prints its usage" $? "$out"
 
 grep -q "NCCL_NVLS_ENABLE=0" "$SRC/jobs/env.sh"; check "env.sh turns NVLink multicast off" $?
-grep -v '^[[:space:]]*#' "$SRC/jobs/dit_xl2_imagenet256.sbatch" | grep -q -- "--resume auto"
+grep -q "^export OMPI_MCA_odls_base_sigkill_timeout=" "$SRC/jobs/env.sh"
+check "env.sh gives mpirun's ranks time to checkpoint after a SIGTERM" $?
+train_job=$SRC/jobs/dit_xl2_imagenet256.sbatch
+grep -v '^[[:space:]]*#' "$train_job" | grep -q -- "--resume auto"
 check "the training job resumes (--resume auto)" $?
+grep -q "^#SBATCH --signal=B:USR1@" "$train_job" && grep -q "^#SBATCH --requeue" "$train_job" &&
+  grep -q "^#SBATCH --open-mode=append" "$train_job"
+check "the training job asks for USR1 before its time limit, requeueing and an appended log" $?
+
+# Preemption without Slurm: a stand-in opendit that waits for a signal and exits 75 as opendit does after its
+# checkpoint, a stand-in scontrol that logs its arguments. TERM to the job script reaches opendit as USR1 (the real
+# srun answers TERM by killing its tasks), and status 75 makes the script requeue its job and exit 0.
+cat > "$tmp/bin/fake_opendit" <<'SH'
+#!/usr/bin/env bash
+trap 'echo "fake opendit: USR1"; exit 75' USR1
+trap 'echo "fake opendit: TERM"; exit 143' TERM
+echo "fake opendit: training"
+for _ in $(seq 300); do sleep 0.1; done
+SH
+cat > "$tmp/bin/scontrol" <<'SH'
+#!/usr/bin/env bash
+echo "scontrol $*" >> "$SCONTROL_LOG"
+exit "${SCONTROL_STATUS:-0}"
+SH
+chmod +x "$tmp/bin/fake_opendit" "$tmp/bin/scontrol"
+export SCONTROL_LOG=$tmp/scontrol.log
+stop_job() {  # stop_job SIGNAL [env...]: runs the training job on the stand-ins, signals it; prints its output
+  env SLURM_JOB_ID=4242 OPENDIT_BIN="$tmp/bin/fake_opendit" "${@:2}" bash "$train_job" > "$tmp/stop.out" 2>&1 &
+  local pid=$! i
+  for i in $(seq 100); do grep -q "fake opendit: training" "$tmp/stop.out" && break; sleep 0.1; done
+  sleep 0.2
+  kill -s "$1" "$pid"
+  wait "$pid"
+  local rc=$?
+  cat "$tmp/stop.out"
+  return $rc
+}
+out=$(stop_job TERM); rc=$?
+[ $rc -eq 0 ] && echo "$out" | grep -q "fake opendit: USR1" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
+check "TERM to the job script: opendit gets USR1, exits 75, the job requeues itself and exits 0" $? "status $rc: $out"
+rm -f "$SCONTROL_LOG"
+out=$(stop_job USR1 SCONTROL_STATUS=1); rc=$?
+[ $rc -eq 75 ] && echo "$out" | grep -q "fake opendit: USR1" && echo "$out" | grep -q "submit the job again"
+check "USR1 with the requeue refused: the job exits 75 and says to submit it again" $? "status $rc: $out"
 
 echo "jobs: $pass passed, $fail failed"
 [ $fail -eq 0 ]
