@@ -29,7 +29,8 @@ export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 # A rank that meets an error alone waits this long for the others before ending the job (README, "Errors").
 export OPENDIT_ERROR_GRACE_S=${OPENDIT_ERROR_GRACE_S:-30}
 
-# For runs under mpirun instead of srun: mpirun passes SIGUSR1 to its ranks at once, but answers SIGTERM by passing
-# it on only after this many seconds and killing the ranks as many seconds later (default 1 s). 120 s leave opendit
-# time to finish its step and write a checkpoint before it exits 75 (jobs/README.md).
+# For runs under mpirun instead of srun: mpirun answers SIGTERM by passing it on to its ranks only after this many
+# seconds and killing them as many seconds later (default 1 s); 120 s leave opendit time to finish its step and write
+# a checkpoint before it exits 75. (SIGUSR1 is forwarded at once by some mpirun builds and kept by others: signal
+# the ranks themselves, docs/LONG_JOBS.md.)
 export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-120}
