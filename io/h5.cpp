@@ -101,7 +101,9 @@ std::string h5_type_name(hid_t t) {
 
 void h5_fail(const std::string& file, const std::string& object, const std::string& what) {
   Lock lock;
-  const std::string lib = error_stack_text();
+  std::string lib = error_stack_text();
+  for (char& c : lib)
+    if (c == '\n') c = ' ';  // one error, one line (the POSIX driver's messages span lines)
   throw Error(cat("HDF5 file '", file, "'", object.empty() ? "" : ", object '" + object + "'", ": ", what,
                   lib.empty() ? "" : " (HDF5: " + lib + ")"));
 }

@@ -35,6 +35,13 @@ H5PropList H5PropList::transfer(bool collective) {
 }
 
 namespace {
+
+herr_t close_file(hid_t id) {
+  const herr_t rc = H5Fclose(id);
+  if (rc < 0) unclean_exit_needed() = true;  // HDF5 keeps the file half open; its exit cleanup would crash
+  return rc;
+}
+
 // With serial HDF5, several ranks may read one file but not write it: each would write its own copy.
 void refuse_serial_writes(const std::string& path, const parallel::ProcessGroup* group, const char* what) {
   if (hdf5_is_parallel() || group == nullptr) return;
@@ -51,7 +58,7 @@ H5File H5File::create(const std::string& path, const parallel::ProcessGroup* gro
   Lock lock;
   refuse_serial_writes(path, group, "create");
   H5PropList fapl = H5PropList::file_access(group);
-  H5Handle f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()), H5Fclose);
+  H5Handle f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()), close_file);
   if (!f.valid()) h5_fail(path, "", "cannot create file");
   return H5File(std::move(f), path, hdf5_is_parallel() && group != nullptr);
 }
@@ -63,7 +70,7 @@ H5File H5File::open(const std::string& path, H5Mode mode, const parallel::Proces
   if (mode == H5Mode::read_write) refuse_serial_writes(path, group, "open for writing");
   H5PropList fapl = H5PropList::file_access(group);
   const unsigned flags = mode == H5Mode::read_only ? H5F_ACC_RDONLY : H5F_ACC_RDWR;
-  H5Handle f(H5Fopen(path.c_str(), flags, fapl.id()), H5Fclose);
+  H5Handle f(H5Fopen(path.c_str(), flags, fapl.id()), close_file);
   if (!f.valid()) h5_fail(path, "", "cannot open file (not an HDF5 file, truncated, or locked by a writer?)");
   return H5File(std::move(f), path, hdf5_is_parallel() && group != nullptr);
 }
@@ -83,7 +90,7 @@ void H5File::flush() {
 void H5File::close() {
   Lock lock;
   if (!h_.valid()) return;
-  const herr_t rc = H5Fclose(h_.release());
+  const herr_t rc = close_file(h_.release());
   if (rc < 0) h5_fail(path_, "", "cannot close file");
 }
 

@@ -15,7 +15,7 @@ RowWriter::RowWriter(std::string path, std::vector<RowDataset> datasets, const p
     : path_(std::move(path)),
       datasets_(std::move(datasets)),
       group_(group),
-      collective_(collective_writes(force_serial)) {
+      collective_(collective_writes(force_serial, group)) {
   auto create = [&](H5File& file) {
     H5Group root = file.root();
     if (root_attrs) root_attrs(root);

@@ -6,12 +6,14 @@
 
 namespace opendit::io {
 
-bool collective_writes(bool force_serial) { return hdf5_is_parallel() && !force_serial; }
+bool collective_writes(bool force_serial, const parallel::ProcessGroup& group) {
+  return hdf5_is_parallel() && !force_serial && group.size() > 1;
+}
 
 void write_shared_file(const std::string& path, const parallel::ProcessGroup& group, bool force_serial,
                        const std::function<void(H5File&)>& create_structure,
                        const std::function<void(H5File&, bool collective)>& write_mine) {
-  if (collective_writes(force_serial)) {
+  if (collective_writes(force_serial, group)) {
     // MPI-IO errors on create are collective. Inside the collective transfers and the close, a failure (a full
     // disk, a quota, an I/O error) reaches only the ranks whose writes failed, while the others wait in the next
     // collective call: no agreement is possible there, and closing the file is itself collective. So a failing

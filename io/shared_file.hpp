@@ -14,8 +14,10 @@
 
 namespace opendit::io {
 
-// True when shared files go through MPI-IO: the HDF5 library is parallel and serial writes are not forced.
-bool collective_writes(bool force_serial);
+// True when shared files go through MPI-IO: the HDF5 library is parallel, serial writes are not forced and the group
+// has more than one rank (a world of one writes through the POSIX driver: no MPI-IO, and a failed write closes
+// cleanly, where parallel HDF5 1.10 crashes closing an MPI-IO file whose write failed).
+bool collective_writes(bool force_serial, const parallel::ProcessGroup& group);
 
 // create_structure: groups, datasets and attributes; it runs on every rank with parallel HDF5 (which wants identical
 // metadata everywhere) and on rank 0 alone otherwise. write_mine(file, collective): this rank's data; with

@@ -8,6 +8,7 @@
 // Collective code promotes a rank error on purpose: it runs the local work inside ProcessGroup::agree, which turns
 // a failure on any rank into the same CollectiveError on every rank.
 #pragma once
+#include <atomic>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -28,6 +29,14 @@ std::string cat(const Parts&... parts) {
   std::ostringstream os;
   (os << ... << parts);
   return os.str();
+}
+
+// A library was left in a state that its own cleanup at exit cannot handle (parallel HDF5 1.10 crashes in MPI_Finalize
+// closing a file whose close failed after a failed write). The exit paths (parallel/mpi_runtime) then leave
+// without that cleanup: the error is printed, the exit status is kept, no crash follows it.
+inline std::atomic<bool>& unclean_exit_needed() {
+  static std::atomic<bool> flag{false};
+  return flag;
 }
 
 }  // namespace opendit

@@ -24,10 +24,15 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
 
 MpiRuntime::~MpiRuntime() { finalize(); }
 
-void MpiRuntime::finalize() {
+void MpiRuntime::finalize(int status) {
   if (finalized_) return;
   finalized_ = true;
   world_.reset();
+  if (unclean_exit_needed()) {  // core/error.hpp: MPI_Finalize would run a library cleanup that crashes
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::_Exit(status);
+  }
   MPI_Finalize();
 }
 
@@ -48,7 +53,7 @@ int MpiRuntime::exit_collective(const std::string& message) {
     std::fflush(stderr);
     std::_Exit(1);
   }).detach();
-  finalize();
+  finalize(1);
   return 1;
 }
 
@@ -56,7 +61,7 @@ void MpiRuntime::abort_one(const std::string& message) {
   if (size_ == 1) {
     std::fprintf(stderr, "opendit: error: %s\n", message.c_str());
     std::fflush(stderr);
-    finalize();
+    finalize(1);
     std::exit(1);
   }
   std::fprintf(stderr, "opendit: error on rank %d: %s\n", rank_, message.c_str());

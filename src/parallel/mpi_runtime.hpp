@@ -22,7 +22,9 @@ class MpiRuntime {
   int rank() const { return rank_; }
   int size() const { return size_; }
   const ProcessGroup& world() const { return *world_; }
-  void finalize();
+  // status: the exit status of the process, used when a library left a state its exit cleanup cannot handle
+  // (core/error.hpp, unclean_exit_needed): then the process ends here with it, without MPI_Finalize.
+  void finalize(int status = 0);
 
   // An error every rank reached: rank 0 prints it; all ranks finalize and the caller exits 1. If the other ranks
   // do not arrive in MPI_Finalize within the grace period (OPENDIT_ERROR_GRACE_S, default 10 s), the error was not
@@ -44,7 +46,7 @@ template <typename Body>
 int run_guarded(MpiRuntime& mpi, Body&& body) {
   try {
     int rc = body();
-    mpi.finalize();
+    mpi.finalize(rc);
     return rc;
   } catch (const CollectiveError& e) {
     return mpi.exit_collective(e.what());
