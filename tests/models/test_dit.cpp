@@ -1,4 +1,6 @@
 // DiT against diffusers' DiTTransformer2DModel (tests/ref/make_dit_ref.py), plus init, weights I/O and bad input.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -128,7 +130,7 @@ TEST(DiT, PresetsHaveThePublishedSizes) {
 }
 
 TEST(DiT, WeightsRoundTripThroughBothLayouts) {
-  auto tmp = std::filesystem::temp_directory_path() / "opendit_test_weights";
+  auto tmp = std::filesystem::temp_directory_path() / ("opendit_test_weights_" + std::to_string(::getpid()));
   std::filesystem::create_directories(tmp);
   DiT a(tiny_config(), uint64_t{3});
   // Give the zero-initialised tensors values, so that a swapped name would show.

@@ -23,7 +23,8 @@ struct CliRun {
 
 // Runs `opendit ARGS` (one process, no mpirun) and captures stdout+stderr.
 CliRun run_opendit(const std::string& args) {
-  fs::path log = fs::temp_directory_path() / "opendit_sample_test.log";
+  // One log per test process: two test runs on one machine (two checkouts) must not read each other's output.
+  fs::path log = fs::temp_directory_path() / ("opendit_sample_test_" + std::to_string(::getpid()) + ".log");
   int rc = std::system((std::string(OPENDIT_BIN) + " " + args + " > " + log.string() + " 2>&1").c_str());
   std::ifstream f(log);
   std::stringstream ss;
