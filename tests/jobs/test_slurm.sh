@@ -95,17 +95,7 @@ echo "Slurm is up in $tmp (ports $ctld_port, $slurmd_port)"
 # ---- the job: jobs/dit_xl2_imagenet256.sbatch with the tiny deck of tests/train/test_long_jobs.py, 2 ranks -------
 "$MAKE" "$tmp/toy.h5" 64 4 3 8 >/dev/null
 STEPS=400  # 7 to 20 s on 2 ranks of a 2-core machine (idle to busy): the stop comes at the first logged step
-cat > "$tmp/deck.toml" <<EOF
-[model]
-preset = "custom"
-depth = 2
-hidden_size = 64
-num_heads = 4
-patch_size = 2
-in_channels = 3
-input_size = 8
-num_classes = 4
-space = "pixel"
+{ cat "$SRC/tests/support/tiny_dit.toml"; cat <<EOF
 [data]
 path = "$tmp/toy.h5"
 global_batch = 16
@@ -119,6 +109,7 @@ checkpoint_every = 100000
 [parallel]
 device = "cpu"
 EOF
+} > "$tmp/deck.toml"
 export OPENDIT_BIN=$BIN OPENDIT_OUT=$tmp/out OPENDIT_DECK=$tmp/deck.toml OMP_NUM_THREADS=1
 # The cluster's shape instead of the script's 2 x 8 GPUs; submitted from the repository root like a user does.
 submit() {  # submit RUN_NAME: prints the job id

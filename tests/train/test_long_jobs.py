@@ -26,17 +26,10 @@ BIN = MAKE = MPIRUN = None  # from the command line, at the end of the file
 
 EXIT_STOPPED = 75  # core/stop_request.hpp: EX_TEMPFAIL
 
-DECK = """
-[model]
-preset = "custom"
-depth = 2
-hidden_size = 64
-num_heads = 4
-patch_size = 2
-in_channels = 3
-input_size = 8
-num_classes = 4
-space = "pixel"
+# The model: tests/support/tiny_dit.toml; the rest of the deck below.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support", "tiny_dit.toml")) as _f:
+    TINY_MODEL = _f.read()
+DECK = TINY_MODEL + """
 [data]
 path = "{data}"
 global_batch = 16
