@@ -57,6 +57,18 @@ int MpiRuntime::exit_collective(const std::string& message) {
   return 1;
 }
 
+void abort_job(const std::string& message) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size == 1) std::fprintf(stderr, "opendit: error: %s\n", message.c_str());
+  else std::fprintf(stderr, "opendit: error on rank %d: %s\n", rank, message.c_str());
+  std::fflush(stdout);
+  std::fflush(stderr);
+  if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+  std::_Exit(1);
+}
+
 void MpiRuntime::abort_one(const std::string& message) {
   if (size_ == 1) {
     std::fprintf(stderr, "opendit: error: %s\n", message.c_str());

@@ -41,6 +41,10 @@ class MpiRuntime {
   std::unique_ptr<ProcessGroup> world_;
 };
 
+// An error of this rank found outside the thread that runs the job (the background checkpoint writer): printed with
+// the rank, then MPI_Abort ends every rank at once (the other ranks may be waiting in a collective for this one).
+[[noreturn]] void abort_job(const std::string& message);
+
 // Runs `body` (returning an exit code) and ends the run the right way for whatever it throws.
 template <typename Body>
 int run_guarded(MpiRuntime& mpi, Body&& body) {

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "core/error.hpp"
+#include "parallel/mpi_runtime.hpp"
 #include "parallel/watchdog.hpp"
 #include "train/trainer.hpp"
 
@@ -77,8 +78,23 @@ void Trainer::save() {
                 dir = folder_->checkpoint_dir(), keep = static_cast<int>(s_.keep_checkpoints)] {
     const auto t0 = std::chrono::steady_clock::now();
     parallel::Watch watch("checkpoint write of step", meta.step);
-    const std::string path = io::save_checkpoint(dir, params_->layout(), st, frozen, meta,
-                                                 background ? *writer_group_ : ctx_.mesh().dp(), keep);
+    std::string path;
+    try {
+      path = io::save_checkpoint(dir, params_->layout(), st, frozen, meta,
+                                 background ? *writer_group_ : ctx_.mesh().dp(), keep);
+    } catch (const CollectiveError&) {
+      // Every rank's writer has it: the training loop sees the flag at its next step and throws it on every rank.
+      if (background) writer_failed_ = true;
+      throw;
+    } catch (const c10::Error& e) {
+      if (!background) throw;
+      parallel::abort_job(e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      // This rank's alone (a write failing inside parallel HDF5's collective transfers): the others wait in the
+      // write for this one, and this rank's training thread would wait for them: end the job from here.
+      if (!background) throw;
+      parallel::abort_job(e.what());
+    }
     if (!root) return;
     if (background)
       std::fprintf(stderr, "checkpoint: %s (training paused %.2f s; written in %.1f s in the background)\n",

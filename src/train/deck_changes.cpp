@@ -18,6 +18,7 @@ bool harmless_on_resume(const std::string& key) {
                                           "train.activation_checkpointing",
                                           "train.checkpoint_blocks",
                                           "data.prefetch",
+                                          "data.verify",
                                           "model.attention",
                                           "run.out_dir",
                                           "run.name"};

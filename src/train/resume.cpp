@@ -1,6 +1,9 @@
 // The Trainer's run-folder side: opening the folder, resuming (with the fallback past damaged checkpoints and the
 // deck comparison), the free-space check before checkpoints, and what a dry run checks of all that.
+#include <climits>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/error.hpp"
 #include "core/strings.hpp"
@@ -11,9 +14,28 @@
 
 namespace opendit::train {
 
+namespace {
+
+// Whether `path` is a checkpoint of the run folder whose checkpoints are in `ckpt_dir` (the same folder, however
+// it is spelt); false when either does not exist.
+bool in_folder(const std::string& path, const std::string& ckpt_dir) {
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  char a[PATH_MAX], b[PATH_MAX];
+  return ::realpath(dir.c_str(), a) && ::realpath(ckpt_dir.c_str(), b) && std::strcmp(a, b) == 0;
+}
+
+}  // namespace
+
+bool Trainer::resumes_own_run() const {
+  return options_.resume == "auto" ||
+         (!options_.resume.empty() && in_folder(options_.resume, s_.run_dir() + "/checkpoints"));
+}
+
 void Trainer::open_run_folder() {
+  // A checkpoint of another run (fine-tuning) starts a new run here: the folder must not hold one (or --overwrite).
   folder_ = std::make_unique<RunFolder>(s_.run_dir(), ctx_.world(),
-                                        RunRules{!options_.resume.empty(), options_.overwrite, options_.dry_run});
+                                        RunRules{resumes_own_run(), options_.overwrite, options_.dry_run});
 }
 
 std::optional<io::CheckpointMeta> Trainer::read_meta(const std::string& path, bool fallback) {
@@ -59,12 +81,11 @@ bool Trainer::resume(const std::string& how) {
       std::printf("resume auto: no complete checkpoint in %s: starting at step 0\n", folder_->checkpoint_dir().c_str());
     return false;
   }
-  const std::string own_dir = folder_->checkpoint_dir() + "/";
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const std::string& path = candidates[i];
     const std::optional<io::CheckpointMeta> head = read_meta(path, fallback);
     if (!head) continue;
-    check_deck(*head, path, fallback || path.rfind(own_dir, 0) == 0);
+    check_deck(*head, path, resumes_own_run());
     if (options_.dry_run) {
       if (root) std::printf("dry run: would resume from %s (step %lld)\n", path.c_str(), (long long)head->step);
       return true;

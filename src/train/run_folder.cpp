@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <fstream>
@@ -108,22 +109,18 @@ RunFolder::RunFolder(std::string dir, const parallel::ProcessGroup& world, const
       if (!previous.empty())
         notes += cat("note: ", lock_path, ": the run that held it (", previous,
                      ") ended without releasing it (killed?); taking it over\n");
-      if (rules.dry_run) {
-        ::close(fd);
-      } else {
-        const std::string me = cat("host ", host_name(), " pid ", ::getpid(), " since ", io::now_iso8601(), "\n");
-        if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) != ssize_t(me.size()))
-          notes += cat("warning: cannot write ", lock_path, " (", io::errno_text(), ")\n");
-        lock_fd_ = fd;
-      }
+      if (rules.dry_run) ::close(fd);
+      else lock_fd_ = fd;  // held from here on; the destructor releases it (and the catch below, on a refusal)
     }
     // A fresh start never mixes with an earlier run.
     const RunContents c = run_contents(dir_);
     if (!rules.resume && !c.empty()) {
-      if (!rules.overwrite)
+      if (!rules.overwrite) {
+        if (lock_fd_ >= 0) ::close(lock_fd_), lock_fd_ = -1;  // the constructor throws: no destructor
         throw Error(cat("run folder '", dir_, "' already holds a run (", join(c.describe(), ", "),
                         "): continue it with --resume auto, pick another run.name, or start over with --overwrite "
                         "(deletes them)"));
+      }
       if (!rules.dry_run) {
         for (const std::string& f : io::checkpoint_files(checkpoint_dir(), [](int64_t, bool) { return true; }))
           ::unlink(f.c_str());
@@ -132,6 +129,11 @@ RunFolder::RunFolder(std::string dir, const parallel::ProcessGroup& world, const
       }
       notes += cat("--overwrite: ", rules.dry_run ? "would delete" : "deleted", " the run that was in ", dir_, " (",
                    join(c.describe(), ", "), ")\n");
+    }
+    if (lock_fd_ >= 0) {  // the run is ours: say whose
+      const std::string me = cat("host ", host_name(), " pid ", ::getpid(), " since ", io::now_iso8601(), "\n");
+      if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, me.data(), me.size(), 0) != ssize_t(me.size()))
+        notes += cat("warning: cannot write ", lock_path, " (", io::errno_text(), ")\n");
     }
     // Files a killed save left behind (a .tmp is never complete).
     if (!rules.dry_run)
@@ -169,17 +171,28 @@ void RunFolder::settle(int64_t k) {
     const bool later_ckpt = !c.checkpoints.empty() && c.checkpoints.back() > k;
     // metrics.jsonl: lines of steps <= k stay; later ones are either the abandoned branch's or steps after the
     // last checkpoint of a run that was killed (done again now).
+    // A line that is not a record (cut short by a full disk or a kill) is dropped, and the file rewritten.
     std::vector<std::string> keep, later;
+    bool broken = false;
     {
       std::ifstream in(dir_ + "/metrics.jsonl");
-      for (std::string line; std::getline(in, line);)
-        if (!line.empty()) (metrics_step(line) <= k ? keep : later).push_back(line);
+      for (std::string line; std::getline(in, line);) {
+        if (line.empty()) continue;
+        const int64_t step = metrics_step(line);
+        if (step < 0) broken = true;
+        else (step <= k ? keep : later).push_back(line);
+      }
     }
     const std::string branch = cat(dir_, "/abandoned/", io::now_iso8601(), "-from-", k);
     if (later_ckpt) {
       std::vector<std::string> moved;
-      for (const std::string& f :
-           io::checkpoint_files(checkpoint_dir(), [k](int64_t step, bool tmp) { return step > k && !tmp; })) {
+      std::vector<std::string> files =
+          io::checkpoint_files(checkpoint_dir(), [k](int64_t step, bool tmp) { return step > k && !tmp; });
+      // Markers first: a crash between two moves never leaves a .done without its checkpoint.
+      std::stable_partition(files.begin(), files.end(), [](const std::string& f) {
+        return f.size() >= 5 && f.compare(f.size() - 5, 5, ".done") == 0;
+      });
+      for (const std::string& f : files) {
         move_into(f, branch + "/checkpoints");
         if (f.size() < 5 || f.compare(f.size() - 5, 5, ".done") != 0)
           moved.push_back(f.substr(f.find_last_of('/') + 1));
@@ -189,12 +202,13 @@ void RunFolder::settle(int64_t k) {
       if (!later.empty()) {
         std::ofstream out(branch + "/metrics.jsonl");
         for (const auto& line : later) out << line << "\n";
+        if (!out.flush()) throw Error(cat("cannot write '", branch, "/metrics.jsonl' (", io::errno_text(), ")"));
         moved.push_back(cat("metrics of ", later.size(), " log steps"));
       }
       notes += cat("resume from step ", k, ": the later steps of the run (", join(moved, ", "), ") moved to ", branch,
                    "/\n");
     }
-    if (!later.empty()) {
+    if (!later.empty() || broken) {
       const std::string tmp = dir_ + "/metrics.jsonl.tmp";
       {
         std::ofstream out(tmp, std::ios::trunc);

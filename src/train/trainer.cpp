@@ -334,7 +334,11 @@ int Trainer::run() {
   int signal = 0;
   while (step_ < s_.steps) {
     // A signal may reach the ranks at different steps: they agree on the first step boundary where any has it.
-    signal = static_cast<int>(ctx_.world().all_reduce(int64_t(stop.signal()), parallel::ReduceOp::Max));
+    // The same reduction carries a failed background checkpoint write (bit 8), thrown here on every rank.
+    const int64_t flags = ctx_.world().all_reduce(int64_t(stop.signal()) | (writer_failed_ ? 256 : 0),
+                                                  parallel::ReduceOp::Max);
+    if (flags & 256) finish_save();
+    signal = static_cast<int>(flags & 255);
     if (signal) break;
     bool stepped;
     {

@@ -15,6 +15,7 @@
 //   trainer.export_weights();
 // run() is that loop with checkpoints, the progress line and the closing phase table.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -89,6 +90,7 @@ class Trainer {
  private:
   void build();
   void open_run_folder();  // collective: the lock and the rules of train/run_folder.hpp
+  bool resumes_own_run() const;  // --resume auto, or a checkpoint of this run's folder (not fine-tuning)
   void dry_run_checks();   // collective: what run() would refuse, without writing
   // Collective: the checkpoint's meta, read by every rank (nullopt and a warning when `fallback` and it is damaged).
   std::optional<io::CheckpointMeta> read_meta(const std::string& path, bool fallback);
@@ -129,6 +131,7 @@ class Trainer {
   std::unique_ptr<parallel::ProcessGroup> writer_group_;  // the dp group on a communicator of the writer thread's
   at::Tensor host_state_;                                  // snapshot buffer [4 x shard] (pinned on GPU)
   std::future<void> writing_;                              // the background write in flight
+  std::atomic<bool> writer_failed_{false};                 // its agreed error is waiting in writing_
 };
 
 // `opendit train`: the device of this rank, the parallel context, a Trainer and its run(). Collective.

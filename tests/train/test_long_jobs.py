@@ -229,6 +229,7 @@ class LongJobTest(unittest.TestCase):
         rc, out = self.train("fresh", 1, "train.steps=2", flags=["--overwrite"])
         self.assertEqual(rc, 0, out[-2000:])
         self.assertIn("--overwrite: deleted the run", out)
+        self.assertNotIn("ended without releasing", out)  # the refused runs left the lock as it was
         self.assertEqual(self.checkpoints("fresh"), ["ckpt-00000002.h5"])
 
     def test_a_second_run_into_a_running_folder_is_refused(self):
@@ -279,6 +280,24 @@ class LongJobTest(unittest.TestCase):
                              "train.keep_checkpoints=10", resume="auto")
         self.assertEqual(rc, 0, out[-2000:])
         self.assertIn("ckpt-00000006.h5: step 6", out)
+
+    def test_a_checkpoint_of_another_run_starts_a_new_run(self):
+        """--resume FILE of another run into a folder holding a run is refused; an own checkpoint however spelt is own"""
+        for name in ("donor", "host"):
+            rc, out = self.train(name, 1, "train.steps=2")
+            self.assertEqual(rc, 0, out[-2000:])
+        donor = os.path.join(self.out, "donor", "checkpoints", "ckpt-00000002.h5")
+        rc, out = self.train("host", 1, "train.steps=4", resume=donor)
+        self.assertNotEqual(rc, 0, out[-2000:])
+        self.assertIn("already holds a run", out)
+        rc, out = self.train("fresh_host", 1, "train.steps=4", "train.lr=2e-3", resume=donor)
+        self.assertEqual(rc, 0, out[-2000:])  # fine-tuning into a new folder: changes are only listed
+        self.assertIn("train.lr 0.001 -> 0.002", out)
+        # The host's own checkpoint through another spelling of its path: the deck rule of an own run applies.
+        own = os.path.join(self.out, "host", "checkpoints", ".", "ckpt-00000002.h5")
+        rc, out = self.train("host", 1, "train.steps=4", "train.lr=2e-3", resume=own)
+        self.assertNotEqual(rc, 0, out[-2000:])
+        self.assertIn("--allow-deck-change", out)
 
     # ---- the deck on resume --------------------------------------------------------------------------------------
 
@@ -367,6 +386,24 @@ class LongJobTest(unittest.TestCase):
             self.assertEqual(self.checkpoints(name), [], out[-2000:])
             rc, again = self.train(name, np, "train.steps=2", resume="auto")
             self.assertEqual(rc, 0, again[-2000:])
+
+
+    def test_a_background_write_failing_on_one_rank_ends_the_job(self):
+        """a background checkpoint write failing on rank 0 alone, while training goes on: the job ends, no hang"""
+        # Rank 0 (it writes the file's metadata and is an MPI-IO aggregator) under `ulimit -f 1024`, rank 1 not; a
+        # checkpoint every 5 steps of a long run, so the failure comes while the training threads are running.
+        name = "bgfail"
+        cmd = self.command(name, 2, "train.steps=5000", "train.checkpoint_every=5")
+        i = cmd.index(BIN)
+        limit = 'if [ "$OMPI_COMM_WORLD_RANK" = 0 ]; then ulimit -f 1024; fi; exec "$0" "$@"'
+        cmd = cmd[:i] + ["sh", "-c", limit] + cmd[i:]
+        t0 = time.time()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        out = p.stdout + p.stderr
+        self.assertNotEqual(p.returncode, 0, out[-2000:])
+        self.assertRegex(out, r"opendit: error on rank 0: .*(cannot write|write failed|File too large)")
+        self.assertNotIn("watchdog", out)
+        self.assertLess(time.time() - t0, 120, "the job took as long as a hang")
 
 
 if __name__ == "__main__":
