@@ -47,12 +47,8 @@ std::optional<std::pair<std::int64_t, std::string>> parse_name(const std::string
 }
 
 void prune(const std::string& dir, std::int64_t current_step, int keep_last) {
-  std::vector<std::int64_t> complete;
-  for (const auto& [name, path] : list_dir(dir)) {
-    auto p = parse_name(name);
-    if (p && p->second.empty() && path_exists(done_marker(path))) complete.push_back(p->first);
-  }
-  std::sort(complete.rbegin(), complete.rend());
+  std::vector<std::int64_t> complete = complete_checkpoints(dir);
+  std::reverse(complete.begin(), complete.end());  // newest first
   std::vector<std::int64_t> keep(complete.begin(), keep_last > 0 && std::size_t(keep_last) < complete.size()
                                                        ? complete.begin() + keep_last
                                                        : complete.end());

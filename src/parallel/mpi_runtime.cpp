@@ -76,10 +76,7 @@ void MpiRuntime::abort_one(const std::string& message) {
     finalize(1);
     std::exit(1);
   }
-  std::fprintf(stderr, "opendit: error on rank %d: %s\n", rank_, message.c_str());
-  std::fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, 1);
-  std::_Exit(1);  // MPI_Abort does not return; this is for a broken MPI
+  abort_job(message);
 }
 
 }  // namespace opendit::parallel
