@@ -6,6 +6,8 @@
 #   train    bench/train.sh (opendit and peer, XL/2)     forward bench/forward.sh (opendit and peer, XL/2 batch 8)
 #   profile  one profiled XL/2 batch-64 step of opendit and of the peer
 #   checkpoint  bench/checkpoint.sh (XL/2 checkpoint pauses: background and foreground writes, and the peer)
+#   encoders bench/encoders.sh (SD VAE and T5-XXL, opendit and peers)
+#   enctests the encoder tests (VAE, T5, tokenizer against diffusers / transformers references) on the GPU machine
 # On machines where nothing can be installed, header-only libraries come from .carry/include and Python wheels from
 # .whl/ (see README, "GPU machines").
 set -uo pipefail
@@ -21,6 +23,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 extra=""
 [ -d .carry/include ] && extra="-DOPENDIT_EXTRA_INCLUDE_DIRS=$PWD/.carry/include"
+[ -d .carry/lib ] && extra="$extra -DOPENDIT_EXTRA_LIB_DIRS=$PWD/.carry/lib"  # SentencePiece (Debian's .so)
 { nvidia-smi -L; python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'; } \
   2>&1
 mkdir -p build && echo python3 > build/.python
@@ -42,6 +45,13 @@ for stage in $STAGES; do
     sample) bench/sample.sh DiT-XL/2 8 250 cuda 2>&1 | tee "$OUT/sample.log" ;;
     train) bench/train.sh 30 2>&1 | grep -E "^(BENCH|PEER)" | tee "$OUT/train.log" ;;
     forward) for dt in fp32 bf16; do bench/forward.sh DiT-XL/2 8 $dt cuda; done 2>&1 | tee "$OUT/forward.log" ;;
+    encoders) bench/encoders.sh cuda 10 2>&1 | tee "$OUT/encoders.log" ;;
+    # The VAE and T5 suites (CPU and GPU cases) against their references; the tokenizer's reference needs Python
+    # sentencepiece, which the GPU machine lacks (the tokenizer is CPU code, tested by make test).
+    enctests) { python3 tests/ref/make_vae_ref.py build/ref/vae && python3 tests/ref/make_t5_ref.py build/ref/t5 &&
+                OPENDIT_REF_DIR=$PWD/build/ref build/tests/encode/test_encoders --gtest_filter='Vae*:T5*-T5Tokenizer*:T5Folder.Pipeline*'; } \
+                > "$OUT/enctests.log" 2>&1
+              grep -E "^\[  (PASSED|FAILED|SKIPPED) |Failure|error|tiled|bf16" "$OUT/enctests.log" | head -30 ;;
     checkpoint) bench/checkpoint.sh 450 150 2> "$OUT/checkpoint_runs.log" | tee "$OUT/checkpoint.log" ;;
     profile) bench/train.sh 14 "$OUT" > "$OUT/profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_train.log"; head -45 "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;

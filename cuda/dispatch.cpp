@@ -1,6 +1,8 @@
 // cuda/ops.hpp: shape checks shared by both paths, then the fused kernel or the reference.
 #include <ATen/core/grad_mode.h>
 
+#include <cstdint>
+
 #include "cuda/ops.hpp"
 #if defined(OPENDIT_WITH_CUDA)
 #include "cuda/launch.hpp"
@@ -123,6 +125,50 @@ void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
   TORCH_CHECK(!t.decay_mask.defined() || t.decay_mask.scalar_type() == at::kBool, "adamw_ema: decay_mask must be bool");
   at::NoGradGuard no_grad;
   route(p.is_cuda() && p.scalar_type() == at::kFloat, cuda_impl::adamw_ema, reference::adamw_ema, t, s);
+}
+
+at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
+                           double eps, bool silu) {
+  TORCH_CHECK(x.dim() == 4 && groups >= 1 && x.size(1) % groups == 0, "group_norm_silu: x must be [N, C, H, W] with C a "
+              "multiple of ", groups, " groups, got ", x.sizes());
+  const int64_t C = x.size(1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && bias.sizes() == weight.sizes() &&
+                  weight.device() == x.device() && bias.device() == x.device(),
+              "group_norm_silu: weight and bias must be [", C, "] on ", x.device());
+  // The kernel's tiling: channels-last x, float32/bfloat16 throughout, C / vector width dividing 256 threads.
+  const int64_t cg = C / groups, width = x.scalar_type() == at::kBFloat16 ? 8 : 4;
+  int64_t v = 1;
+  while (v * 2 <= width && cg % (v * 2) == 0) v *= 2;
+  const bool tiles = C / v <= 256 && 256 % (C / v) == 0;
+  const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  const bool fused = fused_available(x) && x.is_contiguous(at::MemoryFormat::ChannelsLast) && tiles && aligned &&
+                     weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type() &&
+                     weight.is_contiguous() && bias.is_contiguous();
+  return route(fused, cuda_impl::group_norm_silu, reference::group_norm_silu, x, groups, weight, bias, eps, silu);
+}
+
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
+                        at::ScalarType out_dtype) {
+  TORCH_CHECK(x.dim() >= 1 && x.is_contiguous() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "add_rms_norm: x must be a contiguous float32 (or float64) tensor, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(!delta.defined() || (delta.sizes() == x.sizes() && delta.device() == x.device() && delta.is_contiguous()),
+              "add_rms_norm: delta must be contiguous ", x.sizes(), " on ", x.device());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1) && weight.device() == x.device(),
+              "add_rms_norm: weight must be [", x.size(-1), "] on ", x.device());
+  const bool fused = fused_available(x) && x.scalar_type() == at::kFloat && x.size(-1) % 4 == 0 &&
+                     reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                     (!delta.defined() || fused_available(delta)) && fused_available(weight) &&
+                     weight.is_contiguous() && (out_dtype == at::kFloat || out_dtype == at::kBFloat16);
+  return route(fused, cuda_impl::add_rms_norm, reference::add_rms_norm, x, delta, weight, eps, out_dtype);
+}
+
+at::Tensor gated_gelu(const at::Tensor& ab) {
+  TORCH_CHECK(ab.dim() >= 1 && ab.is_contiguous() && ab.size(-1) % 2 == 0,
+              "gated_gelu: ab must be contiguous with an even last dimension, got ", ab.sizes());
+  const int64_t F = ab.size(-1) / 2;
+  const bool fused = fused_available(ab) && F % (ab.scalar_type() == at::kBFloat16 ? 8 : 4) == 0 &&
+                     reinterpret_cast<uintptr_t>(ab.data_ptr()) % 16 == 0;
+  return route(fused, cuda_impl::gated_gelu, reference::gated_gelu, ab);
 }
 
 }  // namespace opendit::kernels

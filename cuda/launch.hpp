@@ -14,4 +14,9 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
                                  bool reuse_dg = false);
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
+at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
+                           double eps, bool silu);
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
+                        at::ScalarType out_dtype);
+at::Tensor gated_gelu(const at::Tensor& ab);
 }  // namespace opendit::kernels::cuda_impl

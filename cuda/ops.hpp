@@ -71,8 +71,32 @@ struct AdamWTensors {
 };
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
 
+// ---- e. GroupNorm + SiLU (the VAE) -------------------------------------------------------------------------------
+// y = silu((x - mean) * rstd * weight + bias) (silu optional), mean/rstd over each group of C / groups channels and
+// all H W positions of a sample, rstd = 1 / sqrt(var + eps) (biased variance). x [N, C, H, W]; weight, bias [C].
+// The kernel takes channels-last x (NHWC in memory, what cuDNN's fastest convolutions read and write) and returns
+// channels-last y; other layouts, and channel counts it does not tile (C / vector width must divide 256), run the
+// definition (at::group_norm), whose output is made channels-last when x was.
+at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
+                           double eps, bool silu);
+
+// ---- f. residual add + RMSNorm (T5) -----------------------------------------------------------------------------
+// x += delta (when delta is defined; x float32 [M, D] contiguous, updated in place), then
+// out = x * rsqrt(mean_D(x^2) + eps) * weight, computed in float32 and rounded once to out_dtype.
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
+                        at::ScalarType out_dtype);
+
+// ---- g. gated GELU (T5 v1.1's feed-forward) ---------------------------------------------------------------------
+// ab [..., 2 F] contiguous (a, then b: one GEMM's output) -> gelu_tanh(a) * b [..., F] in ab's dtype.
+at::Tensor gated_gelu(const at::Tensor& ab);
+
 // ---- references (ATen ops; any device and float dtype) -----------------------------------------------------------
 namespace reference {
+at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
+                           double eps, bool silu);
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
+                        at::ScalarType out_dtype);
+at::Tensor gated_gelu(const at::Tensor& ab);
 NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
                                          const at::Tensor& rstd, const at::Tensor& scale);

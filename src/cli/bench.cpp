@@ -89,6 +89,7 @@ void add_bench(CLI::App& app, MpiRuntime& mpi) {
   fwd->callback([a, &mpi] { run_forward_bench(*a, mpi); });
   add_bench_sample(*cmd, mpi);
   add_bench_kernels(*cmd, mpi);
+  add_bench_encoders(*cmd, mpi);
 }
 
 }  // namespace opendit::cli

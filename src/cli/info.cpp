@@ -9,6 +9,8 @@
 #include "config/schema.hpp"
 #include "core/build_info.hpp"
 #include "core/devices.hpp"
+#include "core/error.hpp"
+#include "encode/encoders.hpp"
 #include "io/h5.hpp"
 #include "models/registry.hpp"
 #include "parallel/communicator.hpp"
@@ -21,7 +23,58 @@ namespace {
 struct InfoArgs {
   DeckArgs deck;
   bool config_doc = false;
+  std::string vae, text_encoder;
 };
+
+std::string count_text(int64_t n) {  // 83653863 -> "83,653,863"
+  std::string s = std::to_string(n);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+
+std::string dtype_text(at::ScalarType t) {
+  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : t == at::kFloat ? "float32" : c10::toString(t);
+}
+
+std::string files_text(const std::vector<std::string>& files) {
+  if (files.size() == 1) return files.front();
+  return cat(files.size(), " shards: ", files.front(), " ... ", files.back());
+}
+
+// What --vae and --text-encoder hold: every name and shape checked against config.json from the files' headers (no
+// weights are read, so this is quick for a 19 GB T5-XXL), the tokenizer loaded.
+std::string encoders_text(const InfoArgs& a) {
+  std::ostringstream os;
+  const auto check_only = at::TensorOptions(at::kFloat).device(at::kMeta);
+  if (!a.vae.empty()) {
+    const encode::LoadedVae v = encode::load_vae(a.vae, check_only);
+    int64_t enc = 0;
+    for (const std::string& n : v.model->weights().names()) {
+      int64_t k = 1;
+      for (int64_t d : v.model->weights().shape(n)) k *= d;
+      if (n.rfind("encoder.", 0) == 0 || n.rfind("quant_conv.", 0) == 0) enc += k;
+    }
+    const int64_t all = v.model->weights().numel();
+    os << "VAE           " << v.folder << "\n"
+       << "  model       " << v.model->config().describe() << "\n"
+       << "  weights     " << files_text(v.weight_files) << " (" << dtype_text(v.file_dtype) << ", "
+       << v.model->weights().names().size() << " tensors, names and shapes match config.json)\n"
+       << "  parameters  " << count_text(all) << " (encoder " << count_text(enc) << ", decoder " << count_text(all - enc)
+       << ")\n";
+  }
+  if (!a.text_encoder.empty()) {
+    const encode::LoadedT5 t = encode::load_t5(a.text_encoder, check_only, /*with_tokenizer=*/true);
+    os << "text encoder  " << t.folder << "\n"
+       << "  model       " << t.model->config().describe() << "\n"
+       << "  weights     " << files_text(t.weight_files) << " (" << dtype_text(t.file_dtype) << ", "
+       << t.model->weights().names().size() << " tensors, names and shapes match config.json"
+       << (t.skipped.empty() ? "" : cat("; ", t.skipped.size(), " decoder/lm_head tensors of a whole T5 not used")) << ")\n"
+       << "  parameters  " << count_text(t.model->weights().numel()) << "\n"
+       << "  tokenizer   " << t.tokenizer->path() << " (" << t.tokenizer->vocab_size() << " ids with the extra ids, EOS "
+       << t.tokenizer->eos_id() << ", padding " << t.tokenizer->pad_id() << ")\n";
+  }
+  return os.str();
+}
 
 std::string model_names() {
   std::string names;
@@ -65,6 +118,11 @@ void run_info(const InfoArgs& args, MpiRuntime& mpi) {
     if (mpi.rank() == 0) std::fputs(config::schema_markdown(models::deck_schema()).c_str(), stdout);
     return;
   }
+  if (!args.vae.empty() || !args.text_encoder.empty()) {
+    require_one_process(mpi, "info --vae/--text-encoder");
+    std::fputs(encoders_text(args).c_str(), stdout);
+    return;
+  }
   config::Deck deck = args.deck.load(mpi.world());
   parallel::Mesh mesh(mpi.world(), static_cast<int>(deck.get_int("parallel.sp_size")));
   auto gpus = visible_gpus();
@@ -102,6 +160,9 @@ void add_info(CLI::App& app, MpiRuntime& mpi) {
   auto* cmd = app.add_subcommand("info", "Show versions, devices and the process mesh (and the resolved deck)");
   args->deck.add_to(*cmd);
   cmd->add_flag("--config-doc", args->config_doc, "Print the deck reference (docs/CONFIG.md) and exit");
+  cmd->add_option("--vae", args->vae, "Check a VAE folder (diffusers AutoencoderKL) and say what it holds");
+  cmd->add_option("--text-encoder", args->text_encoder, "Check a T5 folder (transformers, with spiece.model) and say "
+                                                        "what it holds");
   cmd->callback([args, &mpi] { run_info(*args, mpi); });
 }
 

@@ -1,6 +1,7 @@
 // `opendit sample`: samples of a model from its weights (class-conditional: a row of --per-class samples for each
 // class) through the sampling layer (sample/).
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cstdio>
 
@@ -9,9 +10,11 @@
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "core/strings.hpp"
+#include "encode/encoders.hpp"
 #include "io/safetensors.hpp"
 #include "io/weights.hpp"
 #include "models/registry.hpp"
+#include "models/vae/pipeline.hpp"
 #include "sample/plan.hpp"
 #include "sample/sampler.hpp"
 #include "sample/writers.hpp"
@@ -20,9 +23,13 @@ namespace opendit::cli {
 
 namespace {
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 struct SampleArgs {
   DeckArgs deck;
-  std::string checkpoint, out, classes, init_noise;
+  std::string checkpoint, out, classes, init_noise, vae, vae_dtype = "fp32";
   int per_class = 1;
   sample::SampleOptions options;
 };
@@ -59,7 +66,21 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
     throw Error(cat("opendit sample takes class labels; a ", model->type(), " model takes captions"));
   const std::vector<int64_t> classes = sample::parse_classes(a.classes, spec.num_classes);
   const std::vector<int64_t> shape = model->sample_shape();
-  const sample::OutputKind kind = sample::output_kind(a.out, plan.pixel, shape.front());
+  // A latent model's samples become pictures through the VAE (--vae), checked now (headers only) so that a wrong
+  // folder or a latent width the VAE does not take fails before the sampling does.
+  if (!a.vae.empty()) {
+    if (plan.pixel) throw Error("--vae: this model samples pixels already; there is nothing to decode");
+    const encode::LoadedVae v = encode::load_vae(
+        a.vae, at::TensorOptions(encode::parse_dtype(a.vae_dtype, "--vae-dtype")).device(at::kMeta));
+    if (v.model->config().latent_channels != shape.front())
+      throw Error(cat("--vae ", a.vae, ": its latents have ", v.model->config().latent_channels,
+                      " channels; the model samples ", shape.front()));
+    if (!ends_with(a.out, ".png"))
+      throw Error(cat("--out ", a.out, ": with --vae the samples are decoded to a PNG grid (NAME.png); without "
+                      "--vae they are written as latents (NAME.safetensors)"));
+  }
+  const bool pictures = plan.pixel || !a.vae.empty();
+  const sample::OutputKind kind = sample::output_kind(a.out, pictures, a.vae.empty() ? shape.front() : 3);
   const bool replaces =
       sample::check_output(a.out, kind, {io::weights_file_path(a.checkpoint), a.init_noise, a.deck.config_path});
 
@@ -113,6 +134,14 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
                     "; nothing written. The weights, the noise or the sampling settings (", plan.sampler_name(), " ",
                     plan.steps, ", cfg ", shortest(plan.cfg_scale), ", ", plan.dtype_name(), ") break there"));
   }
+  if (!a.vae.empty()) {
+    // DiT's sample.py: images = vae.decode(samples / 0.18215) (the pipeline divides by the VAE's scaling factor).
+    const encode::LoadedVae v =
+        encode::load_vae(a.vae, at::TensorOptions(encode::parse_dtype(a.vae_dtype, "--vae-dtype")).device(device));
+    at::NoGradGuard no_grad;
+    samples = models::vae::decode(*v.model, samples.to(device)).to(at::kCPU);
+    std::fprintf(stderr, "  decoded through %s\n", v.folder.c_str());
+  }
   sample::write_samples(a.out, kind, samples, cond, a.per_class,
                         {{"steps", plan.steps}, {"cfg_scale", shortest(plan.cfg_scale)},
                          {"seed", std::to_string(plan.seed)}});
@@ -127,8 +156,11 @@ void add_sample(CLI::App& app, MpiRuntime& mpi) {
                                            "class) or latents (latent models: .safetensors) from model weights");
   a->deck.add_to(*cmd);
   cmd->add_option("--checkpoint", a->checkpoint, "Model weights (opendit or diffusers safetensors)")->required();
-  cmd->add_option("--out", a->out, "Output: NAME.safetensors ('samples' [N, C, H, W], 'labels'), or NAME.png (a grid, "
-                                   "pixel models)")->required();
+  cmd->add_option("--out", a->out, "Output: NAME.safetensors ('samples' [N, C, H, W], 'labels'), or NAME.png (a grid: "
+                                   "pixel models, or latent models with --vae)")->required();
+  cmd->add_option("--vae", a->vae, "Decode a latent model's samples to pictures through this VAE (a diffusers "
+                                   "AutoencoderKL folder, or a pipeline folder with vae/)");
+  cmd->add_option("--vae-dtype", a->vae_dtype, "VAE precision: fp32 or bf16")->default_val("fp32");
   cmd->add_option("--classes", a->classes, "Class ids, comma-separated (default: every class of a model of <= 16)");
   cmd->add_option("--per-class", a->per_class, "Samples per class")->default_val(1);
   cmd->add_option("--steps", a->options.steps, "250 (DDPM, respaced), ddim50 (DDIM), ... (default: sample.steps)");

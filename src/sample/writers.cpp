@@ -19,7 +19,7 @@ OutputKind output_kind(const std::string& path, bool pixel_space, int64_t channe
   const bool png = ends_with(path, ".png");
   if (!pixel_space && png)
     throw Error(cat("--out ", path, ": a latent model's samples are latents; write them to a .safetensors file "
-                                    "(decoding to images needs the VAE, which opendit does not have yet)"));
+                                    "(or give --vae DIR to decode them to a PNG grid)"));
   if (!png && !ends_with(path, ".safetensors"))
     throw Error(cat("--out ", path, ": expected NAME.safetensors (the samples)", pixel_space ? " or NAME.png (a grid)" : ""));
   if (png && channels != 1 && channels != 3) throw Error(cat("a PNG needs 1 or 3 channels; the model has ", channels));
