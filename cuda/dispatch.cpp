@@ -129,8 +129,8 @@ void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
 
 at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                            double eps, bool silu) {
-  TORCH_CHECK(x.dim() == 4 && groups >= 1 && x.size(1) % groups == 0, "group_norm_silu: x must be [N, C, H, W] with C a "
-              "multiple of ", groups, " groups, got ", x.sizes());
+  TORCH_CHECK(x.dim() == 4 && groups >= 1 && x.size(1) % groups == 0,
+              "group_norm_silu: x must be [N, C, H, W] with C a multiple of ", groups, " groups, got ", x.sizes());
   const int64_t C = x.size(1);
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && bias.sizes() == weight.sizes() &&
                   weight.device() == x.device() && bias.device() == x.device(),
@@ -150,7 +150,8 @@ at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor
 at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
                         at::ScalarType out_dtype) {
   TORCH_CHECK(x.dim() >= 1 && x.is_contiguous() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
-              "add_rms_norm: x must be a contiguous float32 (or float64) tensor, got ", x.sizes(), " ", x.scalar_type());
+              "add_rms_norm: x must be a contiguous float32 (or float64) tensor, got ", x.sizes(), " ",
+              x.scalar_type());
   TORCH_CHECK(!delta.defined() || (delta.sizes() == x.sizes() && delta.device() == x.device() && delta.is_contiguous()),
               "add_rms_norm: delta must be contiguous ", x.sizes(), " on ", x.device());
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1) && weight.device() == x.device(),

@@ -116,8 +116,8 @@ __global__ void gn_apply_kernel(const T* __restrict__ x, const float2* __restric
 }
 
 template <typename T, int V>
-void launch_group_norm(const at::Tensor& x, at::Tensor& y, const at::Tensor& w, const at::Tensor& b, int G,
-                       double eps, bool act) {
+void launch_group_norm(const at::Tensor& x, at::Tensor& y, const at::Tensor& w, const at::Tensor& b, int G, double eps,
+                       bool act) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const int lanes = kThreads / int(C / V);
   // About four blocks per SM over the batch, each chunk a whole number of lane rows.
@@ -138,9 +138,9 @@ void launch_group_norm(const at::Tensor& x, at::Tensor& y, const at::Tensor& w, 
       xp, partial.data_ptr<float>(), reinterpret_cast<float2*>(stats.data_ptr<float>()), HW, int(C), G, int(S), eps);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto apply = act ? gn_apply_kernel<T, V, true> : gn_apply_kernel<T, V, false>;
-  apply<<<grid, kThreads, 0, stream>>>(xp, reinterpret_cast<const float2*>(stats.data_ptr<float>()),
-                                       reinterpret_cast<const T*>(w.data_ptr()), reinterpret_cast<const T*>(b.data_ptr()),
-                                       reinterpret_cast<T*>(y.data_ptr()), HW, int(C), G, chunk);
+  apply<<<grid, kThreads, 0, stream>>>(
+      xp, reinterpret_cast<const float2*>(stats.data_ptr<float>()), reinterpret_cast<const T*>(w.data_ptr()),
+      reinterpret_cast<const T*>(b.data_ptr()), reinterpret_cast<T*>(y.data_ptr()), HW, int(C), G, chunk);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -201,7 +201,8 @@ __global__ void gated_gelu_kernel(const T* __restrict__ ab, T* __restrict__ g, i
     const Vec<T, V> b = *reinterpret_cast<const Vec<T, V>*>(ab + row * 2 * F + F + col);
     Vec<T, V> o;
 #pragma unroll
-    for (int j = 0; j < V; ++j) o.v[j] = static_cast<T>(gelu_tanh(static_cast<float>(a.v[j])) * static_cast<float>(b.v[j]));
+    for (int j = 0; j < V; ++j)
+      o.v[j] = static_cast<T>(gelu_tanh(static_cast<float>(a.v[j])) * static_cast<float>(b.v[j]));
     *reinterpret_cast<Vec<T, V>*>(g + row * F + col) = o;
   }
 }
@@ -232,16 +233,23 @@ at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::
     add_rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x.data_ptr<float>(), dp, wp, op, cols, e);
   };
   auto with_out = [&](auto* dp, auto* wp) {
-    if (out_dtype == at::kBFloat16) go(dp, wp, reinterpret_cast<at::BFloat16*>(out.data_ptr()));
-    else go(dp, wp, out.data_ptr<float>());
+    if (out_dtype == at::kBFloat16)
+      go(dp, wp, reinterpret_cast<at::BFloat16*>(out.data_ptr()));
+    else
+      go(dp, wp, out.data_ptr<float>());
   };
   auto with_weight = [&](auto* dp) {
-    if (weight.scalar_type() == at::kBFloat16) with_out(dp, reinterpret_cast<const at::BFloat16*>(weight.data_ptr()));
-    else with_out(dp, weight.data_ptr<float>());
+    if (weight.scalar_type() == at::kBFloat16)
+      with_out(dp, reinterpret_cast<const at::BFloat16*>(weight.data_ptr()));
+    else
+      with_out(dp, weight.data_ptr<float>());
   };
-  if (!delta.defined()) with_weight(static_cast<const float*>(nullptr));
-  else if (delta.scalar_type() == at::kBFloat16) with_weight(reinterpret_cast<const at::BFloat16*>(delta.data_ptr()));
-  else with_weight(delta.data_ptr<float>());
+  if (!delta.defined())
+    with_weight(static_cast<const float*>(nullptr));
+  else if (delta.scalar_type() == at::kBFloat16)
+    with_weight(reinterpret_cast<const at::BFloat16*>(delta.data_ptr()));
+  else
+    with_weight(delta.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -261,8 +269,8 @@ at::Tensor gated_gelu(const at::Tensor& ab) {
         reinterpret_cast<const at::BFloat16*>(ab.data_ptr()), reinterpret_cast<at::BFloat16*>(g.data_ptr()), M, F);
   } else {
     const int64_t blocks = std::min<int64_t>((M * F / 4 + kThreads - 1) / kThreads, int64_t(sms) * 16);
-    gated_gelu_kernel<float, 4><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(ab.data_ptr<float>(),
-                                                                                         g.data_ptr<float>(), M, F);
+    gated_gelu_kernel<float, 4>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(ab.data_ptr<float>(), g.data_ptr<float>(), M, F);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return g;

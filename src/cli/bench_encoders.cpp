@@ -84,12 +84,13 @@ void run_vae_bench(const EncoderBenchArgs& a, MpiRuntime& mpi) {
   const Timing t = time_it(a, gpu, step);
   const double flops = (a.mode == "encode" ? vae.encode_flops(a.size, a.size) : vae.decode_flops(a.size, a.size)) * n;
   std::printf("%s\n", vae.config().describe().c_str());
-  std::printf("BENCH vae mode=%s device=%s threads=%d dtype=%s size=%lld %s median_ms=%.3f min_ms=%.3f "
-              "%s=%.2f tflops=%.1f peak_gib=%.2f\n",
-              a.mode.c_str(), gpu ? "cuda" : "cpu", at::get_num_threads(), a.dtype.c_str(), (long long)a.size,
-              a.frames > 0 ? cat("batch=1 frames=", n, " micro_batch=", micro).c_str() : cat("batch=", n).c_str(),
-              t.median_ms, t.min_ms, a.frames > 0 ? "frames_per_s" : "img_per_s", n / (t.median_ms * 1e-3),
-              flops / (t.median_ms * 1e-3) / 1e12, t.peak_gib);
+  std::printf(
+      "BENCH vae mode=%s device=%s threads=%d dtype=%s size=%lld %s median_ms=%.3f min_ms=%.3f "
+      "%s=%.2f tflops=%.1f peak_gib=%.2f\n",
+      a.mode.c_str(), gpu ? "cuda" : "cpu", at::get_num_threads(), a.dtype.c_str(), (long long)a.size,
+      a.frames > 0 ? cat("batch=1 frames=", n, " micro_batch=", micro).c_str() : cat("batch=", n).c_str(), t.median_ms,
+      t.min_ms, a.frames > 0 ? "frames_per_s" : "img_per_s", n / (t.median_ms * 1e-3),
+      flops / (t.median_ms * 1e-3) / 1e12, t.peak_gib);
 }
 
 models::t5::T5Config t5_preset(const std::string& name) {
@@ -140,12 +141,12 @@ void run_t5_bench(const EncoderBenchArgs& a, MpiRuntime& mpi) {
   }
   const Timing t = time_it(a, gpu, [&] { t5.forward(ids, mask_d); });
   std::printf("%s\n", cfg.describe().c_str());
-  std::printf("BENCH t5 preset=%s device=%s threads=%d dtype=%s batch=%lld tokens=%lld median_ms=%.3f min_ms=%.3f "
-              "prompts_per_s=%.1f tflops=%.1f peak_gib=%.2f params=%lld\n",
-              a.preset.c_str(), gpu ? "cuda" : "cpu", at::get_num_threads(), a.dtype.c_str(), (long long)a.batch,
-              (long long)a.tokens, t.median_ms, t.min_ms, a.batch / (t.median_ms * 1e-3),
-              cfg.flops(a.tokens) * a.batch / (t.median_ms * 1e-3) / 1e12, t.peak_gib,
-              (long long)cfg.num_parameters());
+  std::printf(
+      "BENCH t5 preset=%s device=%s threads=%d dtype=%s batch=%lld tokens=%lld median_ms=%.3f min_ms=%.3f "
+      "prompts_per_s=%.1f tflops=%.1f peak_gib=%.2f params=%lld\n",
+      a.preset.c_str(), gpu ? "cuda" : "cpu", at::get_num_threads(), a.dtype.c_str(), (long long)a.batch,
+      (long long)a.tokens, t.median_ms, t.min_ms, a.batch / (t.median_ms * 1e-3),
+      cfg.flops(a.tokens) * a.batch / (t.median_ms * 1e-3) / 1e12, t.peak_gib, (long long)cfg.num_parameters());
 }
 
 }  // namespace

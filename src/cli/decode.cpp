@@ -49,11 +49,11 @@ std::pair<int64_t, int64_t> parse_rows(const std::string& text, int64_t count) {
 
 // The latents to decode, scaled as the VAE's scaling_factor expects: [n, C, h, w] or [n, C, T, h, w], float32.
 struct Source {
-  at::Tensor latents;     // all rows asked for (safetensors), or undefined (HDF5: read in chunks)
+  at::Tensor latents;  // all rows asked for (safetensors), or undefined (HDF5: read in chunks)
   std::unique_ptr<io::LatentDataset> dataset;
   int64_t start = 0, end = 0;
-  double rescale = 1;     // the file's scale -> the VAE's
-  std::string what;       // for messages
+  double rescale = 1;  // the file's scale -> the VAE's
+  std::string what;    // for messages
 };
 
 Source open_source(const DecodeArgs& a, const models::vae::VaeConfig& vae) {
@@ -88,8 +88,9 @@ Source open_source(const DecodeArgs& a, const models::vae::VaeConfig& vae) {
     s.what = a.input;
     std::tie(s.start, s.end) = parse_rows(a.rows, s.dataset->size());
   }
-  const std::vector<int64_t> shape = s.dataset ? s.dataset->sample_shape()
-                                               : std::vector<int64_t>(s.latents.sizes().begin() + 1, s.latents.sizes().end());
+  const std::vector<int64_t> shape = s.dataset
+                                         ? s.dataset->sample_shape()
+                                         : std::vector<int64_t>(s.latents.sizes().begin() + 1, s.latents.sizes().end());
   if ((shape.size() != 3 && shape.size() != 4) || shape.front() != vae.latent_channels)
     throw Error(cat(s.what, ": samples of ", shape_str(shape), "; the VAE decodes [", vae.latent_channels,
                     ", h, w] or [", vae.latent_channels, ", T, h, w]"));
@@ -145,9 +146,13 @@ void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
       throw Error(cat("rows ", src.start + s, "..", src.start + s + k - 1, " of ", src.what,
                       " decode to NaN or Inf (the latents hold such values or are far outside the VAE's range)"));
     for (int64_t i = 0; i < k; ++i) {
-      if (grid) all.push_back(images[i]);
-      else io::write_png(cat(a.out, "/", std::string(6 - std::min<size_t>(6, std::to_string(src.start + s + i).size()), '0'),
-                             src.start + s + i, ".png"), picture(images[i]));
+      if (grid)
+        all.push_back(images[i]);
+      else
+        io::write_png(
+            cat(a.out, "/", std::string(6 - std::min<size_t>(6, std::to_string(src.start + s + i).size()), '0'),
+                src.start + s + i, ".png"),
+            picture(images[i]));
     }
     progress.update(s + k);
   }
@@ -164,16 +169,20 @@ void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
 
 void add_decode(CLI::App& app, MpiRuntime& mpi) {
   auto a = std::make_shared<DecodeArgs>();
-  auto* cmd = app.add_subcommand("decode", "Decode latents (safetensors samples or an opendit.latents HDF5 file) to "
-                                           "PNG pictures through the VAE");
-  cmd->add_option("latents", a->input, "NAME.safetensors (tensor 'samples' or 'latents', or --key) or an "
-                                       "opendit.latents .h5 file")->required();
+  auto* cmd = app.add_subcommand("decode",
+                                 "Decode latents (safetensors samples or an opendit.latents HDF5 file) to "
+                                 "PNG pictures through the VAE");
+  cmd->add_option("latents", a->input,
+                  "NAME.safetensors (tensor 'samples' or 'latents', or --key) or an "
+                  "opendit.latents .h5 file")
+      ->required();
   cmd->add_option("--vae", a->vae, "The VAE: a diffusers AutoencoderKL folder (or a pipeline folder with vae/)")
       ->required();
   cmd->add_option("--out", a->out, "A folder (one PNG per sample, NNNNNN.png) or NAME.png (one grid)")->required();
   cmd->add_option("--key", a->key, "The tensor of a safetensors file (default: samples, latents, or the only one)");
   cmd->add_option("--rows", a->rows, "Rows START:END of the input (default: all)");
-  cmd->add_option("--per-row", a->per_row, "Images per grid row (NAME.png; videos: one sample per row)")->default_val(8);
+  cmd->add_option("--per-row", a->per_row, "Images per grid row (NAME.png; videos: one sample per row)")
+      ->default_val(8);
   cmd->add_option("--dtype", a->dtype, "VAE precision: fp32 or bf16")->default_val("fp32");
   cmd->add_option("--device", a->device, "auto, cpu or cuda")->default_val("auto");
   cmd->add_option("--micro-batch", a->micro_batch, "Frames per decoder pass (bounds memory)")->default_val(8);

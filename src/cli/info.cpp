@@ -59,8 +59,8 @@ std::string encoders_text(const InfoArgs& a) {
        << "  model       " << v.model->config().describe() << "\n"
        << "  weights     " << files_text(v.weight_files) << " (" << dtype_text(v.file_dtype) << ", "
        << v.model->weights().names().size() << " tensors, names and shapes match config.json)\n"
-       << "  parameters  " << count_text(all) << " (encoder " << count_text(enc) << ", decoder " << count_text(all - enc)
-       << ")\n";
+       << "  parameters  " << count_text(all) << " (encoder " << count_text(enc) << ", decoder "
+       << count_text(all - enc) << ")\n";
   }
   if (!a.text_encoder.empty()) {
     const encode::LoadedT5 t = encode::load_t5(a.text_encoder, check_only, /*with_tokenizer=*/true);
@@ -68,10 +68,11 @@ std::string encoders_text(const InfoArgs& a) {
        << "  model       " << t.model->config().describe() << "\n"
        << "  weights     " << files_text(t.weight_files) << " (" << dtype_text(t.file_dtype) << ", "
        << t.model->weights().names().size() << " tensors, names and shapes match config.json"
-       << (t.skipped.empty() ? "" : cat("; ", t.skipped.size(), " decoder/lm_head tensors of a whole T5 not used")) << ")\n"
+       << (t.skipped.empty() ? "" : cat("; ", t.skipped.size(), " decoder/lm_head tensors of a whole T5 not used"))
+       << ")\n"
        << "  parameters  " << count_text(t.model->weights().numel()) << "\n"
-       << "  tokenizer   " << t.tokenizer->path() << " (" << t.tokenizer->vocab_size() << " ids with the extra ids, EOS "
-       << t.tokenizer->eos_id() << ", padding " << t.tokenizer->pad_id() << ")\n";
+       << "  tokenizer   " << t.tokenizer->path() << " (" << t.tokenizer->vocab_size()
+       << " ids with the extra ids, EOS " << t.tokenizer->eos_id() << ", padding " << t.tokenizer->pad_id() << ")\n";
   }
   return os.str();
 }

@@ -92,8 +92,9 @@ LoadedVae load_vae(const std::string& path, const at::TensorOptions& options) {
   const fs::path file = dir / "diffusion_pytorch_model.safetensors";
   if (!fs::exists(file)) {
     if (fs::exists(dir / "diffusion_pytorch_model.bin"))
-      throw Error(cat(dir.string(), ": the weights are a pickled .bin; opendit reads safetensors (save them with "
-                                    "AutoencoderKL.from_pretrained(dir).save_pretrained(out, safe_serialization=True))"));
+      throw Error(cat(dir.string(),
+                      ": the weights are a pickled .bin; opendit reads safetensors (save them with "
+                      "AutoencoderKL.from_pretrained(dir).save_pretrained(out, safe_serialization=True))"));
     throw Error(cat(dir.string(), ": no diffusion_pytorch_model.safetensors (", listing(dir), ")"));
   }
   const std::map<std::string, at::Tensor> sd = read_tensors(file, options.device().is_meta());
@@ -146,8 +147,9 @@ LoadedT5 load_t5(const std::string& path, const at::TensorOptions& options, bool
         if (!sd.count(n)) throw Error(cat(index.string(), ": ", n, " is listed in ", file, " but not stored there"));
     }
   } else if (fs::exists(dir / "pytorch_model.bin") || fs::exists(dir / "pytorch_model.bin.index.json")) {
-    throw Error(cat(dir.string(), ": the weights are pickled .bin files; opendit reads safetensors (save them with "
-                                  "T5EncoderModel.from_pretrained(dir).save_pretrained(out, safe_serialization=True))"));
+    throw Error(cat(dir.string(),
+                    ": the weights are pickled .bin files; opendit reads safetensors (save them with "
+                    "T5EncoderModel.from_pretrained(dir).save_pretrained(out, safe_serialization=True))"));
   } else {
     throw Error(cat(dir.string(), ": no model.safetensors or model.safetensors.index.json (", listing(dir), ")"));
   }

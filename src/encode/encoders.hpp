@@ -19,9 +19,9 @@ namespace opendit::encode {
 
 struct LoadedVae {
   std::unique_ptr<models::vae::AutoencoderKL> model;
-  std::string folder;                     // the folder config.json and the weights were read from
-  std::vector<std::string> weight_files;  // read, in order
-  at::ScalarType file_dtype = at::kFloat; // what the file stores
+  std::string folder;                      // the folder config.json and the weights were read from
+  std::vector<std::string> weight_files;   // read, in order
+  at::ScalarType file_dtype = at::kFloat;  // what the file stores
 };
 
 struct LoadedT5 {

@@ -47,8 +47,8 @@ void TensorSet::load(const std::map<std::string, at::Tensor>& sd, const std::str
     if (it == sd.end()) {
       missing.push_back(name);
     } else if (it->second.sizes() != at::IntArrayRef(shapes_.at(name))) {
-      misshaped.push_back(cat(name, " is ", shape_str(it->second.sizes()), " (expected ", shape_str(shapes_.at(name)),
-                              ")"));
+      misshaped.push_back(
+          cat(name, " is ", shape_str(it->second.sizes()), " (expected ", shape_str(shapes_.at(name)), ")"));
     }
   }
   for (const auto& [name, t] : sd)

@@ -35,8 +35,8 @@ class TensorSet {
 
   const std::vector<std::string>& names() const { return order_; }
   const std::vector<int64_t>& shape(const std::string& name) const { return shapes_.at(name); }
-  int64_t numel() const;                      // parameters of every declared tensor
-  at::ScalarType dtype() const;               // of the loaded tensors (undefined set: float)
+  int64_t numel() const;         // parameters of every declared tensor
+  at::ScalarType dtype() const;  // of the loaded tensors (undefined set: float)
   at::Device device() const;
   void to(const at::TensorOptions& options);  // every tensor
 

@@ -59,8 +59,8 @@ TEST(EncoderKernels, GroupNormSiluMatchesItsDefinition) {
   };
   // SD-VAE widths (4, 8, 16 channels a group), odd sizes, a tiny width, a large mean (the shifted sums), a width the
   // kernel does not tile (the definition runs).
-  const std::vector<Case> cases = {{2, 128, 16, 16, 32, 0},  {1, 256, 7, 9, 32, 0}, {3, 512, 4, 4, 32, 0},
-                                   {2, 16, 5, 3, 16, 0},     {1, 128, 33, 17, 32, 100}, {2, 96, 4, 4, 32, 0}};
+  const std::vector<Case> cases = {{2, 128, 16, 16, 32, 0}, {1, 256, 7, 9, 32, 0},     {3, 512, 4, 4, 32, 0},
+                                   {2, 16, 5, 3, 16, 0},    {1, 128, 33, 17, 32, 100}, {2, 96, 4, 4, 32, 0}};
   for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
     for (const Case& c : cases) {
       for (bool silu : {true, false}) {
@@ -68,9 +68,8 @@ TEST(EncoderKernels, GroupNormSiluMatchesItsDefinition) {
                      std::to_string(c.w) + " offset " + std::to_string(c.offset) + (silu ? " silu" : ""));
         at::manual_seed(3);
         const auto cuda = at::TensorOptions().device(at::kCUDA);
-        const at::Tensor x = (at::randn({c.n, c.c, c.h, c.w}, cuda) * 2 + c.offset)
-                                 .to(dt)
-                                 .contiguous(at::MemoryFormat::ChannelsLast);
+        const at::Tensor x =
+            (at::randn({c.n, c.c, c.h, c.w}, cuda) * 2 + c.offset).to(dt).contiguous(at::MemoryFormat::ChannelsLast);
         const at::Tensor w = at::randn({c.c}, cuda).to(dt), b = at::randn({c.c}, cuda).to(dt);
         const at::Tensor y = kernels::group_norm_silu(x, c.groups, w, b, 1e-6, silu);
         const at::Tensor ref = kernels::reference::group_norm_silu(x.to(at::kDouble), c.groups, w.to(at::kDouble),
@@ -94,8 +93,8 @@ TEST(EncoderKernels, AddRmsNormAndGatedGeluMatchTheirDefinitions) {
       at::Tensor x_ref = x.to(at::kDouble);
       const at::Tensor delta = at::randn({3, 7, cols}, cuda).to(dt), w = (at::randn({cols}, cuda) + 1).to(dt);
       const at::Tensor out = kernels::add_rms_norm(x, delta, w, 1e-6, dt);
-      const at::Tensor ref = kernels::reference::add_rms_norm(x_ref, delta.to(at::kDouble), w.to(at::kDouble), 1e-6,
-                                                              at::kDouble);
+      const at::Tensor ref =
+          kernels::reference::add_rms_norm(x_ref, delta.to(at::kDouble), w.to(at::kDouble), 1e-6, at::kDouble);
       EXPECT_LE(rel(x, x_ref), 1e-6);
       EXPECT_LE(rel(out, ref), tolerance(dt));
       at::Tensor x2 = x.clone(), x2_ref = x.to(at::kDouble);

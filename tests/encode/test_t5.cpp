@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "encode/encode_test_util.hpp"
 #include "encode/encoders.hpp"
 #include "io/safetensors.hpp"
-#include "encode/encode_test_util.hpp"
 #include "support/support.hpp"
 
 using namespace opendit;
@@ -88,8 +88,8 @@ TEST(T5Buckets, MatchTheRelativePositionScheme) {
   EXPECT_EQ(at_(10, 10), 0);
   EXPECT_EQ(at_(10, 13), 16 + 3);  // key after the query: the upper half, exact below 8
   EXPECT_EQ(at_(13, 10), 3);
-  EXPECT_EQ(at_(0, 8), 16 + 8);     // the first logarithmic bucket
-  EXPECT_EQ(at_(0, 199), 31);       // beyond max distance: the last bucket
+  EXPECT_EQ(at_(0, 8), 16 + 8);  // the first logarithmic bucket
+  EXPECT_EQ(at_(0, 199), 31);    // beyond max distance: the last bucket
   EXPECT_EQ(at_(199, 0), 15);
 }
 
@@ -110,13 +110,15 @@ TEST(T5Folder, EveryDamageIsOneClearError) {
   EXPECT_NE(e.find("1 missing: encoder.final_layer_norm.weight"), std::string::npos) << e;
 
   const std::string extra = copy_of("t5", tmp);
-  rewrite(extra + "/model.safetensors", [](auto& sd) { sd["encoder.block.9.layer.0.SelfAttention.q.weight"] = at::zeros({1}); });
+  rewrite(extra + "/model.safetensors",
+          [](auto& sd) { sd["encoder.block.9.layer.0.SelfAttention.q.weight"] = at::zeros({1}); });
   e = error_of([&] { encode::load_t5(extra, opts, false); });
   EXPECT_NE(e.find("1 unexpected: encoder.block.9.layer.0.SelfAttention.q.weight"), std::string::npos) << e;
 
   const std::string shape = copy_of("t5", tmp);
-  rewrite(shape + "/model.safetensors",
-          [](auto& sd) { sd["encoder.block.1.layer.1.DenseReluDense.wo.weight"] = at::zeros({64, 95}); });
+  rewrite(shape + "/model.safetensors", [](auto& sd) {
+    sd["encoder.block.1.layer.1.DenseReluDense.wo.weight"] = at::zeros({64, 95});
+  });
   e = error_of([&] { encode::load_t5(shape, opts, false); });
   EXPECT_NE(e.find("wo.weight is [64, 95] (expected [64, 96])"), std::string::npos) << e;
 

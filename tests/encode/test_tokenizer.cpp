@@ -31,8 +31,8 @@ json read_json(const std::string& name) {
   return json::parse(f);
 }
 
-#define NEED_REF()                                                                   \
-  if (ref_dir().empty()) GTEST_SKIP() << "OPENDIT_REF_DIR is not set";              \
+#define NEED_REF()                                                     \
+  if (ref_dir().empty()) GTEST_SKIP() << "OPENDIT_REF_DIR is not set"; \
   ASSERT_TRUE(fs::exists(ref_dir() + "/STAMP")) << "no reference data in " << ref_dir()
 
 // A fresh empty folder under the temp dir.
@@ -89,8 +89,9 @@ TEST(T5Tokenizer, MatchesSentencePieceAndTransformers) {
     int64_t valid = 0;
     for (auto m : hf_mask) valid += m;
     EXPECT_EQ(b.lengths[0], valid);
-    if (tie) EXPECT_EQ(std::vector<int64_t>(b.ids.begin(), b.ids.begin() + valid - 1),
-                       std::vector<int64_t>(ids.begin(), ids.begin() + valid - 1));
+    if (tie)
+      EXPECT_EQ(std::vector<int64_t>(b.ids.begin(), b.ids.begin() + valid - 1),
+                std::vector<int64_t>(ids.begin(), ids.begin() + valid - 1));
     EXPECT_EQ(b.truncated[0], int64_t(ids.size()) > max_length);
     EXPECT_EQ(b.ids[valid - 1], tok.eos_id());  // EOS kept by truncation
     EXPECT_EQ(b.lengths[1], 1);                 // "" is just EOS
@@ -157,8 +158,7 @@ TEST(CleanCaption, MatchesOpenSora) {
     const std::string in = c["input"], expected = c["expected"];
     if (c.contains("known_difference")) {
       ++skipped;
-      std::cout << "[ SKIPPED  ] clean_caption(\"" << in << "\"): " << c["known_difference"].get<std::string>()
-                << "\n";
+      std::cout << "[ SKIPPED  ] clean_caption(\"" << in << "\"): " << c["known_difference"].get<std::string>() << "\n";
       continue;
     }
     EXPECT_EQ(opendit::models::t5::clean_caption(in), expected) << "input: \"" << in << "\"";

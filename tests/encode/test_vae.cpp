@@ -6,10 +6,10 @@
 #include <filesystem>
 
 #include "core/error.hpp"
+#include "encode/encode_test_util.hpp"
 #include "encode/encoders.hpp"
 #include "io/safetensors.hpp"
 #include "models/vae/pipeline.hpp"
-#include "encode/encode_test_util.hpp"
 #include "support/support.hpp"
 
 using namespace opendit;
@@ -105,7 +105,9 @@ TEST(VaePipeline, TiledDecodingIsNoWorseThanDiffusersTiling) {
   const at::Tensor tiled = decode(*vae.model, latents, o);
   ASSERT_EQ(tiled.sizes(), whole.sizes());
   EXPECT_TRUE(at::isfinite(tiled).all().item<bool>());
-  auto err = [&](const at::Tensor& t) { return (t - whole).abs().mean().item<double>() / whole.abs().mean().item<double>(); };
+  auto err = [&](const at::Tensor& t) {
+    return (t - whole).abs().mean().item<double>() / whole.abs().mean().item<double>();
+  };
   std::printf("tiled vs whole decoding, mean |error| / mean |output|: opendit %.3f, diffusers %.3f\n", err(tiled),
               err(io.at("dec_tiled")));
   EXPECT_LE(err(tiled), err(io.at("dec_tiled")));
@@ -187,8 +189,10 @@ TEST(VaeFolder, PipelineFolderAndOldAttentionNames) {
     std::map<std::string, at::Tensor> old;
     for (auto& [n, t] : sd) {
       std::string m = n;
-      for (auto [a, b] : {std::pair<std::string, std::string>{"to_q.", "query."}, {"to_k.", "key."},
-                          {"to_v.", "value."}, {"to_out.0.", "proj_attn."}}) {
+      for (auto [a, b] : {std::pair<std::string, std::string>{"to_q.", "query."},
+                          {"to_k.", "key."},
+                          {"to_v.", "value."},
+                          {"to_out.0.", "proj_attn."}}) {
         const size_t at = m.find(a);
         if (at != std::string::npos) m = m.substr(0, at) + b + m.substr(at + a.size());
       }

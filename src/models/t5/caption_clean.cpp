@@ -15,10 +15,21 @@ namespace {
 static_assert(sizeof(wchar_t) == 4, "caption cleaning needs a 32-bit wchar_t");
 using WStr = std::wstring;
 
-struct CpRange { char32_t lo, hi; };
-struct LowerRun { char32_t lo, hi; int32_t delta, step; };
-struct Entity { const char* name; const char* utf8; };  // html5 name (with or without ';') -> value
-struct CpMap { char32_t cp; const char* utf8; };
+struct CpRange {
+  char32_t lo, hi;
+};
+struct LowerRun {
+  char32_t lo, hi;
+  int32_t delta, step;
+};
+struct Entity {
+  const char* name;
+  const char* utf8;
+};  // html5 name (with or without ';') -> value
+struct CpMap {
+  char32_t cp;
+  const char* utf8;
+};
 #include "models/t5/unicode_tables.inc"
 
 template <size_t N>
@@ -37,11 +48,26 @@ WStr decode_utf8(const std::string& s) {
   const size_t n = s.size();
   for (size_t i = 0; i < n;) {
     const unsigned b = p[i];
-    if (b < 0x80) { out += wchar_t(b); ++i; continue; }
+    if (b < 0x80) {
+      out += wchar_t(b);
+      ++i;
+      continue;
+    }
     size_t need = b >= 0xC2 && b <= 0xDF ? 1 : b >= 0xE0 && b <= 0xEF ? 2 : b >= 0xF0 && b <= 0xF4 ? 3 : 0;
-    if (need == 0) { out += L'\uFFFD'; ++i; continue; }
+    if (need == 0) {
+      out += L'\uFFFD';
+      ++i;
+      continue;
+    }
     unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte (no overlongs or surrogates)
-    if (b == 0xE0) lo = 0xA0; else if (b == 0xED) hi = 0x9F; else if (b == 0xF0) lo = 0x90; else if (b == 0xF4) hi = 0x8F;
+    if (b == 0xE0)
+      lo = 0xA0;
+    else if (b == 0xED)
+      hi = 0x9F;
+    else if (b == 0xF0)
+      lo = 0x90;
+    else if (b == 0xF4)
+      hi = 0x8F;
     char32_t cp = b & (need == 1 ? 0x1F : need == 2 ? 0x0F : 0x07);
     size_t k = 1;
     for (; k <= need && i + k < n; ++k) {
@@ -49,7 +75,11 @@ WStr decode_utf8(const std::string& s) {
       if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xBF)) break;
       cp = (cp << 6) | (c & 0x3F);
     }
-    if (k <= need) { out += L'\uFFFD'; i += k; continue; }  // bytes so far are one invalid subsequence
+    if (k <= need) {
+      out += L'\uFFFD';
+      i += k;
+      continue;
+    }  // bytes so far are one invalid subsequence
     out += wchar_t(cp);
     i += need + 1;
   }
@@ -57,8 +87,15 @@ WStr decode_utf8(const std::string& s) {
 }
 
 void append_utf8(std::string& out, char32_t c) {
-  if (c < 0x80) { out += char(c); return; }
-  if (c < 0x800) { out += char(0xC0 | (c >> 6)); out += char(0x80 | (c & 0x3F)); return; }
+  if (c < 0x80) {
+    out += char(c);
+    return;
+  }
+  if (c < 0x800) {
+    out += char(0xC0 | (c >> 6));
+    out += char(0x80 | (c & 0x3F));
+    return;
+  }
   if (c < 0x10000) {
     out += char(0xE0 | (c >> 12));
   } else {
@@ -112,12 +149,17 @@ char32_t lower1(char32_t c) {
   return c <= r.hi && (c - r.lo) % r.step == 0 ? char32_t(int64_t(c) + r.delta) : c;
 }
 bool cased_letter(char32_t c) { return is_word(c) && !is_digit(c) && c != '_' && !(c >= '0' && c <= '9'); }
-bool case_ignorable(char32_t c) { return c == '\'' || c == '.' || c == ':' || c == 0x2019 || c == 0xB7 || (c >= 0x300 && c <= 0x36F); }
+bool case_ignorable(char32_t c) {
+  return c == '\'' || c == '.' || c == ':' || c == 0x2019 || c == 0xB7 || (c >= 0x300 && c <= 0x36F);
+}
 WStr lower(const WStr& s) {
   WStr out;
   for (size_t i = 0; i < s.size(); ++i) {
     const char32_t c = s[i];
-    if (c == 0x130) { out += L"i\u0307"; continue; }
+    if (c == 0x130) {
+      out += L"i\u0307";
+      continue;
+    }
     if (c == 0x3A3) {  // final sigma: after a cased letter, not before one
       size_t a = i, b = i + 1;
       while (a > 0 && case_ignorable(s[a - 1])) --a;
@@ -133,7 +175,10 @@ WStr lower(const WStr& s) {
 
 // ---- urllib.parse.unquote_plus ----
 int hexval(wchar_t c) {
-  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+  return c >= '0' && c <= '9'   ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
 }
 WStr unquote_plus(const WStr& s) {
   WStr out;
@@ -143,7 +188,10 @@ WStr unquote_plus(const WStr& s) {
       bytes += char(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
       i += 3;
     }
-    if (!bytes.empty()) { out += decode_utf8(bytes); continue; }
+    if (!bytes.empty()) {
+      out += decode_utf8(bytes);
+      continue;
+    }
     out += s[i] == '+' ? L' ' : s[i];
     ++i;
   }
@@ -162,9 +210,9 @@ const char* entity(const WStr& name) {  // name as in the html5 table ("amp;" or
   return it != std::end(kEntities) && n == it->name ? it->utf8 : nullptr;
 }
 // windows-1252 for 0x80..0x9F (0 where undefined).
-const char32_t kCp1252[32] = {0x20AC, 0, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
-                              0x2039, 0x0152, 0, 0x017D, 0, 0, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013,
-                              0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0, 0x017E, 0x0178};
+const char32_t kCp1252[32] = {0x20AC, 0,      0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+                              0x2039, 0x0152, 0,      0x017D, 0,      0,      0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+                              0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0,      0x017E, 0x0178};
 char32_t cp1252(char32_t c) { return c >= 0x80 && c <= 0x9F && kCp1252[c - 0x80] ? kCp1252[c - 0x80] : c; }
 
 // Reads "#123" / "#x1F" at s[i] (after '&'); returns the number (capped) and sets *end; -1 if not a reference.
@@ -185,24 +233,35 @@ int64_t charref(const WStr& s, size_t i, size_t* end) {
 WStr html_unescape(const WStr& s) {
   WStr out;
   for (size_t i = 0; i < s.size();) {
-    if (s[i] != '&') { out += s[i++]; continue; }
+    if (s[i] != '&') {
+      out += s[i++];
+      continue;
+    }
     size_t end = 0;
     const int64_t num = charref(s, i + 1, &end);
     if (num >= 0) {
       if (end < s.size() && s[end] == ';') ++end;
-      if (num == 0) out += L'\uFFFD';
-      else if (num == 0x0D) out += L'\r';
-      else if (num >= 0x80 && num <= 0x9F) out += wchar_t(cp1252(char32_t(num)));
-      else if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF) out += L'\uFFFD';
+      if (num == 0)
+        out += L'\uFFFD';
+      else if (num == 0x0D)
+        out += L'\r';
+      else if (num >= 0x80 && num <= 0x9F)
+        out += wchar_t(cp1252(char32_t(num)));
+      else if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF)
+        out += L'\uFFFD';
       else if ((num >= 0x1 && num <= 0x8) || (num >= 0xE && num <= 0x1F) || (num >= 0x7F && num <= 0x9F) ||
                (num >= 0xFDD0 && num <= 0xFDEF) || num == 0xB || (num & 0xFFFF) >= 0xFFFE) {
-      } else out += wchar_t(num);
+      } else
+        out += wchar_t(num);
       i = end;
       continue;
     }
     size_t j = i + 1;  // named: [^\t\n\f <&#;]{1,32};?
     while (j < s.size() && j - i - 1 < 32 && !wcschr(L"\t\n\f <&#;", s[j])) ++j;
-    if (j == i + 1) { out += s[i++]; continue; }
+    if (j == i + 1) {
+      out += s[i++];
+      continue;
+    }
     WStr name = s.substr(i + 1, j - i - 1);
     if (j < s.size() && s[j] == ';') name += L';', ++j;
     if (const char* v = entity(name)) {
@@ -210,7 +269,10 @@ WStr html_unescape(const WStr& s) {
     } else {
       size_t x = name.size() - 1;  // longest prefix that is an entity without ';'
       for (; x >= 2; --x)
-        if (const char* p = entity(name.substr(0, x))) { out += decode_utf8(p) + name.substr(x); break; }
+        if (const char* p = entity(name.substr(0, x))) {
+          out += decode_utf8(p) + name.substr(x);
+          break;
+        }
       if (x < 2) out += L"&" + name;
     }
     i = j;
@@ -262,8 +324,10 @@ WStr html_to_text(const WStr& s) {
       const int64_t num = charref(s, i + 1, &end);
       if (num >= 0 && end < n && !(hexval(s[end]) >= 0)) {  // needs a terminator, as html.parser
         if (s[end] == ';') ++end;
-        if (num == 0 || (num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF) out += L'\uFFFD';
-        else out += wchar_t(cp1252(char32_t(num)));
+        if (num == 0 || (num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF)
+          out += L'\uFFFD';
+        else
+          out += wchar_t(cp1252(char32_t(num)));
         i = end;
         continue;
       }
@@ -313,11 +377,16 @@ WStr ftfy_segment(WStr s) {
     WStr t;
     for (wchar_t c : s) {
       if (c >= 0x80 && c <= 0x9F) c = wchar_t(cp1252(c));
-      if (const char* v = lookup(kLigatures, c)) t += decode_utf8(v);
-      else if (const char* w = lookup(kWidthMap, c)) t += decode_utf8(w);
-      else if (c == 0x2BC || (c >= 0x2018 && c <= 0x201B)) t += L'\'';
-      else if (c >= 0x201C && c <= 0x201F) t += L'"';
-      else t += c;
+      if (const char* v = lookup(kLigatures, c))
+        t += decode_utf8(v);
+      else if (const char* w = lookup(kWidthMap, c))
+        t += decode_utf8(w);
+      else if (c == 0x2BC || (c >= 0x2018 && c <= 0x201B))
+        t += L'\'';
+      else if (c >= 0x201C && c <= 0x201F)
+        t += L'"';
+      else
+        t += c;
     }
     t = replace_all(t, L"\r\n", L"\n");
     for (wchar_t& c : t)
@@ -343,26 +412,32 @@ WStr ftfy_fix_text(const WStr& s) {  // line by line, as ftfy
 // ---- the cleaning ----
 WStr clean_once(WStr s) {
   using R = Regex;
-  static const R url1(L"\\b((?:https?:(?:\\/{1,3}|[a-zA-Z0-9%])|[a-zA-Z0-9.\\-]+[.](?:com|co|ru|net|org|edu|gov|it)"
-                      L"[\\w/-]*\\b\\/?(?!@)))");
-  static const R url2(L"\\b((?:www:(?:\\/{1,3}|[a-zA-Z0-9%])|[a-zA-Z0-9.\\-]+[.](?:com|co|ru|net|org|edu|gov|it)"
-                      L"[\\w/-]*\\b\\/?(?!@)))");
+  static const R url1(
+      L"\\b((?:https?:(?:\\/{1,3}|[a-zA-Z0-9%])|[a-zA-Z0-9.\\-]+[.](?:com|co|ru|net|org|edu|gov|it)"
+      L"[\\w/-]*\\b\\/?(?!@)))");
+  static const R url2(
+      L"\\b((?:www:(?:\\/{1,3}|[a-zA-Z0-9%])|[a-zA-Z0-9.\\-]+[.](?:com|co|ru|net|org|edu|gov|it)"
+      L"[\\w/-]*\\b\\/?(?!@)))");
   static const R nick(L"@[\\w\\d]+\\b");
   // CJK strokes .. unified ideographs (Python removes the seven ranges one after another: the same as their union).
   static const R cjk(L"[\u31c0-\u31ef\u31f0-\u31ff\u3200-\u32ff\u3300-\u33ff\u3400-\u4dbf\u4dc0-\u4dff\u4e00-\u9fff]+");
-  static const R dashes(L"[\\-\u058A\u05BE\u1400\u1806\u2010-\u2015\u2E17\u2E1A\u2E3A\u2E3B\u2E40\u301C\u3030\u30A0"
-                        L"\uFE31\uFE32\uFE58\uFE63\uFF0D]+");
+  static const R dashes(
+      L"[\\-\u058A\u05BE\u1400\u1806\u2010-\u2015\u2E17\u2E1A\u2E3A\u2E3B\u2E40\u301C\u3030\u30A0"
+      L"\uFE31\uFE32\uFE58\uFE63\uFF0D]+");
   static const R dquotes(L"[`\u00b4\u00ab\u00bb\u201c\u201d\u00a8]"), squotes(L"[\u2018\u2019]");
   static const R quot(L"&quot;?"), amp(L"&amp"), ip(L"\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}");
   static const R article(L"\\d:\\d\\d\\s+$"), lit_nl(L"\\\\n"), hash3(L"#\\d{1,3}\\b"), hash5(L"#\\d{5,}\\b");
   static const R num6(L"\\b\\d{6,}\\b"), file(L"[\\S]+\\.(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)");
   static const R quotes2(L"[\"']{2,}"), dots2(L"[\\.]{2,}");
-  static const R bad_punct(L"[#\u00ae\u2022\u00a9\u2122&@\u00b7\u00ba\u00bd\u00be\u00bf\u00a1\u00a7~\\)\\(\\]\\[\\}\\{"
-                           L"\\|\\\\/\\*]+");
+  static const R bad_punct(
+      L"[#\u00ae\u2022\u00a9\u2122&@\u00b7\u00ba\u00bd\u00be\u00bf\u00a1\u00a7~\\)\\(\\]\\[\\}\\{"
+      L"\\|\\\\/\\*]+");
   static const R spaced_dot(L"\\s+\\.\\s+"), dash_us(L"[-_]");
-  static const R id1(L"\\b[a-zA-Z]{1,3}\\d{3,15}\\b"), id2(L"\\b[a-zA-Z]+\\d+[a-zA-Z]+\\b"), id3(L"\\b\\d+[a-zA-Z]+\\d+\\b");
+  static const R id1(L"\\b[a-zA-Z]{1,3}\\d{3,15}\\b"), id2(L"\\b[a-zA-Z]+\\d+[a-zA-Z]+\\b"),
+      id3(L"\\b\\d+[a-zA-Z]+\\d+\\b");
   static const R ship(L"(worldwide\\s+)?(free\\s+)?shipping"), down(L"(free\\s)?download(\\sfree)?");
-  static const R click(L"\\bclick\\b\\s(?:for|on)\\s\\w+"), ext(L"\\b(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)(\\simage[s]?)?");
+  static const R click(L"\\bclick\\b\\s(?:for|on)\\s\\w+"),
+      ext(L"\\b(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)(\\simage[s]?)?");
   static const R page(L"\\bpage\\s+\\d+\\b"), id4(L"\\b\\d*[a-zA-Z]+\\d+[a-zA-Z]+\\d+[a-zA-Z\\d]*\\b");
   static const R dims(L"\\b\\d+\\.?\\d*[x\u0445\u00d7]\\d+\\.?\\d*\\b"), colon(L"\\b\\s+\\:\\s+");
   static const R punct_space(L"(\\D[,\\./])\\b"), spaces(L"\\s+"), lead(L"^['_,\\-:;]"), trail(L"['_,\\-:\\-\\+]$");

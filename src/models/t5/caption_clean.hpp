@@ -3,7 +3,8 @@
 // shop boilerplate and odd punctuation removed, dashes and quotes unified, lower case, single spaces.
 //
 // Known differences from the Python original (UTF-8 in and out; Python's re/str Unicode semantics for \w \d \s \b,
-// lower() and strip() are followed, from tables generated out of Python's unicodedata by tools/gen_t5_unicode_tables.py):
+// lower() and strip() are followed, from tables generated out of Python's unicodedata by
+// tools/gen_t5_unicode_tables.py):
 //  - ftfy.fix_text is partly reproduced: HTML entity unescaping (lower-case names), C1 controls read as windows-1252,
 //    Latin ligatures, full-width characters, curly quotes, line breaks, terminal escapes, control characters. Not
 //    done: mojibake repair (fix_encoding: "cafÃ©" stays), NFC normalization (a decomposed "e" + U+0301 stays two

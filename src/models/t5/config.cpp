@@ -55,10 +55,10 @@ T5Config t5_config_from_json(const std::string& text, const std::string& origin)
   if (j.is_discarded() || !j.is_object()) throw Error(cat(origin, ": not a JSON object"));
   const std::string type = j.value("model_type", std::string());
   if (type != "t5") {
-    const std::string what = !type.empty()                ? cat("a ", type, " model's config")
-                             : j.contains("_class_name") ? cat("a diffusers ", j["_class_name"].get<std::string>(),
-                                                               " config")
-                                                         : std::string("a config without model_type");
+    const std::string what = !type.empty() ? cat("a ", type, " model's config")
+                             : j.contains("_class_name")
+                                 ? cat("a diffusers ", j["_class_name"].get<std::string>(), " config")
+                                 : std::string("a config without model_type");
     throw Error(cat(origin, ": ", what, "; the text encoder must be a T5 (model_type \"t5\")"));
   }
   T5Config c;

@@ -13,11 +13,11 @@ struct T5Config {
   double layer_norm_epsilon = 1e-6;
 
   int64_t inner() const { return num_heads * d_kv; }
-  int64_t num_parameters() const;  // the encoder's: embedding, blocks, final norm
+  int64_t num_parameters() const;      // the encoder's: embedding, blocks, final norm
   double flops(int64_t tokens) const;  // multiply-adds x 2 of one sequence of `tokens` tokens
   void validate(const std::string& origin) const;
-  std::string to_json() const;     // a transformers config.json
-  std::string describe() const;    // "T5 encoder: 24 layers, d_model 4096, ..."
+  std::string to_json() const;   // a transformers config.json
+  std::string describe() const;  // "T5 encoder: 24 layers, d_model 4096, ..."
 };
 
 T5Config t5_xxl_config();  // DeepFloyd/t5-v1_1-xxl, Open-Sora v1.0's text encoder

@@ -7,8 +7,8 @@
 #include <limits>
 
 #include "core/error.hpp"
-#include "cuda/ops.hpp"
 #include "core/strings.hpp"
+#include "cuda/ops.hpp"
 
 namespace opendit::models::t5 {
 
@@ -131,7 +131,7 @@ at::Tensor T5Encoder::forward(const at::Tensor& ids, const at::Tensor& mask) con
 
   // Attention bias [B, H, L, L]: the relative-position bias of block 0, and a large negative value at padding keys.
   const at::Tensor buckets = position_buckets(L).to(dev);
-  const at::Tensor table = w_[block(0, "0.SelfAttention.relative_attention_bias.weight")];  // [buckets, H]
+  const at::Tensor table = w_[block(0, "0.SelfAttention.relative_attention_bias.weight")];    // [buckets, H]
   const at::Tensor pos_bias = at::embedding(table, buckets).permute({2, 0, 1}).unsqueeze(0);  // [1, H, L, L]
   const double lowest = dt == at::kBFloat16 ? -3.3895313892515355e38 : std::numeric_limits<float>::lowest();
   const at::Tensor pad = (mask.to(dev) == 0).view({B, 1, 1, L}).to(dt) * lowest;

@@ -70,9 +70,8 @@ Tokenizer::Tokenizer(const std::string& spiece_model_path) : impl_(std::make_uni
     throw Error(cat("T5 tokenizer: ", spiece_model_path, " is not a valid SentencePiece model: ", status.ToString()));
   impl_->pieces = impl_->sp.GetPieceSize();
   if (impl_->sp.pad_id() < 0 || impl_->sp.eos_id() < 0)
-    throw Error(cat("T5 tokenizer: the SentencePiece model ", spiece_model_path,
-                    " has no pad or eos piece (pad_id ", impl_->sp.pad_id(), ", eos_id ", impl_->sp.eos_id(),
-                    "): not a T5 tokenizer"));
+    throw Error(cat("T5 tokenizer: the SentencePiece model ", spiece_model_path, " has no pad or eos piece (pad_id ",
+                    impl_->sp.pad_id(), ", eos_id ", impl_->sp.eos_id(), "): not a T5 tokenizer"));
   for (int i = 0; i < impl_->sp.GetPieceSize(); ++i)
     if (impl_->sp.IsControl(i) || impl_->sp.IsUnknown(i)) impl_->specials.emplace_back(impl_->sp.IdToPiece(i), i);
 }

@@ -10,11 +10,11 @@
 namespace opendit::models::t5 {
 
 struct TokenBatch {
-  int64_t batch = 0, length = 0;   // [batch, length] row-major
-  std::vector<int64_t> ids;        // padded with pad_id
-  std::vector<uint8_t> mask;       // 1 at valid tokens (EOS included), 0 at padding
-  std::vector<int64_t> lengths;    // valid tokens per caption (EOS included)
-  std::vector<bool> truncated;     // caption was cut to fit length
+  int64_t batch = 0, length = 0;  // [batch, length] row-major
+  std::vector<int64_t> ids;       // padded with pad_id
+  std::vector<uint8_t> mask;      // 1 at valid tokens (EOS included), 0 at padding
+  std::vector<int64_t> lengths;   // valid tokens per caption (EOS included)
+  std::vector<bool> truncated;    // caption was cut to fit length
 };
 
 class Tokenizer {
@@ -35,9 +35,9 @@ class Tokenizer {
   // padding to max_length with pad_id, attention mask. max_length >= 1 else opendit::Error.
   TokenBatch operator()(const std::vector<std::string>& captions, int64_t max_length) const;
 
-  int64_t vocab_size() const;  // pieces + 100 extra ids (T5Tokenizer's vocab_size)
-  int64_t pad_id() const;      // 0 for T5
-  int64_t eos_id() const;      // 1 for T5
+  int64_t vocab_size() const;     // pieces + 100 extra ids (T5Tokenizer's vocab_size)
+  int64_t pad_id() const;         // 0 for T5
+  int64_t eos_id() const;         // 1 for T5
   int64_t extra_id(int n) const;  // id of <extra_id_n>, n in [0, 100): pieces + 99 - n
   std::string path() const;
 

@@ -5,8 +5,8 @@
 #include <cmath>
 
 #include "core/error.hpp"
-#include "cuda/ops.hpp"
 #include "core/strings.hpp"
+#include "cuda/ops.hpp"
 
 namespace opendit::models::vae {
 
@@ -67,7 +67,8 @@ AutoencoderKL::AutoencoderKL(const VaeConfig& config) : config_(config) {
   for (int64_t i = 0; i < levels; ++i) {
     const std::string b = cat("decoder.up_blocks.", i);
     const int64_t cout = ch[levels - 1 - i], cin = ch[levels - 1 - std::max<int64_t>(i - 1, 0)];
-    for (int64_t j = 0; j <= config_.layers_per_block; ++j) declare_resnet(w_, cat(b, ".resnets.", j), j ? cout : cin, cout);
+    for (int64_t j = 0; j <= config_.layers_per_block; ++j)
+      declare_resnet(w_, cat(b, ".resnets.", j), j ? cout : cin, cout);
     if (i + 1 < levels) declare_conv(w_, b + ".upsamplers.0.conv", cout, cout, 3);
   }
   declare_norm(w_, "decoder.conv_norm_out", ch[0]);
@@ -83,10 +84,11 @@ void AutoencoderKL::load(const std::map<std::string, at::Tensor>& sd, const std:
   std::map<std::string, at::Tensor> renamed;
   for (const auto& [name, t] : sd) {
     std::string n = name;
-    for (const auto& [old_name, now] : {std::pair<std::string, std::string>{".attentions.0.query.", ".attentions.0.to_q."},
-                                        {".attentions.0.key.", ".attentions.0.to_k."},
-                                        {".attentions.0.value.", ".attentions.0.to_v."},
-                                        {".attentions.0.proj_attn.", ".attentions.0.to_out.0."}}) {
+    for (const auto& [old_name, now] :
+         {std::pair<std::string, std::string>{".attentions.0.query.", ".attentions.0.to_q."},
+          {".attentions.0.key.", ".attentions.0.to_k."},
+          {".attentions.0.value.", ".attentions.0.to_v."},
+          {".attentions.0.proj_attn.", ".attentions.0.to_out.0."}}) {
       const size_t at = n.find(old_name);
       if (at != std::string::npos) n = n.substr(0, at) + now + n.substr(at + old_name.size());
     }
@@ -126,7 +128,7 @@ at::Tensor AutoencoderKL::attention(const at::Tensor& x, const std::string& p) c
   const at::Tensor bqkv = at::cat({w_[p + ".to_q.bias"], w_[p + ".to_k.bias"], w_[p + ".to_v.bias"]});
   auto qkv = at::linear(t, wqkv, bqkv).view({N, H * W, 3, 1, C}).unbind(2);  // 3 x [N, HW, 1, C]
   at::Tensor a = at::scaled_dot_product_attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2),
-                                                  qkv[2].transpose(1, 2));  // [N, 1, HW, C]
+                                                  qkv[2].transpose(1, 2));                        // [N, 1, HW, C]
   at::Tensor o = at::linear(a.squeeze(1), w_[p + ".to_out.0.weight"], w_[p + ".to_out.0.bias"]);  // [N, HW, C]
   return o.view({N, H, W, C}).permute({0, 3, 1, 2}).add_(x);  // channels-last [N, C, H, W]
 }
@@ -159,8 +161,8 @@ Posterior AutoencoderKL::encode(const at::Tensor& images) const {
 
 at::Tensor AutoencoderKL::decode(const at::Tensor& latents) const {
   if (latents.dim() != 4 || latents.size(1) != config_.latent_channels)
-    throw Error(cat("VAE decode: latents must be [N, ", config_.latent_channels, ", h, w], got ",
-                    shape_str(latents.sizes())));
+    throw Error(
+        cat("VAE decode: latents must be [N, ", config_.latent_channels, ", h, w], got ", shape_str(latents.sizes())));
   at::Tensor h = channels_last(latents.to(w_.dtype()));
   if (config_.use_post_quant_conv) h = conv(h, "post_quant_conv", 1, 0);
   h = mid_block(conv(h, "decoder.conv_in"), "decoder.mid_block");

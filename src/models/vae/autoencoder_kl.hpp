@@ -29,7 +29,7 @@ class AutoencoderKL {
   // Convolution kernels channels-last, as the activations are (load() does it; call it after weights().init_random).
   void to_channels_last();
 
-  Posterior encode(const at::Tensor& images) const;   // [N, in, H, W], H and W multiples of factor()
+  Posterior encode(const at::Tensor& images) const;    // [N, in, H, W], H and W multiples of factor()
   at::Tensor decode(const at::Tensor& latents) const;  // unscaled z [N, lc, h, w] -> [N, out, f h, f w]
 
   // Multiply-adds x 2 per image of H x W pixels.

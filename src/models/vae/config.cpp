@@ -17,8 +17,8 @@ void VaeConfig::validate(const std::string& origin) const {
   if (norm_num_groups < 1) bad("norm_num_groups must be >= 1");
   for (int64_t c : block_out_channels)
     if (c < 1 || c % norm_num_groups != 0)
-      bad(cat("block_out_channels ", shape_str(block_out_channels), ": every width must be a multiple of norm_num_groups ",
-              norm_num_groups));
+      bad(cat("block_out_channels ", shape_str(block_out_channels),
+              ": every width must be a multiple of norm_num_groups ", norm_num_groups));
   if (!(scaling_factor > 0)) bad("scaling_factor must be > 0");
 }
 

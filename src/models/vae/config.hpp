@@ -10,10 +10,10 @@ namespace opendit::models::vae {
 struct VaeConfig {
   int64_t in_channels = 3, out_channels = 3, latent_channels = 4;
   std::vector<int64_t> block_out_channels = {128, 256, 512, 512};  // one down (and up) block each
-  int64_t layers_per_block = 2;   // resnets per down block; up blocks have one more
-  int64_t norm_num_groups = 32;   // GroupNorm groups (eps 1e-6)
-  int64_t sample_size = 256;      // the training image size; diffusers' tile size
-  double scaling_factor = 0.18215, shift_factor = 0;  // latents = (z - shift) * scaling
+  int64_t layers_per_block = 2;                                    // resnets per down block; up blocks have one more
+  int64_t norm_num_groups = 32;                                    // GroupNorm groups (eps 1e-6)
+  int64_t sample_size = 256;                                       // the training image size; diffusers' tile size
+  double scaling_factor = 0.18215, shift_factor = 0;               // latents = (z - shift) * scaling
   bool use_quant_conv = true, use_post_quant_conv = true, mid_block_add_attention = true;
 
   int64_t factor() const { return int64_t{1} << (block_out_channels.size() - 1); }  // pixels per latent (8)

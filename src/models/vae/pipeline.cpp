@@ -79,8 +79,8 @@ Posterior encode(const AutoencoderKL& vae, const at::Tensor& images, const Encod
   check_micro_batch(options.micro_batch, "encode");
   const bool video = images.dim() == 5;
   if (!video && images.dim() != 4)
-    throw Error(cat("VAE encode: expected images [N, C, H, W] or video [N, C, T, H, W], got ",
-                    shape_str(images.sizes())));
+    throw Error(
+        cat("VAE encode: expected images [N, C, H, W] or video [N, C, T, H, W], got ", shape_str(images.sizes())));
   const at::Tensor frames = video ? to_frames(images) : images;
   std::vector<at::Tensor> means, logvars;
   for (int64_t s = 0; s < frames.size(0); s += options.micro_batch) {
@@ -89,7 +89,9 @@ Posterior encode(const AutoencoderKL& vae, const at::Tensor& images, const Encod
     logvars.push_back(p.logvar.to(at::kFloat));
   }
   at::Tensor mean = at::cat(means), logvar = at::cat(logvars);
-  if (video) mean = from_frames(mean, images.size(0), images.size(2)), logvar = from_frames(logvar, images.size(0), images.size(2));
+  if (video)
+    mean = from_frames(mean, images.size(0), images.size(2)),
+    logvar = from_frames(logvar, images.size(0), images.size(2));
   return {mean, logvar};
 }
 
@@ -110,8 +112,8 @@ at::Tensor decode(const AutoencoderKL& vae, const at::Tensor& latents, const Dec
   const bool video = latents.dim() == 5;
   if (!video && latents.dim() != 4)
     throw Error(cat("VAE decode: expected latents [N, C, h, w] or [N, C, T, h, w], got ", shape_str(latents.sizes())));
-  const at::Tensor frames = (video ? to_frames(latents) : latents).to(at::kFloat) / vae.config().scaling_factor +
-                            vae.config().shift_factor;
+  const at::Tensor frames =
+      (video ? to_frames(latents) : latents).to(at::kFloat) / vae.config().scaling_factor + vae.config().shift_factor;
   const bool tiled = options.tile > 0 && (frames.size(2) > options.tile || frames.size(3) > options.tile);
   std::vector<at::Tensor> parts;
   for (int64_t s = 0; s < frames.size(0); s += options.micro_batch) {
