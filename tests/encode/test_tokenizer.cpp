@@ -112,6 +112,18 @@ TEST(T5Tokenizer, ExtraIdsAndBadMaxLength) {
   EXPECT_EQ(tok.path(), ref_dir() + "/spiece.model");
 }
 
+// The cleaning option runs each caption through clean_caption before the pieces.
+TEST(T5Tokenizer, CleaningOption) {
+  NEED_REF();
+  const Tokenizer tok(ref_dir() + "/spiece.model");
+  const std::string caption = "A <b>Cat</b> on https://example.com/x.jpg -- sitting!!";
+  const opendit::models::t5::TokenBatch plain = tok({caption}, 32), cleaned = tok({caption}, 32, /*clean=*/true);
+  std::vector<int64_t> want = tok.encode(opendit::models::t5::clean_caption(caption));
+  want.resize(32, tok.pad_id());
+  EXPECT_EQ(cleaned.ids, want);
+  EXPECT_NE(plain.ids, cleaned.ids);
+}
+
 TEST(T5Tokenizer, LoadErrors) {
   NEED_REF();
   const fs::path dir = temp_dir("load");

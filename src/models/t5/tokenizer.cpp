@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "core/error.hpp"
+#include "models/t5/caption_clean.hpp"
 
 namespace opendit::models::t5 {
 
@@ -109,7 +110,7 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
   return out;
 }
 
-TokenBatch Tokenizer::operator()(const std::vector<std::string>& captions, int64_t max_length) const {
+TokenBatch Tokenizer::operator()(const std::vector<std::string>& captions, int64_t max_length, bool clean) const {
   if (max_length < 1) throw Error(cat("T5 tokenizer: max_length must be at least 1, got ", max_length));
   TokenBatch b;
   b.batch = static_cast<int64_t>(captions.size());
@@ -117,7 +118,7 @@ TokenBatch Tokenizer::operator()(const std::vector<std::string>& captions, int64
   b.ids.assign(b.batch * max_length, pad_id());
   b.mask.assign(b.batch * max_length, 0);
   for (int64_t i = 0; i < b.batch; ++i) {
-    std::vector<int64_t> ids = encode(captions[i]);
+    std::vector<int64_t> ids = encode(clean ? clean_caption(captions[i]) : captions[i]);
     const bool cut = static_cast<int64_t>(ids.size()) > max_length;
     if (cut) {  // keep max_length - 1 pieces, then EOS
       ids.resize(max_length);

@@ -33,7 +33,9 @@ class Tokenizer {
   std::vector<int64_t> encode(const std::string& text) const;
   // Captions -> [N, max_length]: truncation to max_length (the last kept token is EOS, as transformers truncates),
   // padding to max_length with pad_id, attention mask. max_length >= 1 else opendit::Error.
-  TokenBatch operator()(const std::vector<std::string>& captions, int64_t max_length) const;
+  // clean: each caption first goes through clean_caption (models/t5/caption_clean.hpp), as Open-Sora v1.0 and PixArt
+  // preprocess their captions.
+  TokenBatch operator()(const std::vector<std::string>& captions, int64_t max_length, bool clean = false) const;
 
   int64_t vocab_size() const;     // pieces + 100 extra ids (T5Tokenizer's vocab_size)
   int64_t pad_id() const;         // 0 for T5
