@@ -10,6 +10,7 @@
 #include "core/build_info.hpp"
 #include "core/devices.hpp"
 #include "core/error.hpp"
+#include "core/strings.hpp"
 #include "encode/encoders.hpp"
 #include "io/h5.hpp"
 #include "models/registry.hpp"
@@ -24,7 +25,15 @@ struct InfoArgs {
   DeckArgs deck;
   bool config_doc = false;
   std::string vae, text_encoder;
+  bool tensors = false;
 };
+
+// Every tensor of a set: name, shape (as the config implies and the file holds).
+std::string tensor_list(const models::TensorSet& w) {
+  std::string out;
+  for (const std::string& n : w.names()) out += cat("    ", n, " ", shape_str(w.shape(n)), "\n");
+  return out;
+}
 
 std::string count_text(int64_t n) {  // 83653863 -> "83,653,863"
   std::string s = std::to_string(n);
@@ -61,6 +70,7 @@ std::string encoders_text(const InfoArgs& a) {
        << v.model->weights().names().size() << " tensors, names and shapes match config.json)\n"
        << "  parameters  " << count_text(all) << " (encoder " << count_text(enc) << ", decoder "
        << count_text(all - enc) << ")\n";
+    if (a.tensors) os << tensor_list(v.model->weights());
   }
   if (!a.text_encoder.empty()) {
     const encode::LoadedT5 t = encode::load_t5(a.text_encoder, check_only, /*with_tokenizer=*/true);
@@ -73,6 +83,7 @@ std::string encoders_text(const InfoArgs& a) {
        << "  parameters  " << count_text(t.model->weights().numel()) << "\n"
        << "  tokenizer   " << t.tokenizer->path() << " (" << t.tokenizer->vocab_size()
        << " ids with the extra ids, EOS " << t.tokenizer->eos_id() << ", padding " << t.tokenizer->pad_id() << ")\n";
+    if (a.tensors) os << tensor_list(t.model->weights());
   }
   return os.str();
 }
@@ -164,6 +175,7 @@ void add_info(CLI::App& app, MpiRuntime& mpi) {
   cmd->add_option("--vae", args->vae, "Check a VAE folder (diffusers AutoencoderKL) and say what it holds");
   cmd->add_option("--text-encoder", args->text_encoder, "Check a T5 folder (transformers, with spiece.model) and say "
                                                         "what it holds");
+  cmd->add_flag("--tensors", args->tensors, "With --vae / --text-encoder: list every tensor (name and shape)");
   cmd->callback([args, &mpi] { run_info(*args, mpi); });
 }
 

@@ -33,6 +33,8 @@ check "info: the SD layout" has info "widths 128-256-512-512"
 check "info: VAE parameters" has info "83,653,863"
 check "info: T5 from shards" has info "shards: .*names and shapes match config.json"
 check "info: the tokenizer found in the pipeline" has info "tokenizer/spiece.model (900 ids"
+run info_list "$BIN" info --vae "$VAE" --tensors
+check "info --tensors: every tensor with its shape" has info_list "^    decoder.conv_out.weight \[3, 32, 3, 3\]"
 run info_nospm "$BIN" info --text-encoder "$REF/t5/t5"
 check "info: no spiece.model is an error" test "$rc_info_nospm" -eq 1
 check "info: ... naming the paths tried" has info_nospm "spiece.model"

@@ -66,6 +66,11 @@ out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" "$tmp/absent.safetensors" 
 rc=$?
 [ $rc -ne 0 ] && echo "$out" | grep -q "absent.safetensors" && ! echo "$out" | grep -qi "usage\|--classes\|--cfg\|unknown\|expected"
 check "sample_dit.sbatch: opendit sample accepts its arguments (fails only on the absent checkpoint)" $? "$out"
+# With VAE=DIR the samples are decoded to a PNG grid: --vae DIR and a .png output reach opendit sample.
+out=$(cd "$tmp" && VAE="$tmp/novae" bash "$SRC/jobs/sample_dit.sbatch" "$tmp/absent.safetensors" 2>&1)
+[ $? -ne 0 ] && ! echo "$out" | grep -qi "usage\|unknown\|expected" &&
+  grep -q -- "sample .*--vae $tmp/novae --out .*\.png" "$SRUN_LOG"
+check "sample_dit.sbatch with VAE=DIR passes --vae and writes a PNG" $? "$out $(tail -1 "$SRUN_LOG")"
 out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" 2>&1)
 [ $? -eq 2 ] && echo "$out" | grep -q usage
 check "sample_dit.sbatch without a checkpoint prints its usage" $? "$out"
