@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 APT_PACKAGES=(cmake g++ make ninja-build pkg-config ccache python3-venv
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-  libgtest-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libpng-dev libturbojpeg0-dev libsentencepiece-dev)
+  libgtest-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libpng-dev libturbojpeg0-dev libsentencepiece-dev
+  libavformat-dev libavcodec-dev libswscale-dev libavutil-dev)
 # A single-node Slurm (22.05 on Debian 12) that the jobs/ scripts are tested under; the test starts its own daemons.
 TEST_APT_PACKAGES=(slurm-wlm munge)
 # pip name[:import name]
 DEMO_PIP_PACKAGES=(numpy safetensors scikit-learn:sklearn matplotlib)
-TEST_PIP_PACKAGES=(numpy diffusers transformers sentencepiece protobuf:google.protobuf beautifulsoup4:bs4 ftfy safetensors scikit-learn:sklearn matplotlib)
+TEST_PIP_PACKAGES=(numpy diffusers transformers sentencepiece protobuf:google.protobuf beautifulsoup4:bs4 ftfy av safetensors scikit-learn:sklearn matplotlib)
 
 want_test=0
 want_demo=0

@@ -13,6 +13,7 @@
 #include "core/strings.hpp"
 #include "encode/encoders.hpp"
 #include "io/h5.hpp"
+#include "io/video_read.hpp"
 #include "models/registry.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/mesh.hpp"
@@ -152,6 +153,7 @@ void run_info(const InfoArgs& args, MpiRuntime& mpi) {
      << "  NCCL          " << parallel::nccl_version() << "\n"
      << "  MPI           " << parallel::mpi_library_version() << "\n"
      << "  HDF5          " << io::hdf5_library_version() << "\n"
+     << "  FFmpeg        " << io::ffmpeg_version() << "\n"
      << "  models        " << model_names() << " (model.type)\n"
      << "  devices       ";
   if (gpus.empty()) os << "no GPU visible: running on CPU\n";
