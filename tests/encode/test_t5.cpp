@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "encode/encode_test_util.hpp"
 #include "encode/encoders.hpp"
+#include "encode/text.hpp"
 #include "io/safetensors.hpp"
 #include "support/support.hpp"
 
@@ -176,4 +177,39 @@ TEST(T5Gpu, MatchesTransformersOnTheGpu) {
     EXPECT_LE(rel(t5.model->forward(io.at("ids").cuda(), io.at("mask").cuda()).cpu(), io.at("out")), tol) << dt;
   }
   ctx.setAllowTF32CuBLAS(blas_tf32);
+}
+
+// Captions end to end (tokenizer -> T5): the valid tokens only, computed on the batch cut to its longest caption,
+// equal the full-length run's valid tokens; padded back, they are the models' [N, L, D] with its mask.
+TEST(T5Captions, ValidTokensEqualTheFullLengthRun) {
+  const char* root = std::getenv("OPENDIT_REF_DIR");
+  const std::string spiece = std::string(root) + "/tokenizer/spiece.model";
+  const models::t5::Tokenizer tok(spiece);
+  // A tiny T5 whose vocabulary covers the tokenizer's (random weights: this is a property of the cut, not parity).
+  models::t5::T5Config cfg = load("t5").model->config();
+  const std::string mismatch = error_of([&] {
+    encode::embed_captions(*load("t5").model, tok, {"a"}, 8, false);
+  });
+  EXPECT_NE(mismatch.find("tokenizer has 900 ids"), std::string::npos) << mismatch;
+  cfg.vocab_size = tok.vocab_size();
+  struct {
+    std::unique_ptr<models::t5::T5Encoder> model;
+  } t5{std::make_unique<models::t5::T5Encoder>(cfg)};
+  t5.model->init_random(3, at::TensorOptions());
+  std::string longer;
+  for (int i = 0; i < 30; ++i) longer += "the quick brown fox jumps over a lazy dog ";
+  const std::vector<std::string> captions = {"a red panda eats bamboo in the snow", "", "two cats", longer};
+  const encode::CaptionEmbeddings e = encode::embed_captions(*t5.model, tok, captions, 40, /*clean=*/false);
+  const models::t5::TokenBatch b = tok(captions, 40);
+  ASSERT_EQ(e.lengths.size(0), 4);
+  EXPECT_EQ(e.lengths[1].item<int64_t>(), 1);  // an empty caption is its EOS
+  EXPECT_TRUE(e.truncated[3]);
+  const at::Tensor ids = at::tensor(b.ids).view({4, 40});
+  const at::Tensor mask = at::tensor(std::vector<int64_t>(b.mask.begin(), b.mask.end())).view({4, 40});
+  const at::Tensor full = t5.model->forward(ids, mask);
+  EXPECT_LE(rel(e.tokens, full.index({mask.to(at::kBool)})), 1e-6);
+  const auto [padded, m] = encode::pad_embeddings(e, 40);
+  EXPECT_TRUE(at::equal(m, mask.to(at::kBool)));
+  EXPECT_LE(rel(padded.index({m}), full.index({mask.to(at::kBool)})), 1e-6);
+  EXPECT_EQ(padded.index({m.logical_not()}).abs().max().item<float>(), 0.f);
 }
