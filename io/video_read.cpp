@@ -13,6 +13,7 @@ extern "C" {
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
 #include <libavutil/imgutils.h>
+#include <libavutil/log.h>
 #include <libavutil/pixdesc.h>
 #include <libswscale/swscale.h>
 }
@@ -57,6 +58,7 @@ std::string ffmpeg_version() {
 }
 
 at::Tensor read_video_rgb(const std::string& path, int64_t max_frames) {
+  av_log_set_level(AV_LOG_ERROR);  // a damaged input is reported by the error this throws, not by libav's log
   AVFormatContext* raw = nullptr;
   if (int e = avformat_open_input(&raw, path.c_str(), nullptr, nullptr); e < 0)
     throw Error(cat(path, ": cannot be opened as a video (", av_text(e), ")"));

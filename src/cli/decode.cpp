@@ -13,6 +13,8 @@
 #include "io/image.hpp"
 #include "io/latent_dataset.hpp"
 #include "io/safetensors.hpp"
+#include "io/video_read.hpp"
+#include "io/video_write.hpp"
 #include "models/vae/pipeline.hpp"
 
 namespace opendit::cli {
@@ -24,6 +26,7 @@ namespace fs = std::filesystem;
 struct DecodeArgs {
   std::string vae, input, out, key, rows, dtype = "fp32", device = "auto";
   int64_t micro_batch = 8, tile = 0, overlap = 8, per_row = 8;
+  double fps = 8;
   bool overwrite = false;
 };
 
@@ -97,6 +100,12 @@ Source open_source(const DecodeArgs& a, const models::vae::VaeConfig& vae) {
   return s;
 }
 
+// "000042": file names that sort in row order.
+std::string number(int64_t row) {
+  std::string s = std::to_string(row);
+  return std::string(s.size() < 6 ? 6 - s.size() : 0, '0') + s;
+}
+
 // Pictures of one sample: an image [3, H, W], or a video [3, T, H, W] as its frames side by side.
 at::Tensor picture(const at::Tensor& sample) {
   if (sample.dim() == 3) return io::image_grid(sample.unsqueeze(0), 1, 0);
@@ -106,18 +115,29 @@ at::Tensor picture(const at::Tensor& sample) {
 void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
   require_one_process(mpi, "decode");
   if (a.micro_batch < 1 || a.per_row < 1) throw Error("--micro-batch and --per-row must be >= 1");
-  const bool grid = ends_with(a.out, ".png");
+  if (!(a.fps > 0)) throw Error(cat("--fps ", a.fps, ": must be > 0"));
+  const bool grid = ends_with(a.out, ".png"), mp4 = ends_with(a.out, ".mp4");
   if (!io::png_supported()) throw Error("this opendit was built without libpng: decode writes PNG files");
   // Everything checked before the work: the VAE folder (headers only), the input, the output.
   const at::ScalarType dtype = encode::parse_dtype(a.dtype, "--dtype");
   const encode::LoadedVae described = encode::load_vae(a.vae, at::TensorOptions(dtype).device(at::kMeta));
   Source src = open_source(a, described.model->config());
-  if (grid) {
+  const bool video = src.dataset ? src.dataset->sample_shape().size() == 4 : src.latents.dim() == 5;
+  if (mp4) {
+    if (!video) throw Error(cat("--out ", a.out, ": these latents are images; write NAME.png or a folder"));
+    if (src.end - src.start != 1)
+      throw Error(cat("--out ", a.out, ": one MP4 holds one video and ", src.end - src.start, " rows are asked for; "
+                      "give a folder (one NNNNNN.mp4 each) or --rows K:K+1"));
+    if (!io::video_supported()) throw Error(cat("--out ", a.out, ": ", io::ffmpeg_version()));
+  }
+  // Video samples in a folder: an MP4 each, or where FFmpeg is not built in, a PNG strip of their frames.
+  const bool folder_mp4 = video && !grid && !mp4 && io::video_supported();
+  if (grid || mp4) {
     io::check_can_write(a.out, "--out");
   } else {
     if (fs::exists(a.out) && !fs::is_directory(a.out)) throw Error(cat("--out ", a.out, ": a file, not a folder"));
     if (fs::exists(a.out) && !fs::is_empty(a.out) && !a.overwrite)
-      throw Error(cat("--out ", a.out, ": the folder is not empty (give --overwrite to replace its PNGs)"));
+      throw Error(cat("--out ", a.out, ": the folder is not empty (give --overwrite to replace its files)"));
     io::make_dirs(a.out, "--out");
   }
   const bool gpu = pick_gpu(a.device);
@@ -146,13 +166,15 @@ void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
       throw Error(cat("rows ", src.start + s, "..", src.start + s + k - 1, " of ", src.what,
                       " decode to NaN or Inf (the latents hold such values or are far outside the VAE's range)"));
     for (int64_t i = 0; i < k; ++i) {
+      const std::string stem = cat(a.out, "/", number(src.start + s + i));
       if (grid)
         all.push_back(images[i]);
+      else if (mp4)
+        io::write_mp4(a.out, io::video_to_uint8(images[i]), a.fps);
+      else if (folder_mp4)
+        io::write_mp4(stem + ".mp4", io::video_to_uint8(images[i]), a.fps);
       else
-        io::write_png(
-            cat(a.out, "/", std::string(6 - std::min<size_t>(6, std::to_string(src.start + s + i).size()), '0'),
-                src.start + s + i, ".png"),
-            picture(images[i]));
+        io::write_png(stem + ".png", picture(images[i]));
     }
     progress.update(s + k);
   }
@@ -162,7 +184,8 @@ void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
     io::write_png(a.out, images.dim() == 4 ? io::image_grid(images, a.per_row)
                                            : io::image_grid(images.transpose(1, 2).flatten(0, 1), images.size(2)));
   }
-  std::printf("wrote %s (%lld %s)\n", a.out.c_str(), (long long)n, grid ? "samples in one grid" : "PNG files");
+  std::printf("wrote %s (%lld %s)\n", a.out.c_str(), (long long)n,
+              grid ? "samples in one grid" : mp4 ? "video" : folder_mp4 ? "MP4 files" : "PNG files");
 }
 
 }  // namespace
@@ -178,7 +201,9 @@ void add_decode(CLI::App& app, MpiRuntime& mpi) {
       ->required();
   cmd->add_option("--vae", a->vae, "The VAE: a diffusers AutoencoderKL folder (or a pipeline folder with vae/)")
       ->required();
-  cmd->add_option("--out", a->out, "A folder (one PNG per sample, NNNNNN.png) or NAME.png (one grid)")->required();
+  cmd->add_option("--out", a->out, "A folder (NNNNNN.png per image; NNNNNN.mp4 per video, PNG strips without FFmpeg), "
+                                   "NAME.png (one grid) or NAME.mp4 (one video)")->required();
+  cmd->add_option("--fps", a->fps, "Frames per second of MP4 output")->default_val(8);
   cmd->add_option("--key", a->key, "The tensor of a safetensors file (default: samples, latents, or the only one)");
   cmd->add_option("--rows", a->rows, "Rows START:END of the input (default: all)");
   cmd->add_option("--per-row", a->per_row, "Images per grid row (NAME.png; videos: one sample per row)")

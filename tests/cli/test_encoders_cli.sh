@@ -2,9 +2,9 @@
 # The encoders from the command line: info --vae/--text-encoder, decode, sample --vae and bench vae|t5, with the
 # reference folders of tests/ref (a tiny SD-layout VAE, a tiny T5, a trained-at-test-time spiece.model, a tiny latent
 # DiT), and every error a user can make with them.
-# usage: test_encoders_cli.sh OPENDIT REF_DIR
+# usage: test_encoders_cli.sh OPENDIT REF_DIR PYTHON
 set -u
-BIN=$1 REF=$2
+BIN=$1 REF=$2 PY=$3
 fails=0 passes=0
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -68,6 +68,29 @@ check "decode: bad tile" has dec_tile "tile must be 0"
 run dec_pix "$BIN" decode "$(dirname "$0")/../../inputs/digits/heldout.h5" --vae "$VAE" --out "$out/p.png"
 check "decode: pixel data is refused" has dec_pix "not VAE latents"
 check "decode: nothing written on errors" test ! -e "$out/r.png" -a ! -e "$out/k.png" -a ! -e "$out/p.png"
+
+# ---- video latents: an MP4 per sample (read back with PyAV), one MP4, and the errors ---------------------------------
+"$PY" -c "
+import torch; from safetensors.torch import save_file
+torch.manual_seed(0); save_file({'latents': torch.randn(2, 4, 3, 8, 6) * 0.18215}, '$out/vid.safetensors')"
+if "$BIN" info | grep -q "FFmpeg  *libavformat"; then
+  run vdec "$BIN" decode "$out/vid.safetensors" --vae "$VAE" --out "$out/vids" --fps 12
+  check "decode video: an MP4 per sample" test -s "$out/vids/000000.mp4" -a -s "$out/vids/000001.mp4"
+  check "decode video: PyAV reads 3 frames of 16x12 at 12 fps" test "$("$PY" -c "
+import av
+with av.open('$out/vids/000001.mp4') as c:
+    s = c.streams.video[0]; f = list(c.decode(video=0))
+    print(len(f), f[0].width, f[0].height, round(float(s.average_rate)))")" = "3 12 16 12"
+  run vone "$BIN" decode "$out/vid.safetensors" --vae "$VAE" --out "$out/one.mp4" --rows 1:2
+  check "decode video: one MP4" test -s "$out/one.mp4"
+  run vtwo "$BIN" decode "$out/vid.safetensors" --vae "$VAE" --out "$out/two.mp4"
+  check "decode video: one MP4 cannot hold 2 rows" has vtwo "one MP4 holds one video and 2 rows are asked for"
+  run vimg "$BIN" decode "$out/lat.safetensors" --vae "$VAE" --out "$out/img.mp4" --rows 0:1
+  check "decode: image latents to an MP4 are refused" has vimg "these latents are images"
+else
+  run vdec "$BIN" decode "$out/vid.safetensors" --vae "$VAE" --out "$out/vids"
+  check "decode video without FFmpeg: PNG strips" test -s "$out/vids/000001.png"
+fi
 
 # ---- sample --vae ---------------------------------------------------------------------------------------------------
 run sv "$BIN" sample --config "$out/tiny.toml" --checkpoint "$REF/sample/weights.safetensors" --classes 1,2 \
