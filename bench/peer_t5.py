@@ -16,10 +16,9 @@ bf16 means every weight in bf16: transformers keeps T5's `wo` in fp32 only when 
 T5EncoderModel.from_pretrained(..., torch_dtype=torch.bfloat16) gives as well.
 """
 import argparse
-import statistics
-import time
 
 import torch
+from peer_timing import time_calls
 from transformers import T5Config, T5EncoderModel
 
 COMMON = dict(relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
@@ -83,22 +82,9 @@ def main():
         return
 
     model.to(dtype)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    with torch.inference_mode():
-        for i in range(a.warmup + a.iters):
-            sync()
-            t0 = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            sync()
-            if i >= a.warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    med = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    med, fastest, peak = time_calls(lambda: model(input_ids=ids, attention_mask=mask), a.warmup, a.iters, cuda)
     print(f"PEER t5 preset={a.preset} device={a.device} threads={torch.get_num_threads()} dtype={a.dtype} "
-          f"batch={a.batch} tokens={a.tokens} params={params} median_ms={med:.3f} min_ms={min(times):.3f} "
+          f"batch={a.batch} tokens={a.tokens} params={params} median_ms={med:.3f} min_ms={fastest:.3f} "
           f"prompts_per_s={a.batch / med * 1e3:.2f} peak_gib={peak:.3f}")
 
 

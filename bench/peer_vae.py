@@ -15,11 +15,10 @@ Prints one line:
 peak_gib: torch.cuda.max_memory_allocated over the timed and warm-up runs, weights included (0 on cpu).
 """
 import argparse
-import statistics
-import time
 
 import torch
 from diffusers import AutoencoderKL
+from peer_timing import time_calls
 
 SCALE = 0.18215
 SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -67,26 +66,13 @@ def main():
     def forward():
         return torch.cat([run(inp[i:i + step]) for i in range(0, n, step)]) if step < n else run(inp)
 
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    with torch.inference_mode():
-        for i in range(a.warmup + a.iters):
-            sync()
-            t0 = time.perf_counter()
-            forward()
-            sync()
-            if i >= a.warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    med = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    med, fastest, peak = time_calls(forward, a.warmup, a.iters, cuda)
     unit = "img_per_s"
     shape = f"batch={a.batch}"
     if a.frames > 0:
         unit, shape = "frames_per_s", f"batch=1 frames={a.frames} micro_batch={step}"
     print(f"PEER vae mode={a.mode} device={a.device} threads={torch.get_num_threads()} dtype={a.dtype} size={a.size} "
-          f"{shape} median_ms={med:.3f} min_ms={min(times):.3f} {unit}={n / med * 1e3:.2f} peak_gib={peak:.3f}")
+          f"{shape} median_ms={med:.3f} min_ms={fastest:.3f} {unit}={n / med * 1e3:.2f} peak_gib={peak:.3f}")
 
 
 if __name__ == "__main__":

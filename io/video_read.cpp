@@ -10,43 +10,21 @@
 
 #ifdef OPENDIT_HAVE_FFMPEG
 extern "C" {
-#include <libavcodec/avcodec.h>
-#include <libavformat/avformat.h>
 #include <libavutil/imgutils.h>
-#include <libavutil/log.h>
 #include <libavutil/pixdesc.h>
-#include <libswscale/swscale.h>
 }
+#include "io/ffmpeg_detail.hpp"
 #endif
 
 namespace opendit::io {
 
 #ifdef OPENDIT_HAVE_FFMPEG
+using namespace ffmpeg;
+
 namespace {
-
-std::string av_text(int err) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
-  av_strerror(err, buf, sizeof buf);
-  return buf;
-}
-
-// Owners of FFmpeg's objects (each freed by its own function).
-struct FormatCloser {
+struct FormatCloser {  // an input file (an output one is closed otherwise: io/video_write.cpp)
   void operator()(AVFormatContext* f) const { avformat_close_input(&f); }
 };
-struct CodecCloser {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FrameCloser {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct PacketCloser {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct SwsCloser {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
-};
-
 }  // namespace
 
 bool video_supported() { return true; }
@@ -58,24 +36,24 @@ std::string ffmpeg_version() {
 }
 
 at::Tensor read_video_rgb(const std::string& path, int64_t max_frames) {
-  av_log_set_level(AV_LOG_ERROR);  // a damaged input is reported by the error this throws, not by libav's log
+  quiet_logs();
   AVFormatContext* raw = nullptr;
   if (int e = avformat_open_input(&raw, path.c_str(), nullptr, nullptr); e < 0)
-    throw Error(cat(path, ": cannot be opened as a video (", av_text(e), ")"));
+    throw Error(cat(path, ": cannot be opened as a video (", error_text(e), ")"));
   std::unique_ptr<AVFormatContext, FormatCloser> fmt(raw);
   if (int e = avformat_find_stream_info(fmt.get(), nullptr); e < 0)
-    throw Error(cat(path, ": no stream information (", av_text(e), ")"));
+    throw Error(cat(path, ": no stream information (", error_text(e), ")"));
   const int stream = av_find_best_stream(fmt.get(), AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
   if (stream < 0) throw Error(cat(path, ": no video stream"));
   const AVCodecParameters* par = fmt->streams[stream]->codecpar;
   const AVCodec* codec = avcodec_find_decoder(par->codec_id);
   if (!codec) throw Error(cat(path, ": no decoder for its video codec (", avcodec_get_name(par->codec_id), ")"));
-  std::unique_ptr<AVCodecContext, CodecCloser> dec(avcodec_alloc_context3(codec));
+  Codec dec(avcodec_alloc_context3(codec));
   if (!dec || avcodec_parameters_to_context(dec.get(), par) < 0 || avcodec_open2(dec.get(), codec, nullptr) < 0)
     throw Error(cat(path, ": cannot open the ", codec->name, " decoder"));
-  std::unique_ptr<AVFrame, FrameCloser> frame(av_frame_alloc());
-  std::unique_ptr<AVPacket, PacketCloser> packet(av_packet_alloc());
-  std::unique_ptr<SwsContext, SwsCloser> sws;
+  Frame frame(av_frame_alloc());
+  Packet packet(av_packet_alloc());
+  Sws sws;
   std::vector<at::Tensor> frames;
   bool broken = false;
   std::string why;
@@ -84,7 +62,7 @@ at::Tensor read_video_rgb(const std::string& path, int64_t max_frames) {
       const int r = avcodec_receive_frame(dec.get(), frame.get());
       if (r == AVERROR(EAGAIN) || r == AVERROR_EOF) return true;
       if (r < 0) {
-        broken = true, why = av_text(r);
+        broken = true, why = error_text(r);
         return false;
       }
       const int w = frame->width, h = frame->height;

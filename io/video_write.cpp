@@ -10,12 +10,9 @@
 
 #ifdef OPENDIT_HAVE_FFMPEG
 extern "C" {
-#include <libavcodec/avcodec.h>
-#include <libavformat/avformat.h>
-#include <libavutil/log.h>
 #include <libavutil/opt.h>
-#include <libswscale/swscale.h>
 }
+#include "io/ffmpeg_detail.hpp"
 #endif
 
 namespace opendit::io {
@@ -32,13 +29,7 @@ at::Tensor video_to_uint8(const at::Tensor& video) {
 
 #ifdef OPENDIT_HAVE_FFMPEG
 
-namespace {
-std::string av_text(int err) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
-  av_strerror(err, buf, sizeof buf);
-  return buf;
-}
-}  // namespace
+using namespace ffmpeg;
 
 std::string write_mp4(const std::string& path, const at::Tensor& frames_in, double fps) {
   if (frames_in.dim() != 4 || frames_in.size(3) != 3 || frames_in.scalar_type() != at::kByte || frames_in.size(0) < 1)
@@ -52,7 +43,7 @@ std::string write_mp4(const std::string& path, const at::Tensor& frames_in, doub
   const int T = static_cast<int>(frames.size(0)), H = static_cast<int>(frames.size(1)),
             W = static_cast<int>(frames.size(2));
 
-  av_log_set_level(AV_LOG_ERROR);  // the encoders' statistics are not the user's business; errors are
+  quiet_logs();
   AtomicFile out(path);
   AVFormatContext* oc = nullptr;
   if (avformat_alloc_output_context2(&oc, nullptr, "mp4", out.tmp_path().c_str()) < 0 || !oc)
@@ -65,8 +56,7 @@ std::string write_mp4(const std::string& path, const at::Tensor& frames_in, doub
   if (!codec) codec = avcodec_find_encoder(AV_CODEC_ID_MPEG4);
   if (!codec) throw Error(cat(path, ": this FFmpeg has neither an H.264 (libx264) nor an MPEG-4 encoder"));
   AVStream* st = avformat_new_stream(oc, nullptr);
-  std::unique_ptr<AVCodecContext, void (*)(AVCodecContext*)> enc(avcodec_alloc_context3(codec),
-                                                                  [](AVCodecContext* c) { avcodec_free_context(&c); });
+  Codec enc(avcodec_alloc_context3(codec));
   if (!st || !enc) throw Error(cat(path, ": out of memory starting the encoder"));
   const AVRational rate = av_d2q(fps, 100000);
   enc->width = W, enc->height = H, enc->pix_fmt = AV_PIX_FMT_YUV420P;
@@ -80,33 +70,31 @@ std::string write_mp4(const std::string& path, const at::Tensor& frames_in, doub
     enc->global_quality = FF_QP2LAMBDA * 2;
   }
   if (int e = avcodec_open2(enc.get(), codec, nullptr); e < 0)
-    throw Error(cat(path, ": cannot open the ", codec->name, " encoder (", av_text(e), ")"));
+    throw Error(cat(path, ": cannot open the ", codec->name, " encoder (", error_text(e), ")"));
   avcodec_parameters_from_context(st->codecpar, enc.get());
   st->time_base = enc->time_base;
   st->avg_frame_rate = rate;
   if (int e = avio_open(&oc->pb, out.tmp_path().c_str(), AVIO_FLAG_WRITE); e < 0)
-    throw Error(cat(out.tmp_path(), ": cannot be written (", av_text(e), ")"));
+    throw Error(cat(out.tmp_path(), ": cannot be written (", error_text(e), ")"));
   if (int e = avformat_write_header(oc, nullptr); e < 0)
-    throw Error(cat(path, ": cannot write the MP4 header (", av_text(e), ")"));
+    throw Error(cat(path, ": cannot write the MP4 header (", error_text(e), ")"));
 
-  std::unique_ptr<AVFrame, void (*)(AVFrame*)> yuv(av_frame_alloc(), [](AVFrame* f) { av_frame_free(&f); });
-  std::unique_ptr<AVPacket, void (*)(AVPacket*)> pkt(av_packet_alloc(), [](AVPacket* p) { av_packet_free(&p); });
+  Frame yuv(av_frame_alloc());
+  Packet pkt(av_packet_alloc());
   yuv->format = AV_PIX_FMT_YUV420P, yuv->width = W, yuv->height = H;
   if (av_frame_get_buffer(yuv.get(), 0) < 0) throw Error(cat(path, ": out of memory for a frame"));
-  std::unique_ptr<SwsContext, void (*)(SwsContext*)> sws(
-      sws_getContext(W, H, AV_PIX_FMT_RGB24, W, H, AV_PIX_FMT_YUV420P, SWS_BILINEAR, nullptr, nullptr, nullptr),
-      sws_freeContext);
+  Sws sws(sws_getContext(W, H, AV_PIX_FMT_RGB24, W, H, AV_PIX_FMT_YUV420P, SWS_BILINEAR, nullptr, nullptr, nullptr));
   if (!sws) throw Error(cat(path, ": cannot convert RGB to YUV"));
   auto drain = [&](bool flush) {
     for (;;) {
       const int r = avcodec_receive_packet(enc.get(), pkt.get());
       if (r == AVERROR(EAGAIN) || r == AVERROR_EOF) return;
-      if (r < 0) throw Error(cat(path, ": encoding failed (", av_text(r), ")"));
+      if (r < 0) throw Error(cat(path, ": encoding failed (", error_text(r), ")"));
       if (pkt->duration == 0) pkt->duration = 1;  // one frame, in the encoder's time base (1 / fps)
       av_packet_rescale_ts(pkt.get(), enc->time_base, st->time_base);
       pkt->stream_index = st->index;
       if (int e = av_interleaved_write_frame(oc, pkt.get()); e < 0)
-        throw Error(cat(path, ": write failed (", av_text(e), ")"));
+        throw Error(cat(path, ": write failed (", error_text(e), ")"));
     }
     (void)flush;
   };
@@ -117,12 +105,12 @@ std::string write_mp4(const std::string& path, const at::Tensor& frames_in, doub
     sws_scale(sws.get(), src, stride, 0, H, yuv->data, yuv->linesize);
     yuv->pts = t;
     if (int e = avcodec_send_frame(enc.get(), yuv.get()); e < 0)
-      throw Error(cat(path, ": encoding failed (", av_text(e), ")"));
+      throw Error(cat(path, ": encoding failed (", error_text(e), ")"));
     drain(false);
   }
   avcodec_send_frame(enc.get(), nullptr);
   drain(true);
-  if (int e = av_write_trailer(oc); e < 0) throw Error(cat(path, ": cannot finish the MP4 (", av_text(e), ")"));
+  if (int e = av_write_trailer(oc); e < 0) throw Error(cat(path, ": cannot finish the MP4 (", error_text(e), ")"));
   avio_closep(&oc->pb);
   out.commit();
   return codec->name;

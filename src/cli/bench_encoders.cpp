@@ -64,7 +64,7 @@ void run_vae_bench(const EncoderBenchArgs& a, MpiRuntime& mpi) {
   if (gpu) at::globalContext().setBenchmarkCuDNN(true);  // convolution algorithms picked per shape, once
   models::vae::AutoencoderKL vae(models::vae::sd_vae_config());
   vae.weights().init_random(0, at::TensorOptions(dtype).device(device));
-  vae.to_channels_last();
+  vae.prepare();
   const int64_t n = a.frames > 0 ? a.frames : a.batch, lat = a.size / 8;
   const int64_t micro = a.micro_batch > 0 && a.frames > 0 ? a.micro_batch : n;
   at::NoGradGuard no_grad;

@@ -170,10 +170,6 @@ void check_safetensors(const std::string& path, Report& r, ByteProgress& progres
   }
 }
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // Checks one file; returns whether it is intact. Errors once the file is known to be opendit's are damage.
 bool check_file(const std::string& path, bool quiet) {
   Report r(path, quiet);

@@ -30,10 +30,6 @@ struct DecodeArgs {
   bool overwrite = false;
 };
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // "START:END" (either side may be empty) of `count` rows -> [start, end).
 std::pair<int64_t, int64_t> parse_rows(const std::string& text, int64_t count) {
   if (text.empty()) return {0, count};

@@ -23,10 +23,6 @@ namespace opendit::cli {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 struct SampleArgs {
   DeckArgs deck;
   std::string checkpoint, out, classes, init_noise, vae, vae_dtype = "fp32";

@@ -66,4 +66,8 @@ std::string join(const std::vector<std::string>& parts, const std::string& sep) 
   return out;
 }
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 }  // namespace opendit

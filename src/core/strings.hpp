@@ -19,6 +19,7 @@ std::string shortest(double value);
 std::vector<std::string> split(const std::string& s, char sep);
 std::string trim(const std::string& s);
 std::string join(const std::vector<std::string>& parts, const std::string& sep);
+bool ends_with(const std::string& s, const std::string& tail);  // file suffixes: ends_with(path, ".png")
 
 // A shape (any sequence of integers: std::vector<int64_t>, at::IntArrayRef) as "[2, 3, 4]", for messages.
 template <typename Dims>

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/strings.hpp"
 
 namespace opendit::encode {
 
@@ -98,7 +99,7 @@ InputList read_csv(const std::string& path, std::istream& in) {
     if (h == "label") col_label = i;
   }
   if (col_path < 0)
-    throw Error(cat(path, ":1: the header has no \"path\" column (it names: ", join_fields(header), ")"));
+    throw Error(cat(path, ":1: the header has no \"path\" column (it names: ", join(header, ", "), ")"));
   if (col_caption < 0 && col_label < 0)
     throw Error(cat(path, ":1: the header has neither a \"caption\" nor a \"label\" column"));
   list.has_captions = col_caption >= 0;
@@ -155,12 +156,6 @@ InputList read_jsonl(const std::string& path, std::istream& in) {
 }
 
 }  // namespace
-
-std::string join_fields(const std::vector<std::string>& fields) {
-  std::string s;
-  for (const std::string& f : fields) s += (s.empty() ? "" : ", ") + f;
-  return s;
-}
 
 InputList read_manifest(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

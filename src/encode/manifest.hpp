@@ -33,6 +33,4 @@ InputList read_manifest(const std::string& path);
 // a class, every .jpg/.jpeg/.png below it (case-insensitive), folders and names sorted.
 InputList scan_image_folder(const std::string& root);
 
-std::string join_fields(const std::vector<std::string>& fields);  // "a, b, c"
-
 }  // namespace opendit::encode

@@ -3,17 +3,12 @@
 #include <filesystem>
 
 #include "core/error.hpp"
+#include "core/strings.hpp"
 #include "io/files.hpp"
 #include "io/image.hpp"
 #include "io/safetensors.hpp"
 
 namespace opendit::sample {
-
-namespace {
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() > tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-}  // namespace
 
 OutputKind output_kind(const std::string& path, bool pixel_space, int64_t channels) {
   const bool png = ends_with(path, ".png");

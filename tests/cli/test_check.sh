@@ -5,21 +5,7 @@
 set -u
 BIN=$1 MAKE=$2 DAMAGE=$3
 MPIRUN=(mpirun --oversubscribe -np 2)
-fails=0 passes=0
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then passes=$((passes + 1)); echo "ok   $name"; else fails=$((fails + 1)); echo "FAIL $name"; fi
-}
-run() {  # run NAME CMD...: stdout+stderr in $out/NAME.log, the exit code in rc_NAME
-  local name=$1; shift
-  timeout 120 "$@" >"$out/$name.log" 2>&1
-  printf -v "rc_$name" '%d' $?
-}
-has() { grep -q -- "$2" "$out/$1.log"; }
-count() { grep -c -- "$2" "$out/$1.log"; }
+source "$(dirname "$0")/lib.sh"
 
 "$MAKE" "$out/data.h5" 64 4 3 8 || exit 1
 cp "$out/data.h5" "$out/bad.h5" && "$DAMAGE" flip "$out/bad.h5" /latents || exit 1

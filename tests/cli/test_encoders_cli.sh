@@ -5,20 +5,7 @@
 # usage: test_encoders_cli.sh OPENDIT REF_DIR PYTHON
 set -u
 BIN=$1 REF=$2 PY=$3
-fails=0 passes=0
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then passes=$((passes + 1)); echo "ok   $name"; else fails=$((fails + 1)); echo "FAIL $name"; fi
-}
-run() {  # run NAME CMD...: stdout+stderr in $out/NAME.log, the exit code in rc_NAME
-  local name=$1; shift
-  timeout 120 "$@" >"$out/$name.log" 2>&1
-  printf -v "rc_$name" '%d' $?
-}
-has() { grep -q -- "$2" "$out/$1.log"; }
+source "$(dirname "$0")/lib.sh"
 png() { [ "$(head -c 8 "$1" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ]; }
 
 VAE=$REF/vae/tiny

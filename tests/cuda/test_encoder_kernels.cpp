@@ -6,15 +6,13 @@
 #include <vector>
 
 #include "cuda/ops.hpp"
+#include "support/ref_data.hpp"
 
 using namespace opendit;
 
 namespace {
 
-double rel(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
-  return ((g - w).abs().max() / w.abs().max().clamp_min(1e-300)).item<double>();
-}
+double rel(const at::Tensor& got, const at::Tensor& want) { return test::max_rel_diff(got.cpu(), want.cpu()); }
 
 double tolerance(at::ScalarType t) { return t == at::kBFloat16 ? 1e-2 : 1e-5; }
 

@@ -3,28 +3,19 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
 
 #include "io/safetensors.hpp"
+#include "support/ref_data.hpp"
 #include "support/support.hpp"
 
 namespace opendit::test {
 
-// $OPENDIT_REF_DIR/AREA/NAME ("" when the variable is not set: the suites assert on it).
-inline std::string ref_path(const std::string& area, const std::string& name) {
-  const char* d = std::getenv("OPENDIT_REF_DIR");
-  return d ? std::string(d) + "/" + area + "/" + name : "";
-}
-
-// max |a - b| / max |b| in float64.
-inline double rel(const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor x = a.to(at::kDouble).cpu(), y = b.to(at::kDouble).cpu();
-  return ((x - y).abs().max() / y.abs().max()).item<double>();
-}
+// max |a - b| / max |b| in float64 (any devices).
+inline double rel(const at::Tensor& a, const at::Tensor& b) { return max_rel_diff(a.cpu(), b.cpu()); }
 
 // A fresh copy of folder `src` inside `tmp` (a new name each call).
 inline std::string copy_folder(const std::string& src, const TempDir& tmp) {

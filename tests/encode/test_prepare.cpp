@@ -12,14 +12,12 @@
 #include "io/resample.hpp"
 #include "io/safetensors.hpp"
 #include "io/video_read.hpp"
+#include "support/ref_data.hpp"
 
 using namespace opendit;
 
 namespace {
-std::string refdir(const std::string& area) {
-  const char* d = std::getenv("OPENDIT_REF_DIR");
-  return d ? std::string(d) + "/" + area + "/" : "";
-}
+std::string refdir(const std::string& area) { return test::ref_path(area, ""); }
 }  // namespace
 
 TEST(Prepare, ImagesAndVideosAsTheReferences) {

@@ -12,6 +12,7 @@
 #include "io/image_read.hpp"
 #include "io/resample.hpp"
 #include "io/safetensors.hpp"
+#include "support/ref_data.hpp"
 #include "support/support.hpp"
 
 using namespace opendit;
@@ -19,10 +20,7 @@ using opendit::test::error_of;
 
 namespace {
 
-std::string image_ref(const std::string& name) {
-  const char* d = std::getenv("OPENDIT_REF_DIR");
-  return d ? std::string(d) + "/images/" + name : "";
-}
+std::string image_ref(const std::string& name) { return test::ref_path("images", name); }
 
 int max_diff(const at::Tensor& a, const at::Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());

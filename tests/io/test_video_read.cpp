@@ -13,6 +13,7 @@
 #include "io/safetensors.hpp"
 #include "io/video_read.hpp"
 #include "io/video_write.hpp"
+#include "support/ref_data.hpp"
 #include "support/support.hpp"
 
 using namespace opendit;
@@ -20,10 +21,7 @@ using opendit::test::error_of;
 
 namespace {
 
-std::string video_ref(const std::string& name) {
-  const char* d = std::getenv("OPENDIT_REF_DIR");
-  return d ? std::string(d) + "/video/" + name : "";
-}
+std::string video_ref(const std::string& name) { return test::ref_path("video", name); }
 
 const std::map<std::string, at::Tensor>& refs() {
   static const auto r = io::load_safetensors(video_ref("ref.safetensors")).tensors;

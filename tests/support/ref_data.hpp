@@ -52,6 +52,12 @@ class RefData {
   nlohmann::json index_;
 };
 
+// $OPENDIT_REF_DIR/AREA/NAME, where the reference scripts write (ctest sets the variable); "" without it.
+inline std::string ref_path(const std::string& area, const std::string& name) {
+  const char* d = std::getenv("OPENDIT_REF_DIR");
+  return d ? std::string(d) + "/" + area + "/" + name : "";
+}
+
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }

@@ -96,12 +96,26 @@ void AutoencoderKL::load(const std::map<std::string, at::Tensor>& sd, const std:
     renamed[n] = (n.find(".attentions.0.to_") != std::string::npos && t.dim() == 4) ? t.flatten(1) : t;
   }
   w_.load(renamed, origin, options);
-  to_channels_last();
+  prepare();
 }
 
-void AutoencoderKL::to_channels_last() {
+void AutoencoderKL::prepare() {
   for (const std::string& n : w_.names())
     if (w_.shape(n).size() == 4 && !w_[n].is_meta()) w_.set(n, channels_last(w_[n]));
+  qkv_.clear();
+  if (!config_.mid_block_add_attention) return;
+  for (const char* p : {"encoder.mid_block.attentions.0", "decoder.mid_block.attentions.0"}) {
+    const std::string a = p;
+    const int64_t c = config_.block_out_channels.back();
+    Fused& f = qkv_[a];
+    f.w = at::cat({w_[a + ".to_q.weight"], w_[a + ".to_k.weight"], w_[a + ".to_v.weight"]});  // [3 C, C]
+    f.b = at::cat({w_[a + ".to_q.bias"], w_[a + ".to_k.bias"], w_[a + ".to_v.bias"]});
+    const char* m[] = {".to_q", ".to_k", ".to_v"};
+    for (int j = 0; j < 3; ++j) {  // the named tensors become views of the fused ones: no second copy
+      w_.set(a + m[j] + ".weight", f.w.narrow(0, j * c, c));
+      w_.set(a + m[j] + ".bias", f.b.narrow(0, j * c, c));
+    }
+  }
 }
 
 at::Tensor AutoencoderKL::conv(const at::Tensor& x, const std::string& p, int64_t stride, int64_t pad) const {
@@ -124,9 +138,8 @@ at::Tensor AutoencoderKL::resnet(const at::Tensor& x, const std::string& p) cons
 at::Tensor AutoencoderKL::attention(const at::Tensor& x, const std::string& p) const {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const at::Tensor t = norm(x, p + ".group_norm", false).permute({0, 2, 3, 1}).reshape({N, H * W, C});
-  const at::Tensor wqkv = at::cat({w_[p + ".to_q.weight"], w_[p + ".to_k.weight"], w_[p + ".to_v.weight"]});
-  const at::Tensor bqkv = at::cat({w_[p + ".to_q.bias"], w_[p + ".to_k.bias"], w_[p + ".to_v.bias"]});
-  auto qkv = at::linear(t, wqkv, bqkv).view({N, H * W, 3, 1, C}).unbind(2);  // 3 x [N, HW, 1, C]
+  const Fused& f = qkv_.at(p);
+  auto qkv = at::linear(t, f.w, f.b).view({N, H * W, 3, 1, C}).unbind(2);  // 3 x [N, HW, 1, C]
   at::Tensor a = at::scaled_dot_product_attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2),
                                                   qkv[2].transpose(1, 2));                        // [N, 1, HW, C]
   at::Tensor o = at::linear(a.squeeze(1), w_[p + ".to_out.0.weight"], w_[p + ".to_out.0.bias"]);  // [N, HW, C]

@@ -26,8 +26,9 @@ class AutoencoderKL {
   const TensorSet& weights() const { return w_; }
   // State dict in diffusers' names (the old attention names query/key/value/proj_attn are read too) -> the model.
   void load(const std::map<std::string, at::Tensor>& sd, const std::string& origin, const at::TensorOptions& options);
-  // Convolution kernels channels-last, as the activations are (load() does it; call it after weights().init_random).
-  void to_channels_last();
+  // After the weights change (load() does it; call it after weights().init_random): convolution kernels
+  // channels-last, as the activations are, and each attention's q|k|v one matrix (one GEMM, no copy per call).
+  void prepare();
 
   Posterior encode(const at::Tensor& images) const;    // [N, in, H, W], H and W multiples of factor()
   at::Tensor decode(const at::Tensor& latents) const;  // unscaled z [N, lc, h, w] -> [N, out, f h, f w]
@@ -46,6 +47,10 @@ class AutoencoderKL {
 
   VaeConfig config_;
   TensorSet w_;
+  struct Fused {
+    at::Tensor w, b;  // [3 C, C], [3 C]: q, then k, then v
+  };
+  std::map<std::string, Fused> qkv_;  // by attention prefix
 };
 
 }  // namespace opendit::models::vae
