@@ -7,7 +7,8 @@
 #   profile  one profiled XL/2 batch-64 step of opendit and of the peer
 #   checkpoint  bench/checkpoint.sh (XL/2 checkpoint pauses: background and foreground writes, and the peer)
 #   encoders bench/encoders.sh (SD VAE and T5-XXL, opendit and peers)
-#   enctests the encoder tests (VAE, T5, tokenizer against diffusers / transformers references) on the GPU machine
+#   enctests the encoder tests (VAE, T5, tokenizer against diffusers / transformers references) and `opendit encode`'s
+#   encode   bench/encode.sh (opendit encode vs a DataLoader + diffusers peer on 8192 JPEGs, fp32 and bf16 VAE)
 # On machines where nothing can be installed, header-only libraries come from .carry/include and Python wheels from
 # .whl/ (see README, "GPU machines").
 set -uo pipefail
@@ -46,9 +47,10 @@ for stage in $STAGES; do
     train) bench/train.sh 30 2>&1 | grep -E "^(BENCH|PEER)" | tee "$OUT/train.log" ;;
     forward) for dt in fp32 bf16; do bench/forward.sh DiT-XL/2 8 $dt cuda; done 2>&1 | tee "$OUT/forward.log" ;;
     encoders) bench/encoders.sh cuda 10 2>&1 | tee "$OUT/encoders.log" ;;
+    encode) for dt in fp32 bf16; do bench/encode.sh 8192 $dt; done 2>&1 | tee "$OUT/encode.log" ;;
     # The encoder suites (VAE, T5, tokenizer, their kernels, the command line) on the GPU machine; their references
     # need transformers, sentencepiece, protobuf, beautifulsoup4 and ftfy from .whl/.
-    enctests) (cd build && ctest -R "^encoders|^kernels$|^sample_cli$" --output-on-failure) > "$OUT/enctests.log" 2>&1
+    enctests) (cd build && ctest -R "^encoders|^encode$|^kernels$|^sample_cli$" --output-on-failure) > "$OUT/enctests.log" 2>&1
               grep -E "tests passed|Failed|FAIL|\*\*\*|tiled|bf16 run" "$OUT/enctests.log" | head -20 ;;
     checkpoint) bench/checkpoint.sh 450 150 2> "$OUT/checkpoint_runs.log" | tee "$OUT/checkpoint.log" ;;
     profile) bench/train.sh 14 "$OUT" > "$OUT/profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_train.log"; head -45 "$OUT/profile.txt" ;;

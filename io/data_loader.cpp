@@ -34,11 +34,21 @@ DataLoader::DataLoader(std::shared_ptr<const LatentDataset> dataset, std::int64_
   if (global_batch < 1) throw Error(cat(where, "global batch must be >= 1, found ", global_batch));
   if (global_batch % dp_size != 0)
     throw Error(cat(where, "global batch ", global_batch, " is not divisible by the dp size ", dp_size));
-  const std::int64_t n = dataset_->size();
-  if (n < global_batch)
-    throw Error(cat(where, "the dataset has ", n, " samples, fewer than the global batch ", global_batch));
+  if (options_.buckets.empty())
+    for (std::size_t k = 0; k < dataset_->buckets().size(); ++k) options_.buckets.push_back(std::int64_t(k));
+  std::int64_t n = 0;
+  batches_ = 0;
+  for (std::int64_t k : options_.buckets) {
+    if (k < 0 || k >= std::int64_t(dataset_->buckets().size()))
+      throw Error(cat(where, "no bucket ", k, " (the dataset has ", dataset_->buckets().size(), ")"));
+    const auto nk = std::int64_t(dataset_->buckets()[k].rows.size());
+    n += nk;
+    batches_ += options_.drop_last ? nk / global_batch : (nk + global_batch - 1) / global_batch;
+  }
+  if (batches_ == 0)
+    throw Error(cat(where, options_.buckets.size() > 1 ? "no bucket of the dataset holds" : "the dataset has ", n,
+                    options_.buckets.size() > 1 ? "" : " samples,", " fewer than the global batch ", global_batch));
   if (options_.prefetch < 0) throw Error(cat(where, "prefetch depth must be >= 0, found ", options_.prefetch));
-  batches_ = options_.drop_last ? n / global_batch : (n + global_batch - 1) / global_batch;
   pin_ = options_.pin_memory && at::detail::getCUDAHooks().hasCUDA();
   if (options_.prefetch > 0) start_worker();
 }
@@ -55,22 +65,49 @@ LoaderState DataLoader::advance(LoaderState s) const {
   return s;
 }
 
-// This rank's micro-slice of global batch `at`: the last batch (drop_last = false) may be short and is split as
-// evenly as it goes, so some ranks may get one sample fewer, or none.
-std::vector<std::int64_t> DataLoader::slice(const at::Tensor& order, const LoaderState& at) const {
-  const std::int64_t begin = at.cursor * global_batch_;
-  const std::int64_t size = std::min(global_batch_, dataset_->size() - begin);
-  const std::int64_t lo = begin + size * dp_rank_ / dp_size_, hi = begin + size * (dp_rank_ + 1) / dp_size_;
-  const auto* p = order.data_ptr<std::int64_t>();
-  return {p + lo, p + hi};
+DataLoader::EpochPlan DataLoader::plan(std::int64_t epoch) const {
+  EpochPlan p;
+  const bool one = options_.buckets.size() == 1;
+  std::vector<std::vector<std::int64_t>> batches;  // several buckets: each batch's rows, then shuffled
+  for (std::int64_t k : options_.buckets) {
+    const std::vector<std::int64_t>& rows = dataset_->buckets()[k].rows;
+    const auto nk = std::int64_t(rows.size());
+    // One bucket: the seed as it is (a version-1 file keeps its order); more: a stream of its own per bucket.
+    const at::Tensor perm = epoch_order(nk, one ? seed_ : splitmix64(seed_ ^ splitmix64(std::uint64_t(k) + 1)), epoch);
+    const auto* q = perm.data_ptr<std::int64_t>();
+    const std::int64_t full = nk / global_batch_, count = options_.drop_last ? full : (nk + global_batch_ - 1) / global_batch_;
+    for (std::int64_t c = 0; c < count; ++c) {
+      std::vector<std::int64_t> b;
+      for (std::int64_t i = c * global_batch_; i < std::min(nk, (c + 1) * global_batch_); ++i) b.push_back(rows[q[i]]);
+      batches.push_back(std::move(b));
+    }
+  }
+  std::vector<std::int64_t> order(batches.size());
+  for (std::size_t c = 0; c < order.size(); ++c) order[c] = std::int64_t(c);
+  if (!one) {
+    const at::Tensor shuffle = epoch_order(std::int64_t(batches.size()), splitmix64(seed_ ^ 0xB0C4E7B47C4E5ull), epoch);
+    order.assign(shuffle.data_ptr<std::int64_t>(), shuffle.data_ptr<std::int64_t>() + shuffle.numel());
+  }
+  p.begin.push_back(0);
+  for (std::int64_t c : order) {
+    p.rows.insert(p.rows.end(), batches[c].begin(), batches[c].end());
+    p.begin.push_back(std::int64_t(p.rows.size()));
+  }
+  return p;
 }
 
-std::vector<std::int64_t> DataLoader::indices(const LoaderState& at) const {
-  return slice(epoch_order(dataset_->size(), seed_, at.epoch), at);
+// This rank's micro-slice of global batch `at`: a short batch (drop_last = false) is split as evenly as it goes, so
+// some ranks may get one sample fewer, or none.
+std::vector<std::int64_t> DataLoader::slice(const EpochPlan& plan, const LoaderState& at) const {
+  const std::int64_t begin = plan.begin[at.cursor], size = plan.begin[at.cursor + 1] - begin;
+  const std::int64_t lo = begin + size * dp_rank_ / dp_size_, hi = begin + size * (dp_rank_ + 1) / dp_size_;
+  return {plan.rows.begin() + lo, plan.rows.begin() + hi};
 }
+
+std::vector<std::int64_t> DataLoader::indices(const LoaderState& at) const { return slice(plan(at.epoch), at); }
 
 LatentBatch DataLoader::load(const LoaderState& at) {
-  if (order_epoch_ != at.epoch) order_ = epoch_order(dataset_->size(), seed_, at.epoch), order_epoch_ = at.epoch;
+  if (order_epoch_ != at.epoch) order_ = plan(at.epoch), order_epoch_ = at.epoch;
   return dataset_->read(slice(order_, at), pin_);
 }
 

@@ -2,7 +2,9 @@
 //
 // Every epoch visits the samples in a permutation seeded by (seed, epoch). Global batch b is the slice
 // [b * B, (b + 1) * B) of that permutation; it is split into dp_size contiguous micro-slices and dp rank r reads only
-// slice r. Ranks of one sequence-parallel group pass the same dp_rank and so get the same samples. Concatenating
+// slice r. A dataset of several buckets (opendit.latents v2: shapes) is batched bucket by bucket: each bucket's rows
+// in their own seeded permutation cut into global batches, and the batches of all buckets in a seeded order, so
+// that every batch has one shape. With one bucket this is exactly the single permutation above. Ranks of one sequence-parallel group pass the same dp_rank and so get the same samples. Concatenating
 // the micro-batches of ranks 0..dp_size-1 gives exactly what a single rank reads with the same seed.
 //
 // With prefetch > 0 a background thread reads the next batches into a bounded queue while the caller computes.
@@ -37,6 +39,7 @@ struct DataLoaderOptions {
   bool drop_last = true;    // false: the last, partial global batch too, split as evenly as it goes
   int prefetch = 4;         // batches read ahead by a background thread; 0: read in next()
   bool pin_memory = false;  // pinned host memory for the float tensors (ignored without CUDA)
+  std::vector<std::int64_t> buckets;  // the buckets to draw from (LatentDataset::buckets()); empty: all
 };
 
 class DataLoader {
@@ -62,8 +65,13 @@ class DataLoader {
   static at::Tensor epoch_order(std::int64_t n, std::uint64_t seed, std::int64_t epoch);
 
  private:
+  // One epoch's global batches: batch c holds rows[begin[c], begin[c + 1]) (all of one bucket).
+  struct EpochPlan {
+    std::vector<std::int64_t> rows, begin;
+  };
+  EpochPlan plan(std::int64_t epoch) const;
   LoaderState advance(LoaderState s) const;
-  std::vector<std::int64_t> slice(const at::Tensor& order, const LoaderState& at) const;
+  std::vector<std::int64_t> slice(const EpochPlan& plan, const LoaderState& at) const;
   LatentBatch load(const LoaderState& at);  // the worker's (or next()'s) read, with a cached permutation
   void start_worker();
   void stop_worker();
@@ -79,7 +87,7 @@ class DataLoader {
 
   // Only load() touches these: the worker thread when prefetching, the caller otherwise.
   std::int64_t order_epoch_ = -1;
-  at::Tensor order_;
+  EpochPlan order_;
 
   // The prefetch queue.
   struct Slot {

@@ -21,8 +21,9 @@ inline std::string error_text(int err) {
   return buf;
 }
 
-// libav's own log lines (encoder statistics, decoder warnings) stay quiet; errors still print.
-inline void quiet_logs() { av_log_set_level(AV_LOG_ERROR); }
+// libav's own log lines (encoder statistics, decoder warnings, its error lines) stay quiet: every failure is reported
+// by our own error, with libav's error text, once and with the file name (an encode job skips broken files).
+inline void quiet_logs() { av_log_set_level(AV_LOG_FATAL); }
 
 struct CodecCloser {
   void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }

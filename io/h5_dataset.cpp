@@ -74,7 +74,10 @@ H5Dataset H5Group::create_dataset(const std::string& name, at::ScalarType dtype,
   }
   H5Pset_fill_time(dcpl.id(), H5D_FILL_TIME_NEVER);  // we write every element; skip the fill pass
 
-  H5Handle d(H5Dcreate2(id(), name.c_str(), type.id(), space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT), H5Dclose);
+  // "group/name" creates the groups on the way (the row writer's datasets of opendit.latents v2).
+  H5PropList lcpl(H5P_LINK_CREATE);
+  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  H5Handle d(H5Dcreate2(id(), name.c_str(), type.id(), space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT), H5Dclose);
   if (!d.valid()) h5_fail(file_, where, cat("cannot create dataset of shape ", shape_str(shape)));
   H5Dataset ds(std::move(d), file_, where, mpio_, dtype);
   if (dtype == at::kBFloat16) ds.write_attr("dtype", "bfloat16");

@@ -16,6 +16,7 @@
 #include "core/strings.hpp"
 #include "io/checksum.hpp"
 #include "io/files.hpp"
+#include "io/latent_dataset_detail.hpp"
 
 namespace opendit::io {
 namespace {
@@ -149,9 +150,10 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
   if (!root.has_attr("format")) root.fail(cat("attribute 'format' is missing: not an opendit latent dataset"));
   const std::string format = root.read_attr_string("format");
   if (format != kLatentsFormat) root.fail(cat("format is \"", format, "\", expected \"", kLatentsFormat, "\""));
-  const std::int64_t version = root.read_attr_int64("version");
-  if (version != kLatentsVersion)
-    root.fail(cat("format version ", version, " is not supported (this build reads version ", kLatentsVersion, ")"));
+  version_ = root.read_attr_int64("version");
+  if (version_ != kLatentsVersion && version_ != kLatentsVersion2)
+    root.fail(cat("format version ", version_, " is not supported (this build reads versions ", kLatentsVersion,
+                  " and ", kLatentsVersion2, ")"));
   if (!root.has_attr("count")) root.fail("attribute 'count' is missing: the writer did not finish this file");
   count_ = root.read_attr_int64("count");
   num_classes_ = root.read_attr_int64("num_classes");
@@ -161,7 +163,34 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
   if (!std::isfinite(scale_factor_) || scale_factor_ <= 0)
     root.fail(cat("scale_factor ", scale_factor_, " is not > 0"));
   if (num_classes_ < 0) root.fail(cat("num_classes ", num_classes_, " is negative"));
+  if (version_ == kLatentsVersion2)
+    open_v2(root);
+  else
+    open_v1(root);
+}
 
+// /labels of either version: int64 [count], read whole and verified against its crc32 on every open.
+at::Tensor read_labels(const H5Dataset& labels, std::int64_t count, std::int64_t num_classes) {
+  if (labels.dtype() != at::kLong || labels.shape().size() != 1)
+    labels.fail(cat("must be int64 [N], found ", dtype_name(labels.dtype()), " ", shape_str(labels.shape())));
+  if (labels.shape()[0] != count) labels.fail(cat("has ", labels.shape()[0], " labels for ", count, " samples"));
+  at::Tensor all = labels.read();
+  // Verified before the range check, which damage would trip first.
+  if (const auto want = stored_crc32(labels)) {
+    Crc32 found;
+    found.add(all);
+    if (found.value() != *want) labels.fail(crc_mismatch(*want, found.value()));
+  }
+  const auto bad = (all < 0).logical_or(all >= num_classes).nonzero();
+  if (bad.numel() > 0) {
+    const std::int64_t row = bad[0][0].item<std::int64_t>();
+    labels.fail(cat("label ", all[row].item<std::int64_t>(), " at row ", row, " is outside [0, ", num_classes, ") (",
+                    bad.size(0), " such labels)"));
+  }
+  return all;
+}
+
+void LatentDataset::open_v1(const H5Group& root) {
   // Random rows want no chunk cache: a partial chunk is then read straight from the file, not the whole chunk.
   latents_.emplace(root.open_dataset("latents", 0));
   const auto shape = latents_->shape();
@@ -170,27 +199,13 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
   if (!is_float_dtype(latents_->dtype()))
     latents_->fail(cat("dtype must be float32, float16 or bfloat16, found ", dtype_name(latents_->dtype())));
   if (shape[0] != count_) latents_->fail(cat("has ", shape[0], " samples, attribute count says ", count_));
-  sample_shape_.assign(shape.begin() + 1, shape.end());
+  LatentBucket all{{shape.begin() + 1, shape.end()}, std::vector<std::int64_t>(count_)};
+  for (std::int64_t i = 0; i < count_; ++i) all.rows[i] = i;
+  buckets_ = {std::move(all)};
 
   if (num_classes_ > 0) {
     if (!root.has("labels")) root.fail(cat("num_classes is ", num_classes_, " but /labels is missing"));
-    const H5Dataset labels = root.open_dataset("labels");
-    if (labels.dtype() != at::kLong || labels.shape().size() != 1)
-      labels.fail(cat("must be int64 [N], found ", dtype_name(labels.dtype()), " ", shape_str(labels.shape())));
-    if (labels.shape()[0] != count_) labels.fail(cat("has ", labels.shape()[0], " labels for ", count_, " samples"));
-    labels_ = labels.read();
-    // Read whole anyway: verified on every open (before the range check, which damage would trip first).
-    if (const auto want = stored_crc32(labels)) {
-      Crc32 found;
-      found.add(labels_);
-      if (found.value() != *want) labels.fail(crc_mismatch(*want, found.value()));
-    }
-    const auto bad = (labels_ < 0).logical_or(labels_ >= num_classes_).nonzero();
-    if (bad.numel() > 0) {
-      const std::int64_t row = bad[0][0].item<std::int64_t>();
-      labels.fail(cat("label ", labels_[row].item<std::int64_t>(), " at row ", row, " is outside [0, ", num_classes_,
-                      ") (", bad.size(0), " such labels)"));
-    }
+    labels_ = read_labels(root.open_dataset("labels"), count_, num_classes_);
   } else if (root.has("labels")) {
     root.fail("/labels is present but num_classes is 0");
   }
@@ -206,10 +221,12 @@ LatentDataset::LatentDataset(const std::string& path) : path_(path) {
     if (text_mask_->dtype() != at::kByte || m != std::vector<std::int64_t>{count_, e[1]})
       text_mask_->fail(
           cat("must be uint8 [", count_, ", ", e[1], "], found ", dtype_name(text_mask_->dtype()), " ", shape_str(m)));
+    text_length_ = e[1];
   }
 }
 
 std::vector<std::string> LatentDataset::dataset_names() const {
+  if (version_ == kLatentsVersion2) return v2_dataset_names(*file_);
   std::vector<std::string> names = {"latents"};
   if (has_labels()) names.push_back("labels");
   if (has_text()) names.insert(names.end(), {"text_emb", "text_mask"});
@@ -217,6 +234,7 @@ std::vector<std::string> LatentDataset::dataset_names() const {
 }
 
 std::int64_t LatentDataset::bytes_per_sample() const {
+  if (version_ == kLatentsVersion2) return count_ > 0 ? v2_bytes(*file_) / count_ : 0;
   auto row_bytes = [](const H5Dataset& ds) {
     const auto s = ds.shape();
     std::int64_t b = at::elementSize(ds.dtype());
@@ -289,6 +307,7 @@ at::Tensor LatentDataset::gather(const H5Dataset& ds, const std::vector<std::pai
 }
 
 LatentBatch LatentDataset::read(const std::vector<std::int64_t>& indices, bool pin_memory) const {
+  if (version_ == kLatentsVersion2) return read_v2(indices, pin_memory);
   for (std::size_t i = 0; i < indices.size(); ++i)
     if (indices[i] < 0 || indices[i] >= count_)
       throw Error(cat("latent dataset '", path_, "': row ", indices[i], " outside [0, ", count_, ")"));

@@ -6,6 +6,9 @@
 //
 //   LatentDataset ds(path);                                         // validated on open (and /labels' crc32)
 //   LatentBatch b = ds.read({7, 3, 4});                             // float32 [3, 4, 32, 32], labels [3]
+//
+// The reader takes version 1 (written here, one shape) and version 2 (written by `opendit encode`, src/encode/: the
+// VAE posterior in buckets of equal shape, T5 embeddings of the valid tokens, captions, paths, failures).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -22,7 +25,8 @@
 namespace opendit::io {
 
 inline constexpr const char* kLatentsFormat = "opendit.latents";
-inline constexpr std::int64_t kLatentsVersion = 1;
+inline constexpr std::int64_t kLatentsVersion = 1;    // what LatentDatasetWriter writes
+inline constexpr std::int64_t kLatentsVersion2 = 2;   // what `opendit encode` writes (src/encode/assemble.cpp)
 
 // The root attributes a writer sets (count and created_at come at finalize()).
 struct LatentDatasetInfo {
@@ -68,11 +72,18 @@ class LatentDatasetWriter {
 
 // Rows of a latent dataset, in the order they were asked for.
 struct LatentBatch {
-  at::Tensor latents;    // [n, C, H, W] or [n, C, T, H, W], float32
+  at::Tensor latents;    // [n, C, H, W] or [n, C, T, H, W], float32, scaled (v2: the posterior mean, scaled)
+  at::Tensor logvar;     // v2 posterior: the log-variance of the scaled latent, like latents; undefined otherwise
   at::Tensor labels;     // [n] int64; undefined when the data has no labels
-  at::Tensor text_emb;   // [n, L, D] float32; undefined without text
+  at::Tensor text_emb;   // [n, L, D] float32, zeros past each caption's tokens (v2: L = text_length); undefined without text
   at::Tensor text_mask;  // [n, L] uint8
   at::Tensor indices;    // [n] int64: which rows
+};
+
+// Rows of one shape: a batch never mixes buckets. Version 1 has one bucket of every row.
+struct LatentBucket {
+  std::vector<std::int64_t> shape;  // [C, H, W] or [C, T, H, W]
+  std::vector<std::int64_t> rows;   // the dataset rows (read() indices) in it, ascending
 };
 
 class LatentDataset {
@@ -81,11 +92,17 @@ class LatentDataset {
 
   const std::string& path() const { return path_; }
   std::int64_t size() const { return count_; }
-  const std::vector<std::int64_t>& sample_shape() const { return sample_shape_; }
+  std::int64_t version() const { return version_; }
+  // The shape of every sample when the file has one bucket; of bucket 0 otherwise (see buckets()).
+  const std::vector<std::int64_t>& sample_shape() const { return buckets_.at(0).shape; }
+  const std::vector<LatentBucket>& buckets() const { return buckets_; }
+  std::int64_t bucket_of(std::int64_t row) const { return row_bucket_.empty() ? 0 : row_bucket_.at(row); }
   at::ScalarType stored_dtype() const { return latents_->dtype(); }
+  bool has_posterior() const { return logvar_.size() > 0; }  // v2 with mean and log-variance: batches carry logvar
+  std::int64_t text_length() const { return text_length_; }  // L of LatentBatch::text_emb (0 without text)
   std::int64_t num_classes() const { return num_classes_; }
   bool has_labels() const { return labels_.defined(); }
-  bool has_text() const { return text_emb_.has_value(); }
+  bool has_text() const { return text_emb_.has_value() || tokens_.has_value(); }
   double scale_factor() const { return scale_factor_; }
   const std::string& space() const { return space_; }
   std::int64_t bytes_per_sample() const;  // as stored, all datasets
@@ -93,22 +110,40 @@ class LatentDataset {
   // io::verify_datasets checks. /labels is read whole on open and so verified against its crc32 there.
   std::vector<std::string> dataset_names() const;
 
-  // Any rows in any order (repeats allowed). Reads the sorted distinct rows in contiguous runs, one hyperslab per
-  // run, then puts them in the asked order. pin_memory: the float tensors are in pinned host memory (needs CUDA).
+  // Any rows of one bucket in any order (repeats allowed). Reads the sorted distinct rows in contiguous runs, one
+  // hyperslab per run, then puts them in the asked order. pin_memory: the float tensors are in pinned host memory
+  // (needs CUDA). Rows of different buckets in one call are an error.
   LatentBatch read(const std::vector<std::int64_t>& indices, bool pin_memory = false) const;
 
  private:
+  void open_v1(const H5Group& root);
+  void open_v2(const H5Group& root);  // io/latent_dataset_v2.cpp
+  LatentBatch read_v2(const std::vector<std::int64_t>& indices, bool pin_memory) const;
   at::Tensor gather(const H5Dataset& ds, const std::vector<std::pair<std::int64_t, std::int64_t>>& runs,
                     std::int64_t distinct, const std::vector<std::int64_t>& order, bool to_float, bool pin) const;
 
   std::string path_;
   std::optional<H5File> file_;
-  std::optional<H5Dataset> latents_, text_emb_, text_mask_;
-  std::vector<std::int64_t> sample_shape_;
-  std::int64_t count_ = 0, num_classes_ = 0;
-  double scale_factor_ = 1;
+  std::optional<H5Dataset> latents_, text_emb_, text_mask_;  // v1; v2: latents_ is bucket 0's mean
+  std::vector<LatentBucket> buckets_;
+  std::int64_t version_ = 1, count_ = 0, num_classes_ = 0, text_length_ = 0;
+  double scale_factor_ = 1, shift_factor_ = 0;
   std::string space_;
   at::Tensor labels_;  // all labels, read on open
+  // v2: per bucket its mean and log-variance; where each row lives; the packed caption tokens.
+  std::vector<H5Dataset> means_, logvar_;
+  std::vector<std::int64_t> row_bucket_, row_in_bucket_, text_offset_;  // [count], [count], [count + 1]
+  std::optional<H5Dataset> tokens_;
 };
+
+// A latent drawn from a stored posterior: mean + exp(logvar / 2) * eps (what the trainer feeds the model; with the
+// reader's scaled mean and logvar this is diffusers' latent_dist.sample() * scaling_factor).
+inline at::Tensor posterior_sample(const at::Tensor& mean, const at::Tensor& logvar, const at::Tensor& eps) {
+  return mean + (0.5 * logvar).exp() * eps;
+}
+
+// Version 2: strings stored as UTF-8 bytes with offsets, by name: "samples/path", "samples/caption",
+// "failures/path", "failures/reason" (name + "_bytes" and name + "_offset"; docs/FORMATS.md).
+std::vector<std::string> read_v2_strings(const std::string& path, const std::string& name);
 
 }  // namespace opendit::io

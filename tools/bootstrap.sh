@@ -18,7 +18,7 @@ APT_PACKAGES=(cmake g++ make ninja-build pkg-config ccache python3-venv
 TEST_APT_PACKAGES=(slurm-wlm munge)
 # pip name[:import name]
 DEMO_PIP_PACKAGES=(numpy safetensors scikit-learn:sklearn matplotlib)
-TEST_PIP_PACKAGES=(numpy diffusers transformers sentencepiece protobuf:google.protobuf beautifulsoup4:bs4 ftfy av safetensors scikit-learn:sklearn matplotlib)
+TEST_PIP_PACKAGES=(numpy h5py diffusers transformers sentencepiece protobuf:google.protobuf beautifulsoup4:bs4 ftfy av safetensors scikit-learn:sklearn matplotlib)
 
 want_test=0
 want_demo=0

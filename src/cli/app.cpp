@@ -81,7 +81,8 @@ int run(int argc, char** argv, MpiRuntime& mpi) {
   add_convert(app, mpi);
   add_sample(app, mpi);
   add_decode(app, mpi);
-  int status = 0;  // the exit status of train or check (a stop on a signal, a damaged file)
+  int status = 0;  // the exit status of train, encode or check (a stop on a signal, a damaged file)
+  add_encode(app, mpi, status);
   add_train(app, mpi, status);
   add_bench(app, mpi);
   add_check(app, mpi, status);

@@ -39,6 +39,8 @@ void add_info(CLI::App& app, MpiRuntime& mpi);
 void add_convert(CLI::App& app, MpiRuntime& mpi);
 void add_sample(CLI::App& app, MpiRuntime& mpi);
 void add_decode(CLI::App& app, MpiRuntime& mpi);
+// status: the exit status (0, or kExitStopped when a signal stopped the job between blocks).
+void add_encode(CLI::App& app, MpiRuntime& mpi, int& status);
 void add_bench_encoders(CLI::App& bench, MpiRuntime& mpi);  // `bench vae` and `bench t5`, called by add_bench
 void add_bench(CLI::App& app, MpiRuntime& mpi);
 void add_bench_sample(CLI::App& bench, MpiRuntime& mpi);   // `bench sample`, under add_bench's `bench`

@@ -107,8 +107,16 @@ void check_latents(const std::string& path, Report& r, ByteProgress& progress) {
   {
     const io::H5File file = io::H5File::open(path);
     const io::H5Group root = file.root();
+    // Version 1 has datasets at the root; version 2 one level of groups (bucket_K, samples, text, failures).
+    std::vector<std::string> names;
     for (const auto& name : root.children()) {
-      if (root.is_group(name)) continue;  // an opendit.latents file has datasets only; a group holds none of ours
+      if (!root.is_group(name)) {
+        names.push_back(name);
+        continue;
+      }
+      for (const auto& child : root.open_group(name).children()) names.push_back(name + "/" + child);
+    }
+    for (const auto& name : names) {
       const io::DatasetCheck c = io::check_dataset(root.open_dataset(name, 0), progress.callback());
       r.dataset(c, false);
       crcs_ok = crcs_ok && c.intact();
@@ -117,9 +125,12 @@ void check_latents(const std::string& path, Report& r, ByteProgress& progress) {
   if (!crcs_ok) return;  // damaged data trips the structure checks too; the lines above say where
   try {
     const io::LatentDataset ds(path);
-    r.line("ok", "", cat(io::kLatentsFormat, " version ", io::kLatentsVersion, ": ", ds.size(), " samples of ",
-                         shape_str(ds.sample_shape()), ", ", ds.space(), ", ", ds.num_classes(),
-                         " classes (format, count, shapes, labels in range)"));
+    std::vector<std::string> shapes;
+    for (const auto& b : ds.buckets()) shapes.push_back(shape_str(b.shape));
+    r.line("ok", "", cat(io::kLatentsFormat, " version ", ds.version(), ": ", ds.size(), " samples of ",
+                         join(shapes, " | "), ", ", ds.space(), ", ", ds.num_classes(), " classes",
+                         ds.has_text() ? ", captions" : "", ds.has_posterior() ? ", posterior" : "",
+                         " (format, count, shapes, labels in range)"));
   } catch (const Error& e) {
     r.line("DAMAGED", "", e.what());
   }

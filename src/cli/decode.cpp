@@ -86,9 +86,14 @@ Source open_source(const DecodeArgs& a, const models::vae::VaeConfig& vae) {
     s.rescale = vae.scaling_factor / s.dataset->scale_factor();
     s.what = a.input;
     std::tie(s.start, s.end) = parse_rows(a.rows, s.dataset->size());
+    for (int64_t r = s.start; r < s.end; ++r)  // a v2 file may hold several shapes: decode one at a time
+      if (s.dataset->bucket_of(r) != s.dataset->bucket_of(s.start))
+        throw Error(cat(a.input, ": rows ", s.start, " and ", r, " have different shapes (buckets ",
+                        s.dataset->bucket_of(s.start), " and ", s.dataset->bucket_of(r),
+                        "); give --rows of one shape (/samples/bucket lists each row's)"));
   }
   const std::vector<int64_t> shape = s.dataset
-                                         ? s.dataset->sample_shape()
+                                         ? s.dataset->buckets().at(s.dataset->bucket_of(s.start)).shape
                                          : std::vector<int64_t>(s.latents.sizes().begin() + 1, s.latents.sizes().end());
   if ((shape.size() != 3 && shape.size() != 4) || shape.front() != vae.latent_channels)
     throw Error(cat(s.what, ": samples of ", shape_str(shape), "; the VAE decodes [", vae.latent_channels,
@@ -118,7 +123,8 @@ void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
   const at::ScalarType dtype = encode::parse_dtype(a.dtype, "--dtype");
   const encode::LoadedVae described = encode::load_vae(a.vae, at::TensorOptions(dtype).device(at::kMeta));
   Source src = open_source(a, described.model->config());
-  const bool video = src.dataset ? src.dataset->sample_shape().size() == 4 : src.latents.dim() == 5;
+  const bool video = src.dataset ? src.dataset->buckets().at(src.dataset->bucket_of(src.start)).shape.size() == 4
+                                 : src.latents.dim() == 5;
   if (mp4) {
     if (!video) throw Error(cat("--out ", a.out, ": these latents are images; write NAME.png or a folder"));
     if (src.end - src.start != 1)

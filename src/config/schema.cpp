@@ -18,6 +18,8 @@ const Schema& base_schema() {
         {"train", "Optimisation: precision, AdamW, schedule, clipping, EMA, accumulation, logging, checkpoints."},
         {"data", "The training dataset (an opendit.latents HDF5 file, docs/FORMATS.md) and batching."},
         {"run", "Where a run writes and how it is seeded."},
+        {"encode", "`opendit encode`: inputs -> VAE posteriors and T5 caption embeddings in one opendit.latents v2 "
+                   "file (docs/FORMATS.md). The paths come from the command line."},
         {"parallel", "How the MPI ranks are split into groups, and how data parallelism shards the optimizer."},
     };
     const double inf = 1e300;
@@ -59,6 +61,31 @@ const Schema& base_schema() {
         {"data.verify", Type::Bool, true, "Before training (and in a dry run), verify every dataset of the file "
          "against its crc32: each rank reads an equal share of the rows once, so the whole file is read once per "
          "start. `false` skips it (`opendit check FILE` verifies a file by hand).", -inf, inf, {}},
+        {"encode.image_size", Type::Int, int64_t{256}, "Pixels of the square the inputs are cropped to (DiT's "
+         "center_crop_arr for images; the short side, then the centre, for video frames).", 8, 8192, {}},
+        {"encode.num_frames", Type::Int, int64_t{16}, "Frames of a video clip (Open-Sora v1.0: 16).", 1, 4096, {}},
+        {"encode.frame_interval", Type::Int, int64_t{3}, "Stride between the clip's frames, from the first frame "
+         "(Open-Sora v1.0: 3).", 1, 1000, {}},
+        {"encode.batch", Type::Int, int64_t{32}, "Inputs per encoder call on each rank.", 1, 1 << 20, {}},
+        {"encode.block", Type::Int, int64_t{256}, "Inputs per block file: the unit of resume and of sharing work "
+         "between ranks (a killed job loses at most the blocks in flight).", 1, 1 << 24, {}},
+        {"encode.posterior", Type::Choice, std::string("mean_logvar"), "What is stored of the VAE posterior: "
+         "`mean_logvar` (training draws a fresh latent each step, as DiT's train.py does) or `mean` (half the size; "
+         "training uses the mean).", -inf, inf, {"mean_logvar", "mean"}},
+        {"encode.dtype", Type::Choice, std::string("float16"), "Stored dtype of latents and caption embeddings.", -inf,
+         inf, {"float16", "bfloat16", "float32"}},
+        {"encode.vae_dtype", Type::Choice, std::string("fp32"), "VAE precision while encoding.", -inf, inf,
+         {"fp32", "bf16"}},
+        {"encode.vae_micro_batch", Type::Int, int64_t{32}, "Images (video frames) per VAE pass.", 1, 1 << 20, {}},
+        {"encode.text_dtype", Type::Choice, std::string("bf16"), "T5 precision while encoding.", -inf, inf,
+         {"bf16", "fp32"}},
+        {"encode.text_length", Type::Int, int64_t{120}, "T5 tokens kept per caption (Open-Sora v1.0: 120); longer "
+         "captions are cut and counted in the summary.", 1, 1 << 16, {}},
+        {"encode.clean_captions", Type::Bool, true, "Open-Sora's caption cleaning before tokenizing.", -inf, inf, {}},
+        {"encode.max_failures", Type::Int, int64_t{100}, "Inputs that may fail (unreadable, truncated, wrong "
+         "format; skipped and listed in the file) before the job stops; -1: no limit.", -1, 9.0e18, {}},
+        {"encode.threads", Type::Int, int64_t{0}, "Decoding threads per rank; 0: the node's cores shared by its "
+         "ranks, less one.", 0, 1024, {}},
         {"train.steps", Type::Int, int64_t{1000}, "Optimizer steps of the run.", 1, 1e12, {}},
         {"train.precision", Type::Choice, std::string("bf16"), "`bf16`: bf16 compute, fp32 master weights, "
          "optimizer state, EMA and loss; `fp32`: everything fp32.", -inf, inf, {"bf16", "fp32"}},

@@ -37,12 +37,26 @@ std::string fmt(const char* f, double x) {
   return b;
 }
 
-// The dataset must hold what the model takes: the sample shape and the kind of condition.
-void check_dataset(const io::LatentDataset& data, const models::Model& model, const models::ConditionSpec& spec) {
+// The dataset must hold what the model takes: the sample shape and the kind of condition. Returns the buckets of the
+// model's shape (a v2 file may hold others, e.g. images beside video clips).
+std::vector<int64_t> check_dataset(const io::LatentDataset& data, const models::Model& model,
+                                   const models::ConditionSpec& spec, bool verbose) {
   const std::vector<int64_t> want = model.sample_shape();
-  if (data.sample_shape() != want)
-    throw Error(cat(data.path(), ": samples are ", at::IntArrayRef(data.sample_shape()), " but the model takes ",
-                    at::IntArrayRef(want), " (its [model] keys: channels and input size)"));
+  std::vector<int64_t> use;
+  std::vector<std::string> other;
+  for (std::size_t k = 0; k < data.buckets().size(); ++k) {
+    const io::LatentBucket& b = data.buckets()[k];
+    if (b.shape == want)
+      use.push_back(int64_t(k));
+    else
+      other.push_back(cat(b.rows.size(), " of ", at::IntArrayRef(b.shape)));
+  }
+  if (use.empty())
+    throw Error(cat(data.path(), ": samples are ", other.size() == 1 ? "" : "(by bucket) ", join(other, ", "),
+                    " but the model takes ", at::IntArrayRef(want), " (its [model] keys: channels and input size)"));
+  if (!other.empty() && verbose)
+    std::printf("note: %s: skipping samples of other shapes than the model's %s: %s\n", data.path().c_str(),
+                shape_str(want).c_str(), join(other, ", ").c_str());
   if (spec.kind == models::ConditionKind::Labels) {
     if (!data.has_labels()) throw Error(cat(data.path(), ": no /labels: a class-conditional model needs labels"));
     if (data.num_classes() > spec.num_classes)
@@ -50,6 +64,7 @@ void check_dataset(const io::LatentDataset& data, const models::Model& model, co
   } else if (!data.has_text()) {
     throw Error(cat(data.path(), ": no /text_emb: a text-conditional model needs caption embeddings"));
   }
+  return use;
 }
 
 // "inputs/x.toml + 2 --set": where the deck came from, for the plan.
@@ -71,7 +86,7 @@ std::string deck_origin(const config::Deck& deck) {
 }  // namespace
 
 StepRandom draw_step(uint64_t seed, int64_t step, int64_t global_batch, const std::vector<int64_t>& sample_shape,
-                     int64_t num_timesteps, double dropout) {
+                     int64_t num_timesteps, double dropout, bool posterior) {
   at::Generator gen = at::detail::createCPUGenerator(step_seed(seed, step));
   StepRandom r;
   r.t = at::randint(0, num_timesteps, {global_batch}, gen, at::kLong);
@@ -79,6 +94,7 @@ StepRandom draw_step(uint64_t seed, int64_t step, int64_t global_batch, const st
   std::vector<int64_t> shape = {global_batch};
   shape.insert(shape.end(), sample_shape.begin(), sample_shape.end());
   r.noise = at::randn(shape, gen);
+  if (posterior) r.eps = at::randn(shape, gen);  // after the noise: files without a posterior keep their stream
   return r;
 }
 
@@ -103,8 +119,8 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
   // Every rank opens the data and checks it against the model before anything is allocated.
   ctx.world().agree([&] {
     dataset_ = std::make_shared<io::LatentDataset>(s_.data_path);
-    check_dataset(*dataset_, *model_, cond_spec_);
     io::DataLoaderOptions lopt;
+    lopt.buckets = check_dataset(*dataset_, *model_, cond_spec_, mesh.rank() == 0);
     lopt.prefetch = s_.prefetch;
     lopt.pin_memory = ctx.gpu();
     loader_ = std::make_unique<io::DataLoader>(dataset_, s_.global_batch / s_.accumulation, mesh.coord().dp_rank,
@@ -197,8 +213,9 @@ bool Trainer::step() {
   // that the host keeps the GPU fed. Pinned, so that its copies to the GPU do not stall the host.
   auto draw = [this, gpu](int64_t st) {
     StepRandom r = draw_step(s_.seed, st, s_.global_batch, model_->sample_shape(), diffusion_->num_timesteps(),
-                             cond_spec_.dropout);
+                             cond_spec_.dropout, dataset_->has_posterior());
     if (gpu) r.noise = r.noise.pin_memory();
+    if (gpu && r.eps.defined()) r.eps = r.eps.pin_memory();
     return r;
   };
   StepRandom rnd = next_random_.valid() ? next_random_.get() : draw(step_);
@@ -212,6 +229,8 @@ bool Trainer::step() {
     io::LatentBatch batch = loader_->next();
     const int64_t first = m * micro_global + int64_t(dp_rank) * local;  // this slice's place in the global batch
     at::Tensor x0 = batch.latents.to(device, /*non_blocking=*/true);
+    if (batch.logvar.defined())  // a fresh draw from the stored posterior (DiT's latent_dist.sample() * 0.18215)
+      x0 = io::posterior_sample(x0, batch.logvar.to(device, /*non_blocking=*/true), upload(rnd.eps.narrow(0, first, local)));
     models::Condition cond;
     if (cond_spec_.kind == models::ConditionKind::Labels) cond.labels = batch.labels;
     else cond.text = batch.text_emb, cond.text_mask = batch.text_mask;

@@ -49,9 +49,10 @@ struct TrainOptions {
 // The randomness of one optimizer step for the whole global batch: t [B] int64, drop [B] bool, noise [B, ...].
 struct StepRandom {
   at::Tensor t, drop, noise;
+  at::Tensor eps;  // the draw from a stored VAE posterior (opendit.latents v2); undefined without one
 };
 StepRandom draw_step(uint64_t seed, int64_t step, int64_t global_batch, const std::vector<int64_t>& sample_shape,
-                     int64_t num_timesteps, double dropout);
+                     int64_t num_timesteps, double dropout, bool posterior = false);
 
 class Trainer {
  public:

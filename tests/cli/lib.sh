@@ -2,7 +2,7 @@
 # $passes and $fails, and commands run with their output kept.
 fails=0 passes=0
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$out"' EXIT
 
 check() {  # check NAME CONDITION-COMMAND...
   local name=$1; shift

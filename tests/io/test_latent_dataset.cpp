@@ -176,8 +176,8 @@ TEST(LatentDatasetBadInput, WrongFormat) {
 
 TEST(LatentDatasetBadInput, WrongVersion) {
   TempDir dir;
-  expect_open_error(edited_file(dir, [](H5Group& r) { r.write_attr("version", 2); }),
-                    {"format version 2 is not supported (this build reads version 1)"});
+  expect_open_error(edited_file(dir, [](H5Group& r) { r.write_attr("version", 3); }),
+                    {"format version 3 is not supported (this build reads versions 1 and 2)"});
 }
 
 TEST(LatentDatasetBadInput, LabelCountDiffersFromLatents) {

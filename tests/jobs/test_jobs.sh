@@ -75,6 +75,20 @@ out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" 2>&1)
 [ $? -eq 2 ] && echo "$out" | grep -q usage
 check "sample_dit.sbatch without a checkpoint prints its usage" $? "$out"
 
+# Encoding: the arguments reach opendit encode with --resume (the inputs are absent: its first error names them).
+for job in encode_imagenet:3 encode_videos:4; do
+  name=${job%:*} n=${job#*:}
+  args=("$tmp/absent_in" "$tmp/vae" "$tmp/t5" "$tmp/out.h5")
+  [ "$n" -eq 3 ] && args=("$tmp/absent_in" "$tmp/vae" "$tmp/out.h5")
+  out=$(cd "$tmp" && bash "$SRC/jobs/$name.sbatch" "${args[@]}" --set encode.block=64 2>&1)
+  [ $? -ne 0 ] && echo "$out" | grep -q "input $tmp/absent_in does not exist" &&
+    grep -q -- "^srun .*encode $tmp/absent_in -o $tmp/out.h5 --vae $tmp/vae .*--resume .*--set encode.block=64" "$SRUN_LOG"
+  check "$name.sbatch runs opendit encode --resume through srun with its arguments" $? "$out $(tail -1 "$SRUN_LOG")"
+  out=$(cd "$tmp" && bash "$SRC/jobs/$name.sbatch" "$tmp/x" 2>&1)
+  [ $? -eq 2 ] && echo "$out" | grep -q usage
+  check "$name.sbatch without its arguments prints its usage" $? "$out"
+done
+
 grep -q "NCCL_NVLS_ENABLE=0" "$SRC/jobs/env.sh"; check "env.sh turns NVLink multicast off" $?
 grep -q "^export OMPI_MCA_odls_base_sigkill_timeout=" "$SRC/jobs/env.sh"
 check "env.sh gives mpirun's ranks time to checkpoint after a SIGTERM" $?
@@ -102,8 +116,9 @@ exit "${SCONTROL_STATUS:-0}"
 SH
 chmod +x "$tmp/bin/fake_opendit" "$tmp/bin/scontrol"
 export SCONTROL_LOG=$tmp/scontrol.log
-stop_job() {  # stop_job SIGNAL [env...]: runs the training job on the stand-ins, signals it; prints its output
-  env SLURM_JOB_ID=4242 OPENDIT_BIN="$tmp/bin/fake_opendit" "${@:2}" bash "$train_job" > "$tmp/stop.out" 2>&1 &
+job=$train_job
+stop_job() {  # stop_job SIGNAL [env...]: runs $job on the stand-ins, signals it; prints its output
+  env SLURM_JOB_ID=4242 OPENDIT_BIN="$tmp/bin/fake_opendit" "${@:2}" bash "$job" a b c d > "$tmp/stop.out" 2>&1 &
   local pid=$! i
   for i in $(seq 100); do grep -q "fake opendit: training" "$tmp/stop.out" && break; sleep 0.1; done
   sleep 0.2
@@ -120,6 +135,11 @@ rm -f "$SCONTROL_LOG"
 out=$(stop_job USR1 SCONTROL_STATUS=1); rc=$?
 [ $rc -eq 75 ] && echo "$out" | grep -q "fake opendit: USR1" && echo "$out" | grep -q "submit the job again"
 check "USR1 with the requeue refused: the job exits 75 and says to submit it again" $? "status $rc: $out"
+rm -f "$SCONTROL_LOG"
+job=$SRC/jobs/encode_imagenet.sbatch
+out=$(stop_job TERM); rc=$?
+[ $rc -eq 0 ] && echo "$out" | grep -q "fake opendit: USR1" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
+check "the encode job too: stopped, it requeues itself and exits 0" $? "status $rc: $out"
 
 echo "jobs: $pass passed, $fail failed"
 [ $fail -eq 0 ]

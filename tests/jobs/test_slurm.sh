@@ -144,7 +144,7 @@ check "both runs of the job are a world of 2 (srun + PMIx)" $? "$out"
 stopped=$(sed -n 's/^stopped at step \([0-9]*\) (exit status 75).*/\1/p' <<<"$out")
 [ -n "$stopped" ] && [ "$stopped" -gt 0 ] && [ "$stopped" -lt $STEPS ]
 check "opendit stopped at step $stopped of $STEPS with exit status 75" $? "$out"
-grep -q "^opendit stopped with a checkpoint (exit status 75): requeueing job $job" <<<"$out"
+grep -q "^opendit stopped with its work saved (exit status 75): requeueing job $job" <<<"$out"
 check "the job script saw status 75 and requeued the job" $? "$out"
 # The second run: restart 1, resumed from the stop's checkpoint, finished.
 grep -q "restart 1$" <<<"$out" && grep -q "Restarts=1 " <<<"$info"

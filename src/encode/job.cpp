@@ -1,0 +1,408 @@
+// `opendit encode`'s job: setup and resume state, rounds of blocks, assembly (see job.hpp).
+#include "encode/job.hpp"
+
+#include <c10/core/InferenceMode.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "core/error.hpp"
+#include "core/progress.hpp"
+#include "core/stop_request.hpp"
+#include "core/strings.hpp"
+#include "encode/block_file.hpp"
+#include "encode/encoders.hpp"
+#include "encode/prefetch.hpp"
+#include "encode/text.hpp"
+#include "io/atomic_file.hpp"
+#include "io/checksum.hpp"
+#include "io/files.hpp"
+#include "io/h5.hpp"
+#include "io/video_read.hpp"
+#include "models/vae/pipeline.hpp"
+
+namespace opendit::encode {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string read_text(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return "";
+  std::string s;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, n);
+  std::fclose(f);
+  return s;
+}
+
+// What a resumed job must share with the one that wrote the blocks, one "key = value" per line.
+std::string job_identity(const EncodeSettings& s, const InputList& in, const std::string& vae_config,
+                         const std::string& t5_config) {
+  io::Crc32 list;
+  for (const InputItem& it : in.items) {
+    const std::string row = cat(it.path, '\t', it.caption, '\t', it.label, '\n');
+    list.add(row.data(), row.size());
+  }
+  auto crc = [](const std::string& text) {
+    io::Crc32 c;
+    c.add(text.data(), text.size());
+    return c.value();
+  };
+  return cat("inputs = ", in.items.size(), " (", in.origin, ")\n", "input list crc32 = ", list.value(), "\n",
+             "image_size = ", s.prepare.image_size, "\n", "num_frames = ", s.prepare.num_frames, "\n",
+             "frame_interval = ", s.prepare.frame_interval, "\n", "block = ", s.block, "\n", "batch = ", s.batch, "\n",
+             "dtype = ", io::dtype_name(s.dtype), "\n", "posterior = ", s.mean_only ? "mean" : "mean_logvar", "\n",
+             "vae = ", s.vae, " (config crc32 ", crc(vae_config), ")\n", "vae dtype = ", io::dtype_name(s.vae_dtype),
+             "\n", "text encoder = ", s.text_encoder, " (config crc32 ", crc(t5_config), ")\n",
+             "text dtype = ", io::dtype_name(s.t5_dtype), "\n", "text_length = ", s.text_length, "\n",
+             "clean_captions = ", s.clean_captions, "\n");
+}
+
+// The first line where two identities differ, for the resume error.
+std::string first_difference(const std::string& a, const std::string& b) {
+  const auto la = split(a, '\n'), lb = split(b, '\n');
+  for (std::size_t i = 0; i < std::max(la.size(), lb.size()); ++i) {
+    const std::string x = i < la.size() ? la[i] : "", y = i < lb.size() ? lb[i] : "";
+    if (x != y) return cat("the stopped job had '", x, "', this one has '", y, "'");
+  }
+  return "";
+}
+
+// What one rank holds while encoding: the encoders and the decode-ahead queue over its inputs.
+struct Worker {
+  const EncodeSettings& s;
+  const InputList& in;
+  at::Device device;
+  LoadedVae vae;
+  std::optional<LoadedT5> t5;
+  std::unique_ptr<OrderedPrefetch<PreparedItem>> ahead;
+  double wait_s = 0, busy_s = 0, encoder_s = 0;  // waiting for inputs, in encode(), in the encoders
+
+  EncodedBlock encode(int64_t index);
+};
+
+EncodedBlock Worker::encode(int64_t index) {
+  const auto start = Clock::now();
+  EncodedBlock blk;
+  blk.index = index;
+  blk.first = index * s.block;
+  blk.count = std::min<int64_t>(s.block, int64_t(in.items.size()) - blk.first);
+  std::map<std::vector<int64_t>, std::vector<std::pair<at::Tensor, at::Tensor>>> parts;  // shape -> (mean, logvar)
+  std::map<std::vector<int64_t>, std::vector<int64_t>> inputs_of;
+  std::vector<at::Tensor> tokens;
+  for (int64_t c0 = 0; c0 < blk.count; c0 += s.batch) {
+    const int64_t c1 = std::min(blk.count, c0 + s.batch);
+    std::map<std::vector<int64_t>, std::vector<int64_t>> by_shape;  // the chunk's successes
+    std::map<int64_t, at::Tensor> pixels;
+    std::vector<int64_t> ok;
+    for (int64_t i = blk.first + c0; i < blk.first + c1; ++i) {
+      const auto t = Clock::now();
+      std::optional<PreparedItem> item = ahead->next();
+      wait_s += seconds_since(t);
+      if (!item) throw Error("encode: the decode queue ended early");
+      if (!item->error.empty()) {
+        const std::string& path = in.items[i].path;  // the reason without the path it may start with
+        if (item->error.rfind(path + ": ", 0) == 0) item->error.erase(0, path.size() + 2);
+        std::fprintf(stderr, "opendit: warning: skipping %s: %s\n", in.items[i].path.c_str(), item->error.c_str());
+        blk.failed.push_back(i);
+        blk.reasons.push_back(item->error);
+        continue;
+      }
+      by_shape[item->pixels.sizes().vec()].push_back(i);
+      pixels[i] = std::move(item->pixels);
+      ok.push_back(i);
+    }
+    for (const auto& [shape, ids] : by_shape) {
+      std::vector<at::Tensor> xs;
+      for (int64_t i : ids) xs.push_back(pixels[i]);
+      const auto t = Clock::now();
+      const at::Tensor x = at::stack(xs).to(device, s.vae_dtype);
+      const models::vae::Posterior p = models::vae::encode(*vae.model, x, {s.vae_micro_batch});
+      const at::Tensor mean = p.mean.to(at::kCPU, s.dtype);  // waits for the device: the encoder's time ends here
+      parts[mean.sizes().slice(1).vec()].push_back({mean, s.mean_only ? at::Tensor() : p.logvar.to(at::kCPU, s.dtype)});
+      encoder_s += seconds_since(t);
+      auto& dst = inputs_of[mean.sizes().slice(1).vec()];
+      dst.insert(dst.end(), ids.begin(), ids.end());
+    }
+    if (t5 && !ok.empty()) {
+      std::vector<std::string> captions;
+      for (int64_t i : ok) captions.push_back(in.items[i].caption);
+      const auto t = Clock::now();
+      const CaptionEmbeddings e = embed_captions(*t5->model, *t5->tokenizer, captions, s.text_length, s.clean_captions);
+      tokens.push_back(e.tokens.to(s.dtype));
+      encoder_s += seconds_since(t);
+      const auto* len = e.lengths.data_ptr<int64_t>();
+      blk.text_inputs.insert(blk.text_inputs.end(), ok.begin(), ok.end());
+      blk.text_lengths.insert(blk.text_lengths.end(), len, len + ok.size());
+      for (bool cut : e.truncated) blk.truncated += cut;
+    }
+  }
+  for (auto& [shape, list] : parts) {
+    EncodedGroup g;
+    g.shape = shape;
+    g.inputs = inputs_of[shape];
+    // Chunks were encoded in input order, but a chunk's shapes interleave: sort each group's rows by input.
+    std::vector<at::Tensor> means, logvars;
+    for (auto& [m, l] : list) means.push_back(m), logvars.push_back(l);
+    at::Tensor mean = at::cat(means), order = at::argsort(at::tensor(g.inputs, at::kLong));
+    std::sort(g.inputs.begin(), g.inputs.end());
+    g.mean = mean.index_select(0, order);
+    if (!s.mean_only) g.logvar = at::cat(logvars).index_select(0, order);
+    blk.groups.push_back(std::move(g));
+  }
+  if (t5) {
+    const int64_t dim = t5->model->config().d_model;
+    blk.text_tokens = tokens.empty() ? at::empty({0, dim}, s.dtype) : at::cat(tokens);
+  }
+  std::sort(blk.failed.begin(), blk.failed.end());  // already in order: inputs are taken in order
+  busy_s += seconds_since(start);
+  return blk;
+}
+
+void check_settings(const EncodeSettings& s) {
+  if (s.input.empty()) throw Error("encode: no input: give a manifest (.csv, .jsonl) or an image folder");
+  if (s.output.empty()) throw Error("encode: no output file (--output)");
+  if (s.vae.empty()) throw Error("encode: no VAE (--vae DIR)");
+  if (s.batch < 1 || s.block < 1 || s.vae_micro_batch < 1)
+    throw Error(cat("encode: batch, block and vae_micro_batch must be >= 1, found ", s.batch, ", ", s.block, ", ",
+                    s.vae_micro_batch));
+  if (s.resume && s.overwrite) throw Error("encode: --resume and --overwrite exclude each other");
+  if (s.dtype != at::kFloat && s.dtype != at::kHalf && s.dtype != at::kBFloat16)
+    throw Error("encode: the stored dtype must be float32, float16 or bfloat16");
+}
+
+InputList read_inputs(const EncodeSettings& s) {
+  std::error_code ec;
+  if (!fs::exists(s.input, ec)) throw Error(cat("encode: input ", s.input, " does not exist"));
+  InputList in = fs::is_directory(s.input, ec) ? scan_image_folder(s.input) : read_manifest(s.input);
+  if (in.items.empty()) throw Error(cat("encode: ", s.input, " lists no inputs"));
+  if (in.has_captions && s.text_encoder.empty())
+    throw Error(cat("encode: ", s.input, " has captions: give the T5 encoder that embeds them (--text-encoder DIR)"));
+  if (!in.has_captions && !s.text_encoder.empty())
+    throw Error(cat("encode: --text-encoder given but ", s.input, " has no captions"));
+  if (!io::video_supported())
+    for (const InputItem& it : in.items)
+      if (media_kind(it.path) == MediaKind::Video)
+        throw Error(cat("encode: ", it.path, " is a video, but this build has no FFmpeg (video input is off; see "
+                        "`opendit info`)"));
+  return in;
+}
+
+}  // namespace
+
+EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& world, at::Device device) {
+  const auto start = Clock::now();
+  c10::InferenceMode inference;
+  const bool root = world.rank() == 0;
+  InputList in;
+  world.agree([&] {
+    check_settings(s);
+    in = read_inputs(s);
+  });
+  const std::string parts = s.output + ".parts", job_file = parts + "/job.txt";
+  Worker w{s, in, device, {}, {}, {}};
+  std::string vae_config, t5_config;
+  world.agree([&] {  // the encoders, on every rank's own device: wrong weights are everyone's error
+    const at::TensorOptions vopt = at::TensorOptions().device(device).dtype(s.vae_dtype);
+    w.vae = load_vae(s.vae, vopt);
+    vae_config = read_text(w.vae.folder + "/config.json");
+    if (!s.text_encoder.empty()) {
+      w.t5.emplace(load_t5(s.text_encoder, at::TensorOptions().device(device).dtype(s.t5_dtype)));
+      t5_config = read_text(w.t5->folder + "/config.json");
+    }
+  });
+  const std::string identity = job_identity(s, in, vae_config, t5_config);
+
+  EncodeReport rep;
+  rep.inputs = int64_t(in.items.size());
+  rep.blocks = (rep.inputs + s.block - 1) / s.block;
+  // Rank 0 decides what state the output is in; everyone learns it.
+  int64_t state = 0;  // 0: encode, 1: nothing to do
+  world.agree([&] {
+    if (!root) return;
+    const bool have_out = io::path_exists(s.output), have_parts = io::path_exists(parts);
+    if (s.overwrite) {
+      std::error_code ec;
+      fs::remove_all(parts, ec);
+      fs::remove(io::AtomicFile::tmp_path_for(s.output, ".partial"), ec);
+    } else if (have_parts && !s.resume) {
+      throw Error(cat("encode: ", parts, " holds a stopped encode of ", s.output,
+                      ": --resume continues it, --overwrite starts again"));
+    } else if (have_out && !have_parts) {
+      if (!s.resume) throw Error(cat("encode: ", s.output, " exists: --overwrite replaces it"));
+      state = 1;
+      return;
+    }
+    io::check_can_write(s.output, "encode: output");
+    if (!io::path_exists(parts)) {
+      io::make_dirs(parts, "encode: the block folder");
+      io::AtomicFile f(job_file);
+      std::FILE* out = std::fopen(f.tmp_path().c_str(), "wb");
+      if (!out || std::fputs(identity.c_str(), out) < 0 || std::fclose(out) != 0)
+        throw Error(cat("encode: cannot write ", job_file, " (", io::errno_text(), ")"));
+      f.commit();
+    } else {
+      const std::string had = read_text(job_file);
+      if (had != identity)
+        throw Error(cat("encode: --resume of ", s.output, " with other inputs or settings: ",
+                        first_difference(had, identity), " (", job_file, "); --overwrite starts again"));
+    }
+  });
+  state = world.broadcast(std::vector<int64_t>{state}, 0)[0];
+  if (state == 1) {
+    rep.nothing_to_do = true;
+    return rep;
+  }
+
+  // The blocks done before (a resumed job), their failures counted against the limit.
+  std::vector<int64_t> done(rep.blocks, 0);
+  int64_t failures = 0, before = 0;
+  world.agree([&] {
+    if (!root) return;
+    for (int64_t b = 0; b < rep.blocks; ++b) {
+      if (!io::path_exists(block_path(parts, b))) continue;
+      const EncodedBlock blk = read_block(block_path(parts, b), false);
+      done[b] = 1, failures += int64_t(blk.failed.size()), before += blk.count;
+    }
+  });
+  done = world.broadcast(done, 0);
+  failures = world.broadcast(std::vector<int64_t>{failures}, 0)[0];
+  std::vector<int64_t> todo;
+  for (int64_t b = 0; b < rep.blocks; ++b)
+    if (!done[b]) todo.push_back(b);
+  rep.blocks_resumed = rep.blocks - int64_t(todo.size());
+  if (root && rep.blocks_resumed > 0)
+    std::printf("resuming: %lld of %lld blocks done before (%s)\n", (long long)rep.blocks_resumed,
+                (long long)rep.blocks, parts.c_str());
+
+  // This rank's blocks (todo[rank], todo[rank + size], ...) and the inputs to decode ahead, in order.
+  std::vector<int64_t> mine, items;
+  for (std::size_t j = world.rank(); j < todo.size(); j += world.size()) mine.push_back(todo[j]);
+  for (int64_t b : mine)
+    for (int64_t i = b * s.block; i < std::min<int64_t>((b + 1) * s.block, rep.inputs); ++i) items.push_back(i);
+  int threads = s.threads;
+  if (threads <= 0) {
+    const int cores = int(std::thread::hardware_concurrency()), local = world.node_local().size();
+    threads = std::max(1, cores / std::max(1, local) - 1);
+  }
+  w.ahead = std::make_unique<OrderedPrefetch<PreparedItem>>(
+      int64_t(items.size()), threads, std::max<int64_t>(2 * s.batch, threads),
+      [&](int64_t j) { return prepare_item(in.items[items[j]].path, s.prepare); });
+
+  StopHandlers stop(root);
+  int64_t blocks_written = 0;
+  const int64_t rounds = (int64_t(todo.size()) + world.size() - 1) / world.size();
+  int64_t total_done = before;
+  Progress progress("encode", rep.inputs, root && s.progress);
+  const auto loop_start = Clock::now();
+  if (before > 0) progress.update(before);
+  for (int64_t r = 0; r < rounds; ++r) {
+    int64_t mine_done = 0, mine_failed = 0;
+    const std::size_t j = r;
+    if (j < mine.size()) {
+      EncodedBlock blk = w.encode(mine[j]);
+      write_block(block_path(parts, mine[j]), blk);
+      mine_done = blk.count, mine_failed = int64_t(blk.failed.size());
+      kill_point_test_hook("block", ++blocks_written);
+    }
+    const std::vector<double> sums =
+        world.all_reduce(std::vector<double>{double(mine_done), double(mine_failed), double(stop.signal())},
+                         parallel::ReduceOp::Sum);
+    total_done += int64_t(sums[0]), failures += int64_t(sums[1]), rep.encoded_now += int64_t(sums[0]);
+    progress.update(total_done);
+    if (s.max_failures >= 0 && failures > s.max_failures)
+      throw CollectiveError(cat("encode: ", failures, " inputs failed, more than encode.max_failures = ",
+                                s.max_failures, " (the warnings above name them). The blocks done are kept in ",
+                                parts, ": fix the inputs or raise the limit, then continue with --resume"));
+    if (sums[2] != 0 && r + 1 < rounds) {
+      rep.stopped_by = stop.signal() ? stop.signal() : 15;
+      w.ahead.reset();
+      if (root)
+        std::fprintf(stderr, "\nencode: stopped by a signal after %lld of %lld inputs; the blocks are kept in %s: "
+                     "continue with --resume\n", (long long)total_done, (long long)rep.inputs, parts.c_str());
+      return rep;
+    }
+  }
+  progress.finish();
+  w.ahead.reset();
+  rep.loop_seconds = seconds_since(loop_start);
+  rep.input_wait_share = w.busy_s > 0 ? w.wait_s / w.busy_s : 0;
+  rep.encoder_share = w.busy_s > 0 ? w.encoder_s / w.busy_s : 0;
+
+  AssembleSettings as;
+  as.output = s.output;
+  as.parts_dir = parts;
+  as.blocks = rep.blocks;
+  as.dtype = s.dtype;
+  as.mean_only = s.mean_only;
+  as.text_dim = w.t5 ? w.t5->model->config().d_model : 0;
+  as.force_serial = s.force_serial;
+  const models::vae::VaeConfig& vc = w.vae.model->config();
+  as.root_attrs = [&](io::H5Group& g) {
+    g.write_attr("space", "latent");
+    g.write_attr("scale_factor", vc.scaling_factor);
+    g.write_attr("shift_factor", vc.shift_factor);
+    g.write_attr("source", in.origin);
+    g.write_attr("vae", w.vae.folder);
+    g.write_attr("vae_config", vae_config);
+    g.write_attr("vae_files", join(w.vae.weight_files, "\n"));
+    g.write_attr("vae_dtype", io::dtype_name(s.vae_dtype));
+    if (w.t5) {
+      g.write_attr("text_encoder", w.t5->folder);
+      g.write_attr("text_encoder_config", t5_config);
+      g.write_attr("text_encoder_files", join(w.t5->weight_files, "\n"));
+      g.write_attr("text_encoder_dtype", io::dtype_name(s.t5_dtype));
+      g.write_attr("text_length", s.text_length);
+      g.write_attr("clean_captions", int64_t(s.clean_captions));
+    }
+    g.write_attr("image_size", s.prepare.image_size);
+    g.write_attr("num_frames", s.prepare.num_frames);
+    g.write_attr("frame_interval", s.prepare.frame_interval);
+    g.write_attr("created_by", cat("opendit encode (", world.size(), " ranks)"));
+  };
+  rep.result = assemble(in, as, world);
+  world.agree([&] {
+    if (!root) return;
+    std::error_code ec;
+    fs::remove_all(parts, ec);
+    if (ec) std::fprintf(stderr, "opendit: warning: could not remove %s: %s\n", parts.c_str(), ec.message().c_str());
+  });
+  rep.seconds = seconds_since(start);
+  return rep;
+}
+
+std::string format_report(const EncodeSettings& s, const EncodeReport& r) {
+  if (r.nothing_to_do) return cat(s.output, " is complete: nothing to resume\n");
+  const AssembleResult& a = r.result;
+  std::string out = cat("wrote ", s.output, " (", io::format_bytes(double(a.bytes)), "): ", a.samples, " samples in ",
+                        a.buckets.size(), a.buckets.size() == 1 ? " bucket" : " buckets", ", ", a.failures,
+                        a.failures == 1 ? " failure" : " failures", "\n");
+  for (std::size_t k = 0; k < a.buckets.size(); ++k)
+    out += cat("  bucket ", k, ": ", a.buckets[k].second, " x ", shape_str(a.buckets[k].first), "\n");
+  const std::size_t shown = std::min<std::size_t>(a.failed.size(), 10);
+  for (std::size_t i = 0; i < shown; ++i) out += cat("  failed: ", a.failed[i].first, ": ", a.failed[i].second, "\n");
+  if (a.failed.size() > shown) out += cat("  ... and ", a.failed.size() - shown, " more (listed in the file)\n");
+  if (a.truncated > 0) out += cat("  ", a.truncated, " captions cut to ", s.text_length, " tokens\n");
+  const double rate = r.loop_seconds > 0 ? r.encoded_now / r.loop_seconds : 0;
+  out += cat("encoded ", r.encoded_now, " inputs in ", format_duration(r.loop_seconds), ": ",
+             shortest(std::round(rate * 10) / 10), " inputs/s (the whole job ", format_duration(r.seconds),
+             ", with loading and assembly", r.blocks_resumed ? cat("; ", r.blocks_resumed, " blocks resumed") : "",
+             ")\nrank 0: encoders busy ", int(std::lround(100 * r.encoder_share)), "% of its encoding time, waiting for "
+             "decoded inputs ", int(std::lround(100 * r.input_wait_share)), "%\n");
+  return out;
+}
+
+}  // namespace opendit::encode
