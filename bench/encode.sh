@@ -45,7 +45,7 @@ ours=$(build/bin/opendit encode "$W/imgs" -o "$W/out.h5" --vae "$W/vae" --overwr
   --set encode.vae_micro_batch=64 --set encode.block=1024 --set encode.vae_dtype="$DT" 2>&1)
 echo "$ours" | grep -E "^(wrote|encoded|rank 0)|error"
 rate=$(echo "$ours" | sed -n 's/.*: \([0-9.]*\) inputs\/s.*/\1/p')
-busy=$(echo "$ours" | sed -n 's/.*encoders busy \([0-9]*\)%.*/\1/p')
+busy=$(echo "$ours" | sed -n 's/.*GPU busy \([0-9]*\)%.*/\1/p')
 echo "BENCH encode images=$N vae_dtype=$DT items_per_s=$rate gpu_busy_pct=$busy"
 peer=$("$PY" bench/peer_encode.py "$W/imgs" "$W/vae" --batch 64 --workers $((CORES - 1)) --dtype "$DT" 2>/dev/null | grep '^PEER')
 echo "$peer"

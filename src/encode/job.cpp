@@ -21,8 +21,7 @@
 #include "core/strings.hpp"
 #include "encode/block_file.hpp"
 #include "encode/encoders.hpp"
-#include "encode/prefetch.hpp"
-#include "encode/text.hpp"
+#include "encode/worker.hpp"
 #include "io/atomic_file.hpp"
 #include "io/checksum.hpp"
 #include "io/files.hpp"
@@ -81,97 +80,6 @@ std::string first_difference(const std::string& a, const std::string& b) {
   return "";
 }
 
-// What one rank holds while encoding: the encoders and the decode-ahead queue over its inputs.
-struct Worker {
-  const EncodeSettings& s;
-  const InputList& in;
-  at::Device device;
-  LoadedVae vae;
-  std::optional<LoadedT5> t5;
-  std::unique_ptr<OrderedPrefetch<PreparedItem>> ahead;
-  double wait_s = 0, busy_s = 0, encoder_s = 0;  // waiting for inputs, in encode(), in the encoders
-
-  EncodedBlock encode(int64_t index);
-};
-
-EncodedBlock Worker::encode(int64_t index) {
-  const auto start = Clock::now();
-  EncodedBlock blk;
-  blk.index = index;
-  blk.first = index * s.block;
-  blk.count = std::min<int64_t>(s.block, int64_t(in.items.size()) - blk.first);
-  std::map<std::vector<int64_t>, std::vector<std::pair<at::Tensor, at::Tensor>>> parts;  // shape -> (mean, logvar)
-  std::map<std::vector<int64_t>, std::vector<int64_t>> inputs_of;
-  std::vector<at::Tensor> tokens;
-  for (int64_t c0 = 0; c0 < blk.count; c0 += s.batch) {
-    const int64_t c1 = std::min(blk.count, c0 + s.batch);
-    std::map<std::vector<int64_t>, std::vector<int64_t>> by_shape;  // the chunk's successes
-    std::map<int64_t, at::Tensor> pixels;
-    std::vector<int64_t> ok;
-    for (int64_t i = blk.first + c0; i < blk.first + c1; ++i) {
-      const auto t = Clock::now();
-      std::optional<PreparedItem> item = ahead->next();
-      wait_s += seconds_since(t);
-      if (!item) throw Error("encode: the decode queue ended early");
-      if (!item->error.empty()) {
-        const std::string& path = in.items[i].path;  // the reason without the path it may start with
-        if (item->error.rfind(path + ": ", 0) == 0) item->error.erase(0, path.size() + 2);
-        std::fprintf(stderr, "opendit: warning: skipping %s: %s\n", in.items[i].path.c_str(), item->error.c_str());
-        blk.failed.push_back(i);
-        blk.reasons.push_back(item->error);
-        continue;
-      }
-      by_shape[item->pixels.sizes().vec()].push_back(i);
-      pixels[i] = std::move(item->pixels);
-      ok.push_back(i);
-    }
-    for (const auto& [shape, ids] : by_shape) {
-      std::vector<at::Tensor> xs;
-      for (int64_t i : ids) xs.push_back(pixels[i]);
-      const auto t = Clock::now();
-      const at::Tensor x = at::stack(xs).to(device, s.vae_dtype);
-      const models::vae::Posterior p = models::vae::encode(*vae.model, x, {s.vae_micro_batch});
-      const at::Tensor mean = p.mean.to(at::kCPU, s.dtype);  // waits for the device: the encoder's time ends here
-      parts[mean.sizes().slice(1).vec()].push_back({mean, s.mean_only ? at::Tensor() : p.logvar.to(at::kCPU, s.dtype)});
-      encoder_s += seconds_since(t);
-      auto& dst = inputs_of[mean.sizes().slice(1).vec()];
-      dst.insert(dst.end(), ids.begin(), ids.end());
-    }
-    if (t5 && !ok.empty()) {
-      std::vector<std::string> captions;
-      for (int64_t i : ok) captions.push_back(in.items[i].caption);
-      const auto t = Clock::now();
-      const CaptionEmbeddings e = embed_captions(*t5->model, *t5->tokenizer, captions, s.text_length, s.clean_captions);
-      tokens.push_back(e.tokens.to(s.dtype));
-      encoder_s += seconds_since(t);
-      const auto* len = e.lengths.data_ptr<int64_t>();
-      blk.text_inputs.insert(blk.text_inputs.end(), ok.begin(), ok.end());
-      blk.text_lengths.insert(blk.text_lengths.end(), len, len + ok.size());
-      for (bool cut : e.truncated) blk.truncated += cut;
-    }
-  }
-  for (auto& [shape, list] : parts) {
-    EncodedGroup g;
-    g.shape = shape;
-    g.inputs = inputs_of[shape];
-    // Chunks were encoded in input order, but a chunk's shapes interleave: sort each group's rows by input.
-    std::vector<at::Tensor> means, logvars;
-    for (auto& [m, l] : list) means.push_back(m), logvars.push_back(l);
-    at::Tensor mean = at::cat(means), order = at::argsort(at::tensor(g.inputs, at::kLong));
-    std::sort(g.inputs.begin(), g.inputs.end());
-    g.mean = mean.index_select(0, order);
-    if (!s.mean_only) g.logvar = at::cat(logvars).index_select(0, order);
-    blk.groups.push_back(std::move(g));
-  }
-  if (t5) {
-    const int64_t dim = t5->model->config().d_model;
-    blk.text_tokens = tokens.empty() ? at::empty({0, dim}, s.dtype) : at::cat(tokens);
-  }
-  std::sort(blk.failed.begin(), blk.failed.end());  // already in order: inputs are taken in order
-  busy_s += seconds_since(start);
-  return blk;
-}
-
 void check_settings(const EncodeSettings& s) {
   if (s.input.empty()) throw Error("encode: no input: give a manifest (.csv, .jsonl) or an image folder");
   if (s.output.empty()) throw Error("encode: no output file (--output)");
@@ -213,15 +121,16 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
     in = read_inputs(s);
   });
   const std::string parts = s.output + ".parts", job_file = parts + "/job.txt";
-  Worker w{s, in, device, {}, {}, {}};
+  LoadedVae vae;
+  std::optional<LoadedT5> t5;
   std::string vae_config, t5_config;
   world.agree([&] {  // the encoders, on every rank's own device: wrong weights are everyone's error
     const at::TensorOptions vopt = at::TensorOptions().device(device).dtype(s.vae_dtype);
-    w.vae = load_vae(s.vae, vopt);
-    vae_config = read_text(w.vae.folder + "/config.json");
+    vae = load_vae(s.vae, vopt);
+    vae_config = read_text(vae.folder + "/config.json");
     if (!s.text_encoder.empty()) {
-      w.t5.emplace(load_t5(s.text_encoder, at::TensorOptions().device(device).dtype(s.t5_dtype)));
-      t5_config = read_text(w.t5->folder + "/config.json");
+      t5.emplace(load_t5(s.text_encoder, at::TensorOptions().device(device).dtype(s.t5_dtype)));
+      t5_config = read_text(t5->folder + "/config.json");
     }
   });
   const std::string identity = job_identity(s, in, vae_config, t5_config);
@@ -298,9 +207,7 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
     const int cores = int(std::thread::hardware_concurrency()), local = world.node_local().size();
     threads = std::max(1, cores / std::max(1, local) - 1);
   }
-  w.ahead = std::make_unique<OrderedPrefetch<PreparedItem>>(
-      int64_t(items.size()), threads, std::max<int64_t>(2 * s.batch, threads),
-      [&](int64_t j) { return prepare_item(in.items[items[j]].path, s.prepare); });
+  Worker w(s, in, device, std::move(vae), std::move(t5), items, threads);
 
   StopHandlers stop(root);
   int64_t blocks_written = 0;
@@ -329,7 +236,7 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
                                 parts, ": fix the inputs or raise the limit, then continue with --resume"));
     if (sums[2] != 0 && r + 1 < rounds) {
       rep.stopped_by = stop.signal() ? stop.signal() : 15;
-      w.ahead.reset();
+      w.stop();
       if (root)
         std::fprintf(stderr, "\nencode: stopped by a signal after %lld of %lld inputs; the blocks are kept in %s: "
                      "continue with --resume\n", (long long)total_done, (long long)rep.inputs, parts.c_str());
@@ -337,10 +244,11 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
     }
   }
   progress.finish();
-  w.ahead.reset();
+  w.stop();
   rep.loop_seconds = seconds_since(loop_start);
   rep.input_wait_share = w.busy_s > 0 ? w.wait_s / w.busy_s : 0;
   rep.encoder_share = w.busy_s > 0 ? w.encoder_s / w.busy_s : 0;
+  rep.gpu_busy_share = w.busy_s > 0 && device.is_cuda() ? w.gpu_s / w.busy_s : -1;
 
   AssembleSettings as;
   as.output = s.output;
@@ -348,22 +256,22 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
   as.blocks = rep.blocks;
   as.dtype = s.dtype;
   as.mean_only = s.mean_only;
-  as.text_dim = w.t5 ? w.t5->model->config().d_model : 0;
+  as.text_dim = w.t5() ? w.t5()->model->config().d_model : 0;
   as.force_serial = s.force_serial;
-  const models::vae::VaeConfig& vc = w.vae.model->config();
+  const models::vae::VaeConfig& vc = w.vae().model->config();
   as.root_attrs = [&](io::H5Group& g) {
     g.write_attr("space", "latent");
     g.write_attr("scale_factor", vc.scaling_factor);
     g.write_attr("shift_factor", vc.shift_factor);
     g.write_attr("source", in.origin);
-    g.write_attr("vae", w.vae.folder);
+    g.write_attr("vae", w.vae().folder);
     g.write_attr("vae_config", vae_config);
-    g.write_attr("vae_files", join(w.vae.weight_files, "\n"));
+    g.write_attr("vae_files", join(w.vae().weight_files, "\n"));
     g.write_attr("vae_dtype", io::dtype_name(s.vae_dtype));
-    if (w.t5) {
-      g.write_attr("text_encoder", w.t5->folder);
+    if (w.t5()) {
+      g.write_attr("text_encoder", w.t5()->folder);
       g.write_attr("text_encoder_config", t5_config);
-      g.write_attr("text_encoder_files", join(w.t5->weight_files, "\n"));
+      g.write_attr("text_encoder_files", join(w.t5()->weight_files, "\n"));
       g.write_attr("text_encoder_dtype", io::dtype_name(s.t5_dtype));
       g.write_attr("text_length", s.text_length);
       g.write_attr("clean_captions", int64_t(s.clean_captions));
@@ -400,8 +308,9 @@ std::string format_report(const EncodeSettings& s, const EncodeReport& r) {
   out += cat("encoded ", r.encoded_now, " inputs in ", format_duration(r.loop_seconds), ": ",
              shortest(std::round(rate * 10) / 10), " inputs/s (the whole job ", format_duration(r.seconds),
              ", with loading and assembly", r.blocks_resumed ? cat("; ", r.blocks_resumed, " blocks resumed") : "",
-             ")\nrank 0: encoders busy ", int(std::lround(100 * r.encoder_share)), "% of its encoding time, waiting for "
-             "decoded inputs ", int(std::lround(100 * r.input_wait_share)), "%\n");
+             ")\nrank 0: ", r.gpu_busy_share >= 0 ? "GPU busy " : "encoders busy ",
+             int(std::lround(100 * (r.gpu_busy_share >= 0 ? r.gpu_busy_share : r.encoder_share))),
+             "% of its encoding time, waiting for decoded inputs ", int(std::lround(100 * r.input_wait_share)), "%\n");
   return out;
 }
 

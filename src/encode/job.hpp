@@ -43,9 +43,10 @@ struct EncodeReport {
   AssembleResult result;
   int64_t inputs = 0, encoded_now = 0, blocks = 0, blocks_resumed = 0;
   double seconds = 0, loop_seconds = 0;  // the whole job; the encoding rounds (no loading, no assembly)
-  // Shares of rank 0's encoding time: in the encoders (their device work: each call ends in a copy to the host), and
-  // waiting for decoded inputs. On a GPU the first is the GPU-busy share the throughput depends on.
+  // Shares of rank 0's encoding time: the host's in the encoders (launching them, waiting for their results), and
+  // waiting for decoded inputs.
   double encoder_share = 0, input_wait_share = 0;
+  double gpu_busy_share = -1;  // on a GPU: the share of rank 0's encoding time its GPU worked (CUDA events); else -1
   int stopped_by = 0;  // a signal stopped it after a round (the blocks done are kept)
 };
 
