@@ -11,6 +11,8 @@
 #include <cstring>
 #include <map>
 
+#include <ATen/Parallel.h>
+
 #include "core/error.hpp"
 #include "encode/text.hpp"
 #include "models/vae/pipeline.hpp"
@@ -23,10 +25,12 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 // A decoding thread is one of many: the ATen ops it runs (colour conversion, video resizing) must not each start an
 // OpenMP team as wide as the machine, which starves the thread that feeds the GPU. OpenMP's thread count is a
-// per-thread setting; libgomp is loaded by libtorch (found at run time: opendit does not link OpenMP itself).
+// per-thread setting; libgomp is loaded by libtorch (found at run time: opendit does not link OpenMP itself). ATen
+// sets this thread's count on its first parallel op: that comes first, then ours.
 void one_openmp_thread_here() {
   using SetThreads = void (*)(int);
   static const auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  (void)at::get_num_threads();
   if (set) set(1);
 }
 
@@ -47,7 +51,9 @@ Worker::Worker(const EncodeSettings& s, const InputList& in, at::Device device, 
       int64_t(inputs_.size()), threads, std::max<int64_t>(2 * s_.batch, threads), [this](int64_t j) {
         static thread_local const bool once = (one_openmp_thread_here(), true);
         (void)once;
-        return prepare_item(in_.items[inputs_[j]].path, s_.prepare);
+        PreparedItem item = prepare_item(in_.items[inputs_[j]].path, s_.prepare);
+        if (item.pixels.defined()) item.pixels = item.pixels.contiguous();  // here, not on the thread feeding the GPU
+        return item;
       });
 }
 
@@ -65,7 +71,7 @@ void Worker::launch(const std::vector<int64_t>& ids, std::vector<at::Tensor>& pi
   p.host_in = at::empty(dims, at::TensorOptions(at::kFloat).pinned_memory(gpu));  // [n, 3, (T,) S, S]
   const std::size_t bytes = pixels.front().numel() * sizeof(float);
   for (std::size_t j = 0; j < pixels.size(); ++j) {
-    std::memcpy(static_cast<char*>(p.host_in.data_ptr()) + j * bytes, pixels[j].contiguous().data_ptr(), bytes);
+    std::memcpy(static_cast<char*>(p.host_in.data_ptr()) + j * bytes, pixels[j].data_ptr(), bytes);  // contiguous
     pixels[j] = at::Tensor();
   }
   auto stream = [&] { return c10::impl::VirtualGuardImpl(device_.type()).getStream(device_); };

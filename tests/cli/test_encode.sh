@@ -7,7 +7,8 @@
 # (check_encoded.py), `opendit check`, and training on it.
 # usage: test_encode.sh OPENDIT REF_DIR PYTHON MPIEXEC
 set -u
-BIN=$(realpath "$1") REF=$(realpath "$2") PY=$(realpath -s "$3") MPI=$4
+BIN=$(realpath "$1") REF=$(realpath "$2") MPI=$4
+case $3 in */*) PY=$(realpath -s "$3") ;; *) PY=$(command -v "$3") ;; esac  # a path, or a command on PATH
 source "$(dirname "$0")/lib.sh"
 # One thread per rank everywhere: CPU convolutions then add up in the same order on any number of ranks.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OPENDIT_TEST_KILL_AT=
