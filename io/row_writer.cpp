@@ -71,6 +71,9 @@ void RowWriter::check(const std::map<std::string, RowBlock>& blocks) const {
 void RowWriter::write_blocks(H5File& file, const std::map<std::string, RowBlock>& blocks, bool collective) const {
   H5Group root = file.root();
   for (const RowDataset& d : datasets_) {
+    // An empty dataset takes no transfer (every rank knows it): HDF5 allocates no storage for it, and a collective
+    // write of nothing into it fails.
+    if (d.rows == 0) continue;
     auto it = blocks.find(d.name);
     if (it == blocks.end() && !collective) continue;
     H5Dataset ds = root.open_dataset(d.name);
