@@ -39,7 +39,8 @@ EncodedBlock read_block(const std::string& path, bool with_data);
 
 // Fault injection for the resume tests (tests/cli/test_encode.sh): with OPENDIT_TEST_KILL_AT=WHERE:N in the
 // environment, rank 0 kills itself with SIGKILL at the N-th call with WHERE ("block": after writing a block file,
-// "assemble": after a round of assembly writes), leaving the files a crash there would leave.
+// "assemble": after a round of assembly writes), leaving the files a crash there would leave; WHERE:N:USR1 sends it
+// SIGUSR1 instead (Slurm's stop before the time limit).
 void kill_point_test_hook(const char* where, int64_t n);
 
 }  // namespace opendit::encode

@@ -98,6 +98,13 @@ check "an existing output: refused without --overwrite" has a4 "exists: --overwr
 run a5 $mpi 2 "$BIN" encode imgs -o a.h5 --vae "$VAE" $S --overwrite
 check "--overwrite: exit 0" test "$rc_a5" -eq 0
 
+OPENDIT_TEST_KILL_AT=block:1:USR1 run u1 $mpi 2 "$BIN" encode imgs -o u.h5 --vae "$VAE" $S
+check "SIGUSR1 (Slurm's stop): every rank exits 75 after its block" test "$rc_u1" -eq 75
+check "... saying how to continue, blocks kept" has u1 "stopped by a signal after [0-9]* of 15 inputs.*--resume"
+run u2 $mpi 1 "$BIN" encode imgs -o u.h5 --vae "$VAE" $S --resume
+run sameu $CHECK same e1.h5 u.h5
+check "... and --resume finishes it, equal to uninterrupted" test "$rc_u2" -eq 0 -a "$rc_sameu" -eq 0
+
 # ---- the failure limit ----------------------------------------------------------------------------------------------
 run f1 $mpi 2 "$BIN" encode imgs -o f.h5 --vae "$VAE" $S --set encode.max_failures=0
 check "max_failures = 0 and a broken file: exit 1" test "$rc_f1" -eq 1
