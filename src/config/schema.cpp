@@ -84,8 +84,8 @@ const Schema& base_schema() {
         {"encode.clean_captions", Type::Bool, true, "Open-Sora's caption cleaning before tokenizing.", -inf, inf, {}},
         {"encode.max_failures", Type::Int, int64_t{100}, "Inputs that may fail (unreadable, truncated, wrong "
          "format; skipped and listed in the file) before the job stops; -1: no limit.", -1, 9.0e18, {}},
-        {"encode.threads", Type::Int, int64_t{0}, "Decoding threads per rank; 0: the node's cores shared by its "
-         "ranks, less one.", 0, 1024, {}},
+        {"encode.threads", Type::Int, int64_t{0}, "Decoding threads per rank; 0: the cores bound to the rank (srun "
+         "--cpu-bind, a cgroup), or the node's cores shared by its ranks; less one.", 0, 1024, {}},
         {"train.steps", Type::Int, int64_t{1000}, "Optimizer steps of the run.", 1, 1e12, {}},
         {"train.precision", Type::Choice, std::string("bf16"), "`bf16`: bf16 compute, fp32 master weights, "
          "optimizer state, EMA and loss; `fp32`: everything fp32.", -inf, inf, {"bf16", "fp32"}},

@@ -2,6 +2,7 @@
 #include "encode/job.hpp"
 
 #include <c10/core/InferenceMode.h>
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -78,6 +79,19 @@ std::string first_difference(const std::string& a, const std::string& b) {
     if (x != y) return cat("the stopped job had '", x, "', this one has '", y, "'");
   }
   return "";
+}
+
+// Decoding threads by default: a rank bound to its own cores (srun --cpu-bind, a cgroup) uses them; a rank that sees
+// the whole machine shares it with the node's other ranks. One core is left for the thread that feeds the encoders.
+int default_threads(const parallel::ProcessGroup& world) {
+  const int machine = std::max(1, int(std::thread::hardware_concurrency()));
+  int mine = machine;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) mine = std::max(1, CPU_COUNT(&set));
+  const int local = world.node_local().size();  // collective over the world: every rank calls it here
+  const int share = mine < machine ? mine : machine / std::max(1, local);
+  return std::max(1, share - 1);
 }
 
 void check_settings(const EncodeSettings& s) {
@@ -202,11 +216,8 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
   for (std::size_t j = world.rank(); j < todo.size(); j += world.size()) mine.push_back(todo[j]);
   for (int64_t b : mine)
     for (int64_t i = b * s.block; i < std::min<int64_t>((b + 1) * s.block, rep.inputs); ++i) items.push_back(i);
-  int threads = s.threads;
-  if (threads <= 0) {
-    const int cores = int(std::thread::hardware_concurrency()), local = world.node_local().size();
-    threads = std::max(1, cores / std::max(1, local) - 1);
-  }
+  const int auto_threads = default_threads(world);
+  const int threads = s.threads > 0 ? int(s.threads) : auto_threads;
   Worker w(s, in, device, std::move(vae), std::move(t5), items, threads);
 
   StopHandlers stop(root);
