@@ -127,8 +127,8 @@ void check_latents(const std::string& path, Report& r, ByteProgress& progress) {
     const io::LatentDataset ds(path);
     std::vector<std::string> shapes;
     for (const auto& b : ds.buckets()) shapes.push_back(shape_str(b.shape));
-    r.line("ok", "", cat(io::kLatentsFormat, " version ", ds.version(), ": ", ds.size(), " samples of ",
-                         join(shapes, " | "), ", ", ds.space(), ", ", ds.num_classes(), " classes",
+    r.line("ok", "", cat(io::kLatentsFormat, " version ", ds.version(), ": ", ds.size(), " samples",
+                         shapes.empty() ? "" : " of " + join(shapes, " | "), ", ", ds.space(), ", ", ds.num_classes(), " classes",
                          ds.has_text() ? ", captions" : "", ds.has_posterior() ? ", posterior" : "",
                          " (format, count, shapes, labels in range)"));
   } catch (const Error& e) {

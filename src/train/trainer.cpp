@@ -42,6 +42,9 @@ std::string fmt(const char* f, double x) {
 std::vector<int64_t> check_dataset(const io::LatentDataset& data, const models::Model& model,
                                    const models::ConditionSpec& spec, bool verbose) {
   const std::vector<int64_t> want = model.sample_shape();
+  if (data.size() == 0)
+    throw Error(cat(data.path(), ": holds no samples", data.version() >= 2 ? " (its /failures lists the inputs that "
+                                                                             "failed when it was encoded)" : ""));
   std::vector<int64_t> use;
   std::vector<std::string> other;
   for (std::size_t k = 0; k < data.buckets().size(); ++k) {
