@@ -36,18 +36,20 @@ DataLoader::DataLoader(std::shared_ptr<const LatentDataset> dataset, std::int64_
     throw Error(cat(where, "global batch ", global_batch, " is not divisible by the dp size ", dp_size));
   if (options_.buckets.empty())
     for (std::size_t k = 0; k < dataset_->buckets().size(); ++k) options_.buckets.push_back(std::int64_t(k));
-  std::int64_t n = 0;
+  std::int64_t n = 0, largest = 0;
   batches_ = 0;
   for (std::int64_t k : options_.buckets) {
     if (k < 0 || k >= std::int64_t(dataset_->buckets().size()))
       throw Error(cat(where, "no bucket ", k, " (the dataset has ", dataset_->buckets().size(), ")"));
     const auto nk = std::int64_t(dataset_->buckets()[k].rows.size());
-    n += nk;
+    n += nk, largest = std::max(largest, nk);
     batches_ += options_.drop_last ? nk / global_batch : (nk + global_batch - 1) / global_batch;
   }
   if (batches_ == 0)
-    throw Error(cat(where, options_.buckets.size() > 1 ? "no bucket of the dataset holds" : "the dataset has ", n,
-                    options_.buckets.size() > 1 ? "" : " samples,", " fewer than the global batch ", global_batch));
+    throw Error(options_.buckets.size() > 1
+                    ? cat(where, "no bucket holds as many samples as the global batch ", global_batch, " (the largest has ",
+                          largest, ")")
+                    : cat(where, "the dataset has ", n, " samples, fewer than the global batch ", global_batch));
   if (options_.prefetch < 0) throw Error(cat(where, "prefetch depth must be >= 0, found ", options_.prefetch));
   pin_ = options_.pin_memory && at::detail::getCUDAHooks().hasCUDA();
   if (options_.prefetch > 0) start_worker();

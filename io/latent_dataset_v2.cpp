@@ -64,7 +64,7 @@ void LatentDataset::open_v2(const H5Group& root) {
   if (posterior != "mean_logvar" && posterior != "mean")
     root.fail(cat("posterior is \"", posterior, "\", expected mean_logvar or mean"));
   const std::int64_t nb = root.read_attr_int64("buckets");
-  if (nb < 1 && count_ > 0) root.fail(cat("attribute buckets is ", nb, " for ", count_, " samples"));
+  if (nb < 0 || (nb < 1 && count_ > 0)) root.fail(cat("attribute buckets is ", nb, " for ", count_, " samples"));
   row_bucket_ = read_index(root, "samples/bucket", count_);
   row_in_bucket_ = read_index(root, "samples/bucket_row", count_);
   buckets_.resize(nb);
@@ -106,6 +106,8 @@ void LatentDataset::open_v2(const H5Group& root) {
     const auto t = tokens_->shape();
     if (t.size() != 2 || !is_float(tokens_->dtype()))
       tokens_->fail(cat("must be float [tokens, D], found ", dtype_name(tokens_->dtype()), " ", shape_str(t)));
+    if (root.has_attr("text_dim") && root.read_attr_int64("text_dim") != t[1])
+      tokens_->fail(cat("has width ", t[1], ", attribute text_dim says ", root.read_attr_int64("text_dim")));
     text_offset_ = read_index(root, "samples/text_offset", count_ + 1);
     check_offsets(root, "samples/text_offset", text_offset_, t[0]);
     for (std::int64_t i = 0; i < count_; ++i)

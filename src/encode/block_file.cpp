@@ -54,7 +54,11 @@ void kill_point_test_hook(const char* where, int64_t n) {
   const bool usr1 = given == at + ":USR1";
   if (given != at && !usr1) return;
   int rank = 0;
-  if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK")) rank = std::atoi(r);
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"})
+    if (const char* r = std::getenv(var)) {
+      rank = std::atoi(r);
+      break;
+    }
   if (rank == 0) ::kill(::getpid(), usr1 ? SIGUSR1 : SIGKILL);
 }
 

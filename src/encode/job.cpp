@@ -135,6 +135,18 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
     in = read_inputs(s);
   });
   const std::string parts = s.output + ".parts", job_file = parts + "/job.txt";
+  // A finished job (a requeued one, say) needs no encoders: decided before loading them.
+  int64_t finished = 0;
+  world.agree([&] {
+    if (!root || s.overwrite || io::path_exists(parts) || !io::path_exists(s.output)) return;
+    if (!s.resume) throw Error(cat("encode: ", s.output, " exists: --overwrite replaces it"));
+    finished = 1;
+  });
+  if (world.broadcast(std::vector<int64_t>{finished}, 0)[0] == 1) {
+    EncodeReport done;
+    done.nothing_to_do = true;
+    return done;
+  }
   LoadedVae vae;
   std::optional<LoadedT5> t5;
   std::string vae_config, t5_config;
@@ -177,6 +189,17 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
       if (!out || std::fputs(identity.c_str(), out) < 0 || std::fclose(out) != 0)
         throw Error(cat("encode: cannot write ", job_file, " (", io::errno_text(), ")"));
       f.commit();
+    } else if (!io::path_exists(job_file)) {  // killed before it was written, or a half-removed folder
+      bool blocks = false;
+      for (const auto& [name, path] : io::list_dir(parts)) blocks = blocks || name.rfind("block-", 0) == 0;
+      if (blocks)
+        throw Error(cat("encode: ", parts, " holds blocks but no job.txt (the job's identity): it cannot be resumed "
+                        "safely; --overwrite starts again"));
+      io::AtomicFile f(job_file);
+      std::FILE* out = std::fopen(f.tmp_path().c_str(), "wb");
+      if (!out || std::fputs(identity.c_str(), out) < 0 || std::fclose(out) != 0)
+        throw Error(cat("encode: cannot write ", job_file, " (", io::errno_text(), ")"));
+      f.commit();
     } else {
       const std::string had = read_text(job_file);
       if (had != identity)
@@ -207,6 +230,14 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
   for (int64_t b = 0; b < rep.blocks; ++b)
     if (!done[b]) todo.push_back(b);
   rep.blocks_resumed = rep.blocks - int64_t(todo.size());
+  auto check_failures = [&] {
+    if (s.max_failures >= 0 && failures > s.max_failures)
+      throw CollectiveError(cat("encode: ", failures, " inputs failed, more than encode.max_failures = ",
+                                s.max_failures, " (the warnings and the blocks' lists name them). The blocks done are "
+                                "kept in ", parts, ": raise the limit and continue with --resume, or fix the inputs "
+                                "and start again with --overwrite (a block keeps its failures)"));
+  };
+  check_failures();  // a resumed job already over the limit encodes nothing more
   if (root && rep.blocks_resumed > 0)
     std::printf("resuming: %lld of %lld blocks done before (%s)\n", (long long)rep.blocks_resumed,
                 (long long)rep.blocks, parts.c_str());
@@ -241,10 +272,7 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
                          parallel::ReduceOp::Sum);
     total_done += int64_t(sums[0]), failures += int64_t(sums[1]), rep.encoded_now += int64_t(sums[0]);
     progress.update(total_done);
-    if (s.max_failures >= 0 && failures > s.max_failures)
-      throw CollectiveError(cat("encode: ", failures, " inputs failed, more than encode.max_failures = ",
-                                s.max_failures, " (the warnings above name them). The blocks done are kept in ",
-                                parts, ": fix the inputs or raise the limit, then continue with --resume"));
+    check_failures();
     if (sums[2] != 0 && r + 1 < rounds) {
       rep.stopped_by = stop.signal() ? stop.signal() : 15;
       w.stop();
@@ -256,6 +284,15 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
   }
   progress.finish();
   w.stop();
+  // A signal in the last round or before: stop before assembling (a large file takes minutes); the blocks are all
+  // there, so --resume only assembles.
+  if (world.all_reduce(int64_t(stop.signal()), parallel::ReduceOp::Max) != 0) {
+    rep.stopped_by = stop.signal() ? stop.signal() : 15;
+    if (root)
+      std::fprintf(stderr, "\nencode: stopped by a signal before assembling %s; every block is kept in %s: continue "
+                   "with --resume\n", s.output.c_str(), parts.c_str());
+    return rep;
+  }
   rep.loop_seconds = seconds_since(loop_start);
   rep.input_wait_share = w.busy_s > 0 ? w.wait_s / w.busy_s : 0;
   rep.encoder_share = w.busy_s > 0 ? w.encoder_s / w.busy_s : 0;

@@ -105,10 +105,23 @@ run u2 $mpi 1 "$BIN" encode imgs -o u.h5 --vae "$VAE" $S --resume
 run sameu $CHECK same e1.h5 u.h5
 check "... and --resume finishes it, equal to uninterrupted" test "$rc_u2" -eq 0 -a "$rc_sameu" -eq 0
 
+OPENDIT_TEST_KILL_AT=block:3:USR1 run u3 $mpi 2 "$BIN" encode imgs -o u3.h5 --vae "$VAE" $S
+check "a signal in the last round: exit 75 before assembling" has u3 "stopped by a signal before assembling"
+run u4 $mpi 2 "$BIN" encode imgs -o u3.h5 --vae "$VAE" $S --resume
+run sameu3 $CHECK same e1.h5 u3.h5
+check "... and --resume only assembles, equal to uninterrupted" test "$rc_u4" -eq 0 -a "$rc_sameu3" -eq 0
+mkdir empty.h5.parts  # a job killed before it wrote its identity: nothing to lose, a fresh start
+run j1 $mpi 2 "$BIN" encode imgs -o empty.h5 --vae "$VAE" $S --resume
+check "--resume over a block folder without job.txt or blocks: starts afresh" test "$rc_j1" -eq 0 -a -e empty.h5
+
 # ---- the failure limit ----------------------------------------------------------------------------------------------
 run f1 $mpi 2 "$BIN" encode imgs -o f.h5 --vae "$VAE" $S --set encode.max_failures=0
 check "max_failures = 0 and a broken file: exit 1" test "$rc_f1" -eq 1
 check "... saying why, once" test "$(grep -c 'more than encode.max_failures = 0' "$out/f1.log")" -eq 1
+nblocks=$(ls f.h5.parts | grep -c '^block-.*\.h5$')
+run f1b $mpi 2 "$BIN" encode imgs -o f.h5 --vae "$VAE" $S --set encode.max_failures=0 --resume
+check "... a resume still over the limit stops before encoding a block" \
+  test "$rc_f1b" -eq 1 -a "$(ls f.h5.parts | grep -c '^block-.*\.h5$')" -eq "$nblocks" -a "$(count f1b 'max_failures = 0')" -eq 1
 run f2 $mpi 2 "$BIN" encode imgs -o f.h5 --vae "$VAE" $S --resume
 check "... and --resume with the limit raised finishes" test "$rc_f2" -eq 0 -a -e f.h5
 
