@@ -10,8 +10,11 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <sstream>
 
 #include "core/error.hpp"
+#include "io/atomic_file.hpp"
 
 namespace opendit::io {
 
@@ -107,6 +110,26 @@ std::string now_iso8601() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
+}
+
+}  // namespace opendit::io
+
+namespace opendit::io {
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(cat(path, ": cannot be read"));
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  AtomicFile f(path);
+  std::FILE* out = std::fopen(f.tmp_path().c_str(), "wb");
+  const bool ok = out && std::fwrite(text.data(), 1, text.size(), out) == text.size();
+  if (!out || std::fclose(out) != 0 || !ok) throw Error(cat(path, ": cannot be written (", errno_text(), ")"));
+  f.commit();
 }
 
 }  // namespace opendit::io

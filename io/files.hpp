@@ -34,4 +34,9 @@ std::string format_bytes(double bytes);
 
 std::string now_iso8601();  // UTC, e.g. 2026-11-25T02:53:40Z
 
+// A whole file as text; opendit::Error "<path>: cannot be read" when it cannot.
+std::string read_text_file(const std::string& path);
+// `text` as the whole of `path`, atomically (io/atomic_file.hpp); errors name the file.
+void write_text_file(const std::string& path, const std::string& text);
+
 }  // namespace opendit::io

@@ -3,6 +3,8 @@
 // `Lock lock;`.
 #include "io/h5.hpp"
 
+#include <cstring>
+
 #include "core/error.hpp"
 #include "core/strings.hpp"
 #include "io/h5_detail.hpp"
@@ -309,6 +311,41 @@ H5Group H5Group::open_group(const std::string& name) const {
 void H5Group::remove(const std::string& name) {
   Lock lock;
   if (H5Ldelete(id(), name.c_str(), H5P_DEFAULT) < 0) h5_fail(file_, child_path(name), "cannot remove");
+}
+
+std::pair<at::Tensor, at::Tensor> pack_strings(const std::vector<std::string>& strings) {
+  std::vector<std::int64_t> offsets{0};
+  std::string all;
+  for (const std::string& s : strings) all += s, offsets.push_back(std::int64_t(all.size()));
+  at::Tensor bytes = at::empty({std::int64_t(all.size())}, at::kByte);
+  if (!all.empty()) std::memcpy(bytes.data_ptr(), all.data(), all.size());
+  return {at::tensor(offsets, at::kLong), bytes};
+}
+
+std::vector<std::string> unpack_strings(const at::Tensor& offsets, const at::Tensor& bytes, const std::string& what) {
+  const at::Tensor off = offsets.to(at::kLong).contiguous();
+  const std::int64_t n = off.numel();
+  const auto* o = off.data_ptr<std::int64_t>();
+  bool ok = n >= 1 && o[0] == 0 && o[n - 1] == bytes.numel();
+  for (std::int64_t i = 1; ok && i < n; ++i) ok = o[i] >= o[i - 1];
+  if (!ok) throw Error(cat(what, ": the string offsets do not run from 0 to ", bytes.numel()));
+  const at::Tensor b = bytes.contiguous();
+  const char* p = static_cast<const char*>(b.data_ptr());
+  std::vector<std::string> out;
+  for (std::int64_t i = 0; i + 1 < n; ++i) out.emplace_back(p + o[i], p + o[i + 1]);
+  return out;
+}
+
+std::vector<std::string> dataset_paths(const H5Group& root) {
+  std::vector<std::string> names;
+  for (const std::string& name : root.children()) {
+    if (!root.is_group(name)) {
+      names.push_back(name);
+      continue;
+    }
+    for (const std::string& child : root.open_group(name).children()) names.push_back(name + "/" + child);
+  }
+  return names;
 }
 
 }  // namespace opendit::io

@@ -207,4 +207,13 @@ class H5File {
   bool mpio_ = false;
 };
 
+// Strings as plain arrays, which h5py and every tool read without string types: offsets [n + 1] int64 and the UTF-8
+// bytes uint8; string i is bytes[offsets[i]:offsets[i + 1]].
+std::pair<at::Tensor, at::Tensor> pack_strings(const std::vector<std::string>& strings);  // (offsets, bytes)
+// The inverse; opendit::Error naming `what` when the offsets do not run from 0 up to the byte count.
+std::vector<std::string> unpack_strings(const at::Tensor& offsets, const at::Tensor& bytes, const std::string& what);
+
+// The datasets at the root and in its direct groups ("labels", "bucket_0/mean", ...), in name order.
+std::vector<std::string> dataset_paths(const H5Group& root);
+
 }  // namespace opendit::io

@@ -36,15 +36,7 @@ void check_offsets(const H5Group& root, const std::string& name, const std::vect
 
 }  // namespace
 
-std::vector<std::string> v2_dataset_names(const H5File& file) {
-  const H5Group root = file.root();
-  std::vector<std::string> names;
-  for (const std::string& group : root.children()) {
-    if (!root.is_group(group)) continue;
-    for (const std::string& ds : root.open_group(group).children()) names.push_back(group + "/" + ds);
-  }
-  return names;
-}
+std::vector<std::string> v2_dataset_names(const H5File& file) { return dataset_paths(file.root()); }
 
 std::int64_t v2_bytes(const H5File& file) {
   const H5Group root = file.root();
@@ -184,15 +176,8 @@ std::vector<std::string> read_v2_strings(const std::string& path, const std::str
   std::lock_guard<std::recursive_mutex> lock(h5_mutex());
   const H5File file = H5File::open(path);
   const H5Group root = file.root();
-  const H5Dataset bytes_ds = root.open_dataset(name + "_bytes");
-  const at::Tensor bytes = bytes_ds.read();
-  const std::int64_t rows = root.open_dataset(name + "_offset").shape().at(0);
-  const std::vector<std::int64_t> off = read_index(root, name + "_offset", rows);
-  check_offsets(root, name + "_offset", off, bytes.numel());
-  std::vector<std::string> out;
-  const char* p = static_cast<const char*>(bytes.data_ptr());
-  for (std::size_t i = 0; i + 1 < off.size(); ++i) out.emplace_back(p + off[i], p + off[i + 1]);
-  return out;
+  return unpack_strings(root.open_dataset(name + "_offset").read(), root.open_dataset(name + "_bytes").read(),
+                        cat(path, ":/", name));
 }
 
 }  // namespace opendit::io

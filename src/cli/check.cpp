@@ -108,15 +108,7 @@ void check_latents(const std::string& path, Report& r, ByteProgress& progress) {
     const io::H5File file = io::H5File::open(path);
     const io::H5Group root = file.root();
     // Version 1 has datasets at the root; version 2 one level of groups (bucket_K, samples, text, failures).
-    std::vector<std::string> names;
-    for (const auto& name : root.children()) {
-      if (!root.is_group(name)) {
-        names.push_back(name);
-        continue;
-      }
-      for (const auto& child : root.open_group(name).children()) names.push_back(name + "/" + child);
-    }
-    for (const auto& name : names) {
+    for (const auto& name : io::dataset_paths(root)) {
       const io::DatasetCheck c = io::check_dataset(root.open_dataset(name, 0), progress.callback());
       r.dataset(c, false);
       crcs_ok = crcs_ok && c.intact();

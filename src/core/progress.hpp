@@ -19,6 +19,10 @@ class Progress {
   std::chrono::steady_clock::time_point start_;
 };
 
-std::string format_duration(double seconds);  // "42s", "3m05s", "2h07m"
+std::string format_duration(double seconds);
+
+inline double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}  // "42s", "3m05s", "2h07m"
 
 }  // namespace opendit

@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 
 #include "core/error.hpp"
@@ -19,17 +18,6 @@ namespace opendit::encode {
 namespace {
 
 at::Tensor longs(const std::vector<int64_t>& v) { return at::tensor(v, at::kLong).reshape({int64_t(v.size())}); }
-
-// Strings as UTF-8 bytes and offsets [n + 1] (HDF5 variable-length strings need no more than this, and these read
-// as plain arrays everywhere).
-std::pair<at::Tensor, at::Tensor> pack(const std::vector<std::string>& strings) {
-  std::vector<int64_t> off{0};
-  std::string all;
-  for (const std::string& s : strings) all += s, off.push_back(int64_t(all.size()));
-  at::Tensor bytes = at::empty({int64_t(all.size())}, at::kByte);
-  if (!all.empty()) std::memcpy(bytes.data_ptr(), all.data(), all.size());
-  return {longs(off), bytes};
-}
 
 // What every rank works out from the blocks' indexes: where each success and each block's rows go.
 struct Plan {
@@ -122,7 +110,7 @@ AssembleResult assemble(const InputList& inputs, const AssembleSettings& s, cons
     whole[name] = {0, t};
   };
   auto add_strings = [&](const std::string& name, const std::vector<std::string>& v) {
-    auto [off, bytes] = pack(v);
+    auto [off, bytes] = io::pack_strings(v);
     add_whole(name + "_offset", off);
     add_whole(name + "_bytes", bytes);
   };

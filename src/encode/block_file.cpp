@@ -10,7 +10,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 
 #include "core/error.hpp"
 #include "core/strings.hpp"
@@ -100,13 +99,9 @@ void write_block(const std::string& path, const EncodedBlock& b) {
     }
     io::H5Group failed = root.create_group("failed");
     write_whole(failed, "inputs", as_tensor(b.failed));
-    std::vector<int64_t> offsets{0};
-    std::string bytes;
-    for (const std::string& r : b.reasons) bytes += r, offsets.push_back(int64_t(bytes.size()));
-    write_whole(failed, "reason_offset", as_tensor(offsets));
-    at::Tensor blob = at::empty({int64_t(bytes.size())}, at::kByte);
-    if (!bytes.empty()) std::memcpy(blob.data_ptr(), bytes.data(), bytes.size());
-    write_whole(failed, "reason_bytes", blob);
+    const auto [offsets, bytes] = io::pack_strings(b.reasons);
+    write_whole(failed, "reason_offset", offsets);
+    write_whole(failed, "reason_bytes", bytes);
     file.close();
   }
   out.commit();
@@ -141,10 +136,8 @@ EncodedBlock read_block(const std::string& path, bool with_data) {
   }
   const io::H5Group failed = root.open_group("failed");
   b.failed = as_vector(failed.open_dataset("inputs").read());
-  const std::vector<int64_t> off = as_vector(failed.open_dataset("reason_offset").read());
-  const at::Tensor bytes = failed.open_dataset("reason_bytes").read();
-  const char* p = static_cast<const char*>(bytes.data_ptr());
-  for (std::size_t i = 0; i + 1 < off.size(); ++i) b.reasons.emplace_back(p + off[i], p + off[i + 1]);
+  b.reasons = io::unpack_strings(failed.open_dataset("reason_offset").read(),
+                                 failed.open_dataset("reason_bytes").read(), path + ":/failed/reason");
   if (b.reasons.size() != b.failed.size()) root.fail("failed/inputs and failed/reason_offset disagree");
   return b;
 }

@@ -4,13 +4,12 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "core/error.hpp"
+#include "io/files.hpp"
 #include "io/safetensors.hpp"
 #include "models/t5/config.hpp"
 #include "models/vae/config.hpp"
@@ -20,14 +19,6 @@ namespace opendit::encode {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p);
-  if (!f) throw Error(cat(p.string(), ": cannot be read"));
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 // Which of `names` exist in `dir`, for messages.
 std::string listing(const fs::path& dir) {
@@ -87,8 +78,8 @@ LoadedVae load_vae(const std::string& path, const at::TensorOptions& options) {
   LoadedVae out;
   out.folder = component_folder(path, "vae", "VAE");
   const fs::path dir(out.folder);
-  const models::vae::VaeConfig cfg =
-      models::vae::vae_config_from_json(read_text(dir / "config.json"), (dir / "config.json").string());
+  out.config_json = io::read_text_file((dir / "config.json").string());
+  const models::vae::VaeConfig cfg = models::vae::vae_config_from_json(out.config_json, (dir / "config.json").string());
   const fs::path file = dir / "diffusion_pytorch_model.safetensors";
   if (!fs::exists(file)) {
     if (fs::exists(dir / "diffusion_pytorch_model.bin"))
@@ -113,8 +104,8 @@ LoadedT5 load_t5(const std::string& path, const at::TensorOptions& options, bool
   LoadedT5 out;
   out.folder = component_folder(path, "text_encoder", "text encoder");
   const fs::path dir(out.folder);
-  const models::t5::T5Config cfg =
-      models::t5::t5_config_from_json(read_text(dir / "config.json"), (dir / "config.json").string());
+  out.config_json = io::read_text_file((dir / "config.json").string());
+  const models::t5::T5Config cfg = models::t5::t5_config_from_json(out.config_json, (dir / "config.json").string());
   // One file, or shards listed by the index (name -> shard file). Each shard is converted to the run's device and
   // dtype as it is read, so that a 19 GB float32 XXL never sits whole in host memory next to its copy.
   std::map<std::string, at::Tensor> sd;
@@ -135,7 +126,7 @@ LoadedT5 load_t5(const std::string& path, const at::TensorOptions& options, bool
     take(single, nullptr);
   } else if (fs::exists(index)) {
     origin = index.string();
-    const nlohmann::json j = nlohmann::json::parse(read_text(index), nullptr, false);
+    const nlohmann::json j = nlohmann::json::parse(io::read_text_file(index.string()), nullptr, false);
     if (j.is_discarded() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw Error(cat(index.string(), ": not a safetensors index (a JSON object with a weight_map)"));
     std::map<std::string, std::set<std::string>> shards;  // file -> names

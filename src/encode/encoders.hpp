@@ -20,6 +20,7 @@ namespace opendit::encode {
 struct LoadedVae {
   std::unique_ptr<models::vae::AutoencoderKL> model;
   std::string folder;                      // the folder config.json and the weights were read from
+  std::string config_json;                 // its config.json, as read
   std::vector<std::string> weight_files;   // read, in order
   at::ScalarType file_dtype = at::kFloat;  // what the file stores
 };
@@ -28,6 +29,7 @@ struct LoadedT5 {
   std::unique_ptr<models::t5::T5Encoder> model;
   std::unique_ptr<models::t5::Tokenizer> tokenizer;  // null when load_t5(..., with_tokenizer = false)
   std::string folder;
+  std::string config_json;  // its config.json, as read
   std::vector<std::string> weight_files;
   std::vector<std::string> skipped;  // tensors of a whole T5 that the encoder does not use (decoder.*, lm_head)
   at::ScalarType file_dtype = at::kFloat;

@@ -36,17 +36,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string read_text(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return "";
-  std::string s;
-  char buf[4096];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, n);
-  std::fclose(f);
-  return s;
-}
 
 // What a resumed job must share with the one that wrote the blocks, one "key = value" per line.
 std::string job_identity(const EncodeSettings& s, const InputList& in, const std::string& vae_config,
@@ -153,10 +143,10 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
   world.agree([&] {  // the encoders, on every rank's own device: wrong weights are everyone's error
     const at::TensorOptions vopt = at::TensorOptions().device(device).dtype(s.vae_dtype);
     vae = load_vae(s.vae, vopt);
-    vae_config = read_text(vae.folder + "/config.json");
+    vae_config = vae.config_json;
     if (!s.text_encoder.empty()) {
       t5.emplace(load_t5(s.text_encoder, at::TensorOptions().device(device).dtype(s.t5_dtype)));
-      t5_config = read_text(t5->folder + "/config.json");
+      t5_config = t5->config_json;
     }
   });
   const std::string identity = job_identity(s, in, vae_config, t5_config);
@@ -184,24 +174,16 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
     io::check_can_write(s.output, "encode: output");
     if (!io::path_exists(parts)) {
       io::make_dirs(parts, "encode: the block folder");
-      io::AtomicFile f(job_file);
-      std::FILE* out = std::fopen(f.tmp_path().c_str(), "wb");
-      if (!out || std::fputs(identity.c_str(), out) < 0 || std::fclose(out) != 0)
-        throw Error(cat("encode: cannot write ", job_file, " (", io::errno_text(), ")"));
-      f.commit();
+      io::write_text_file(job_file, identity);
     } else if (!io::path_exists(job_file)) {  // killed before it was written, or a half-removed folder
       bool blocks = false;
       for (const auto& [name, path] : io::list_dir(parts)) blocks = blocks || name.rfind("block-", 0) == 0;
       if (blocks)
         throw Error(cat("encode: ", parts, " holds blocks but no job.txt (the job's identity): it cannot be resumed "
                         "safely; --overwrite starts again"));
-      io::AtomicFile f(job_file);
-      std::FILE* out = std::fopen(f.tmp_path().c_str(), "wb");
-      if (!out || std::fputs(identity.c_str(), out) < 0 || std::fclose(out) != 0)
-        throw Error(cat("encode: cannot write ", job_file, " (", io::errno_text(), ")"));
-      f.commit();
+      io::write_text_file(job_file, identity);
     } else {
-      const std::string had = read_text(job_file);
+      const std::string had = io::read_text_file(job_file);
       if (had != identity)
         throw Error(cat("encode: --resume of ", s.output, " with other inputs or settings: ",
                         first_difference(had, identity), " (", job_file, "); --overwrite starts again"));

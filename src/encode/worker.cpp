@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include "core/error.hpp"
+#include "core/progress.hpp"
 #include "encode/text.hpp"
 #include "models/vae/pipeline.hpp"
 
@@ -21,7 +22,6 @@ namespace opendit::encode {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // A decoding thread is one of many: the ATen ops it runs (colour conversion, video resizing) must not each start an
 // OpenMP team as wide as the machine, which starves the thread that feeds the GPU. OpenMP's thread count is a

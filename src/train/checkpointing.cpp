@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "core/error.hpp"
+#include "core/progress.hpp"
 #include "parallel/mpi_runtime.hpp"
 #include "parallel/watchdog.hpp"
 #include "train/trainer.hpp"
@@ -68,13 +69,10 @@ void Trainer::save() {
   }
   const bool background = s_.async_checkpoint && writer_group_;
   io::ShardedState st = snapshot();
-  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-  };
   // What training waits for: in the background mode the copy to host memory (and the previous write, if it has
   // not landed yet); otherwise the whole write.
   const double paused = seconds_since(t_enter);
-  auto write = [this, root, background, meta, frozen, paused, seconds_since, st = std::move(st),
+  auto write = [this, root, background, meta, frozen, paused, st = std::move(st),
                 dir = folder_->checkpoint_dir(), keep = static_cast<int>(s_.keep_checkpoints)] {
     const auto t0 = std::chrono::steady_clock::now();
     parallel::Watch watch("checkpoint write of step", meta.step);

@@ -4,14 +4,7 @@
 set -u
 BIN=$1 PROBE=$2 SRC=$3
 MPIRUN=(mpirun --oversubscribe)
-fails=0 passes=0
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then passes=$((passes + 1)); echo "ok   $name"; else fails=$((fails + 1)); echo "FAIL $name"; fi
-}
+source "$(dirname "$0")/lib.sh"  # $out, check; run (with a time limit and its milliseconds) is this file's own
 # run NAME TIMEOUT CMD...: runs CMD, keeps stdout+stderr in $out/NAME, the exit code in rc_NAME, milliseconds in ms_NAME.
 run() {
   local name=$1 limit=$2; shift 2
