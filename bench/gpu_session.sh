@@ -9,6 +9,9 @@
 #   encoders bench/encoders.sh (SD VAE and T5-XXL, opendit and peers)
 #   enctests the encoder tests (VAE, T5, tokenizer against diffusers / transformers references) and `opendit encode`'s
 #   encode   bench/encode.sh (opendit encode vs a DataLoader + diffusers peer on 8192 JPEGs, fp32 and bf16 VAE)
+#   stdit    bench/stdit.sh (STDiT-XL/2 training at 16x512^2 and 16x256^2, 100 guided steps; opendit and peer)
+#   stdittests  the STDiT tests (model vs references, training, text-to-video sampling) on the GPU machine
+#   stditprofile  one profiled STDiT-XL/2 16x512^2 step of opendit and of the peer
 # On machines where nothing can be installed, header-only libraries come from .carry/include and Python wheels from
 # .whl/ (see README, "GPU machines").
 set -uo pipefail
@@ -52,6 +55,12 @@ for stage in $STAGES; do
     # need transformers, sentencepiece, protobuf, beautifulsoup4 and ftfy from .whl/.
     enctests) (cd build && ctest -R "^encoders|^encode$|^kernels$|^sample_cli$" --output-on-failure) > "$OUT/enctests.log" 2>&1
               grep -E "tests passed|Failed|FAIL|\*\*\*|tiled|bf16 run" "$OUT/enctests.log" | head -20 ;;
+    stdit) bench/stdit.sh 16 2>&1 | tee "$OUT/stdit.log" ;;
+    stdittests) (cd build && ctest -R "^models$|^train_video$|^sample_video$|^convert_opensora$" --output-on-failure) \
+                  > "$OUT/stdittests.log" 2>&1
+                grep -E "tests passed|Failed|FAIL|\*\*\*|worst" "$OUT/stdittests.log" | head -20 ;;
+    stditprofile) bench/stdit.sh 12 "$OUT" > "$OUT/stdit_profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_stdit_train.log"
+                  head -45 "$OUT/stdit_profile.txt" ;;
     checkpoint) bench/checkpoint.sh 450 150 2> "$OUT/checkpoint_runs.log" | tee "$OUT/checkpoint.log" ;;
     profile) bench/train.sh 14 "$OUT" > "$OUT/profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_train.log"; head -45 "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;

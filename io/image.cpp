@@ -70,4 +70,14 @@ void write_png(const std::string& path, const at::Tensor& hwc) {
 #endif
 }
 
+at::Tensor sample_picture(const at::Tensor& sample) {
+  if (sample.dim() == 3) return image_grid(sample.unsqueeze(0), 1, 0);
+  return image_grid(sample.transpose(0, 1), sample.size(1), 2);
+}
+
+std::string numbered(int64_t row) {
+  const std::string s = std::to_string(row);
+  return std::string(s.size() < 6 ? 6 - s.size() : 0, '0') + s;
+}
+
 }  // namespace opendit::io

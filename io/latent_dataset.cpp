@@ -337,4 +337,10 @@ LatentBatch LatentDataset::read(const std::vector<std::int64_t>& indices, bool p
   return b;
 }
 
+std::int64_t LatentDataset::text_dim() const {
+  if (text_emb_) return text_emb_->shape().back();
+  if (tokens_) return tokens_->shape().back();
+  return 0;
+}
+
 }  // namespace opendit::io

@@ -100,6 +100,7 @@ class LatentDataset {
   at::ScalarType stored_dtype() const { return latents_->dtype(); }
   bool has_posterior() const { return logvar_.size() > 0; }  // v2 with mean and log-variance: batches carry logvar
   std::int64_t text_length() const { return text_length_; }  // L of LatentBatch::text_emb (0 without text)
+  std::int64_t text_dim() const;                               // D of LatentBatch::text_emb (0 without text)
   std::int64_t num_classes() const { return num_classes_; }
   bool has_labels() const { return labels_.defined(); }
   bool has_text() const { return text_emb_.has_value() || tokens_.has_value(); }

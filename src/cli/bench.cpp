@@ -1,5 +1,6 @@
 // `opendit bench forward`: time the model's forward pass (the peer figure comes from bench/peer_diffusers_forward.py);
 // `opendit bench kernels` is in bench_kernels.cpp.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
@@ -41,11 +42,8 @@ void run_forward_bench(const BenchArgs& a, MpiRuntime& mpi) {
   for (int64_t d : model->sample_shape()) shape.push_back(d);
   at::Tensor x = at::randn(shape, opts.dtype(dtype));
   at::Tensor t = at::randint(0, 1000, {a.batch}, opts.dtype(at::kFloat));
-  const models::ConditionSpec spec = model->condition_spec();
-  if (spec.kind != models::ConditionKind::Labels)
-    throw Error(cat("bench forward draws class labels; a ", model->type(), " model takes captions"));
-  models::Condition y;
-  y.labels = at::randint(0, spec.num_classes, {a.batch}, opts.dtype(at::kLong));
+  at::Generator gen = at::detail::createCPUGenerator(0);
+  const models::Condition y = models::random_condition(model->condition_spec(), a.batch, gen).to(device);
   auto sync = [&] {
     if (gpu) at::detail::getCUDAHooks().deviceSynchronize(0);
   };

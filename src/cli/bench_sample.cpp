@@ -85,7 +85,9 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   std::unique_ptr<models::Model> model = models::make_model(deck, uint64_t{0});
   // Non-zero adaLN weights (as in bench forward), so that no path is skipped by a zero.
   for (const models::Param& p : model->parameters())
-    if (p.name.find("adaLN") != std::string::npos) p.tensor->normal_(0, 0.02);
+    if (p.name.find("adaLN") != std::string::npos || (p.trainable && p.tensor->abs().max().item<double>() == 0 &&
+                                                       p.tensor->dim() == 2))
+      p.tensor->normal_(0, 0.02);
   sample::Sampler sampler(*model, plan, device);
   if (!gpu && a.graph == "on") std::fprintf(stderr, "bench sample: on the CPU there is no CUDA graph: graph=off\n");
 
@@ -95,10 +97,10 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   for (int64_t d : model->sample_shape()) shape.push_back(d);
   const at::Tensor noise = at::randn(shape, gen).to(device);  // [N, C, H, W]
   const models::ConditionSpec spec = model->condition_spec();
-  if (spec.kind != models::ConditionKind::Labels)
-    throw Error(cat("bench sample draws class labels; a ", model->type(), " model takes captions"));
-  models::Condition cond;
-  cond.labels = at::randint(0, spec.num_classes, {a.images}, gen, at::kLong).to(device);  // [N]
+  const models::Condition cond = models::random_condition(spec, a.images, gen).to(device);
+  // Models that guide against a negative prompt (Latte) get a random one.
+  const models::Condition null =
+      spec.null_is_text ? models::random_condition(spec, a.images, gen).to(device) : models::Condition{};
 
   const int64_t forwards = a.cfg != 1.0 ? 2 * a.images : a.images;
   std::printf("%s\n", model->describe().c_str());
@@ -114,7 +116,7 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   StepClock clock(gpu);
   const auto t0 = std::chrono::steady_clock::now();
   clock.mark();
-  at::Tensor x = sampler.run(noise, cond, gen, [&](int, int) { clock.mark(); });
+  at::Tensor x = sampler.run(noise, cond, gen, [&](int, int) { clock.mark(); }, null);
   sync();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!at::isfinite(x).all().item<bool>()) throw Error("bench sample: the samples contain NaN or Inf");

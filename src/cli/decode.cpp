@@ -101,18 +101,6 @@ Source open_source(const DecodeArgs& a, const models::vae::VaeConfig& vae) {
   return s;
 }
 
-// "000042": file names that sort in row order.
-std::string number(int64_t row) {
-  std::string s = std::to_string(row);
-  return std::string(s.size() < 6 ? 6 - s.size() : 0, '0') + s;
-}
-
-// Pictures of one sample: an image [3, H, W], or a video [3, T, H, W] as its frames side by side.
-at::Tensor picture(const at::Tensor& sample) {
-  if (sample.dim() == 3) return io::image_grid(sample.unsqueeze(0), 1, 0);
-  return io::image_grid(sample.transpose(0, 1), sample.size(1), 2);
-}
-
 void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
   require_one_process(mpi, "decode");
   if (a.micro_batch < 1 || a.per_row < 1) throw Error("--micro-batch and --per-row must be >= 1");
@@ -168,7 +156,7 @@ void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
       throw Error(cat("rows ", src.start + s, "..", src.start + s + k - 1, " of ", src.what,
                       " decode to NaN or Inf (the latents hold such values or are far outside the VAE's range)"));
     for (int64_t i = 0; i < k; ++i) {
-      const std::string stem = cat(a.out, "/", number(src.start + s + i));
+      const std::string stem = cat(a.out, "/", io::numbered(src.start + s + i));
       if (grid)
         all.push_back(images[i]);
       else if (mp4)
@@ -176,7 +164,7 @@ void run_decode(const DecodeArgs& a, MpiRuntime& mpi) {
       else if (folder_mp4)
         io::write_mp4(stem + ".mp4", io::video_to_uint8(images[i]), a.fps);
       else
-        io::write_png(stem + ".png", picture(images[i]));
+        io::write_png(stem + ".png", io::sample_picture(images[i]));
     }
     progress.update(s + k);
   }

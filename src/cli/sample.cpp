@@ -1,11 +1,11 @@
-// `opendit sample`: samples of a model from its weights (class-conditional: a row of --per-class samples for each
-// class) through the sampling layer (sample/).
+// `opendit sample`: samples of a model from its weights through the sampling layer (sample/): class-conditional
+// images (a row of --per-class samples for each class) here, text-to-video in sample_text.cpp.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 
 #include <cstdio>
 
-#include "cli/app.hpp"
+#include "cli/sample.hpp"
 #include "core/devices.hpp"
 #include "core/error.hpp"
 #include "core/progress.hpp"
@@ -23,12 +23,6 @@ namespace opendit::cli {
 
 namespace {
 
-struct SampleArgs {
-  DeckArgs deck;
-  std::string checkpoint, out, classes, init_noise, vae, vae_dtype = "fp32";
-  int per_class = 1;
-  sample::SampleOptions options;
-};
 
 // Rows of samples [N, ...] that hold a NaN or Inf.
 std::vector<int64_t> nonfinite_rows(const at::Tensor& samples) {
@@ -49,17 +43,18 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   const config::Deck deck = a.deck.load(mpi.world());
   // Everything a user can get wrong is checked before any work starts: the plan, the model (the one the weights
   // record in their metadata, else the deck's), the classes, the output.
-  const sample::SamplePlan plan = sample::make_plan(deck, a.options);
   const std::string recorded = io::recorded_model(io::read_weights_metadata(a.checkpoint));
   auto make_model = [&](std::optional<uint64_t> seed) {
     return recorded.empty() ? models::make_model(deck, seed)
                             : models::model_from_record(deck, recorded, a.checkpoint, seed);
   };
   std::unique_ptr<models::Model> model = make_model(std::nullopt);  // described: no memory yet
-  if (a.per_class < 1) throw Error(cat("--per-class ", a.per_class, ": expected >= 1"));
   const models::ConditionSpec spec = model->condition_spec();
-  if (spec.kind != models::ConditionKind::Labels)
-    throw Error(cat("opendit sample takes class labels; a ", model->type(), " model takes captions"));
+  if (spec.kind == models::ConditionKind::Text) return run_sample_text(a, deck, recorded);
+  if (!a.prompts.empty() || !a.prompts_file.empty())
+    throw Error(cat("--prompt/--prompts: a ", model->type(), " model is class-conditional; give --classes"));
+  const sample::SamplePlan plan = sample::make_plan(deck, a.options);
+  if (a.per_class < 1) throw Error(cat("--per-class ", a.per_class, ": expected >= 1"));
   const std::vector<int64_t> classes = sample::parse_classes(a.classes, spec.num_classes);
   const std::vector<int64_t> shape = model->sample_shape();
   // A latent model's samples become pictures through the VAE (--vae), checked now (headers only) so that a wrong
@@ -148,15 +143,27 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
 
 void add_sample(CLI::App& app, MpiRuntime& mpi) {
   auto a = std::make_shared<SampleArgs>();
-  auto* cmd = app.add_subcommand("sample", "Sample class-conditional images (pixel models: a PNG grid, a row per "
-                                           "class) or latents (latent models: .safetensors) from model weights");
+  auto* cmd = app.add_subcommand("sample", "Sample from model weights: class-conditional images (pixel models: a PNG "
+                                           "grid, a row per class; latent models: .safetensors, or a PNG grid with "
+                                           "--vae), or videos from text prompts (--prompt, --prompts: STDiT)");
   a->deck.add_to(*cmd);
   cmd->add_option("--checkpoint", a->checkpoint, "Model weights (opendit or diffusers safetensors)")->required();
-  cmd->add_option("--out", a->out, "Output: NAME.safetensors ('samples' [N, C, H, W], 'labels'), or NAME.png (a grid: "
-                                   "pixel models, or latent models with --vae)")->required();
+  cmd->add_option("--out", a->out, "Output: NAME.safetensors ('samples' [N, C, ...], 'labels'), or NAME.png (a grid: "
+                                   "pixel models, or latent models with --vae); text-to-video with --vae: a folder "
+                                   "(NNNNNN.mp4 and a NNNNNN.png strip per video) or NAME.mp4 (one video)")->required();
   cmd->add_option("--vae", a->vae, "Decode a latent model's samples to pictures through this VAE (a diffusers "
                                    "AutoencoderKL folder, or a pipeline folder with vae/)");
   cmd->add_option("--vae-dtype", a->vae_dtype, "VAE precision: fp32 or bf16")->default_val("fp32");
+  cmd->add_option("--prompt", a->prompts, "Text-to-video models: a prompt (repeat for more)");
+  cmd->add_option("--prompts", a->prompts_file, "Text-to-video models: a file of prompts, one per line");
+  cmd->add_option("--text-encoder", a->text_encoder, "Text-to-video models: the T5 folder (transformers; or a "
+                                                     "pipeline folder with text_encoder/ and tokenizer/)");
+  cmd->add_option("--negative-prompt", a->negative_prompt, "Latte: the prompt guidance steers away from (default: "
+                                                           "the empty prompt, as diffusers' LattePipeline)");
+  cmd->add_option("--text-dtype", a->text_dtype, "T5 precision: fp32 (Open-Sora's) or bf16")->default_val("fp32");
+  cmd->add_option("--per-prompt", a->per_prompt, "Text-to-video: videos per prompt")->default_val(1);
+  cmd->add_option("--fps", a->fps, "Text-to-video: frames per second of the MP4 files")->default_val(8);
+  cmd->add_flag("--overwrite", a->overwrite, "Text-to-video: write into a folder --out that holds files");
   cmd->add_option("--classes", a->classes, "Class ids, comma-separated (default: every class of a model of <= 16)");
   cmd->add_option("--per-class", a->per_class, "Samples per class")->default_val(1);
   cmd->add_option("--steps", a->options.steps, "250 (DDPM, respaced), ddim50 (DDIM), ... (default: sample.steps)");

@@ -11,8 +11,10 @@ const Schema& base_schema() {
   static const Schema s = [] {
     Schema s;
     s.sections = {
-        {"model", "The network. `type` picks the model (src/models/registry.cpp) and each type reads its own keys; for "
-                  "`dit`, `preset` sets depth, width, heads and patch, and a non-zero explicit key overrides it."},
+        {"model", "The network. `type` picks the model (src/models/registry.cpp) and each type reads its own keys; "
+                  "`preset` sets depth, width, heads (and DiT's patch), and a non-zero explicit key overrides it. "
+                  "`stdit` also reads the keys marked \"video models\"; its latent is in_channels x num_frames x "
+                  "input_size x input_width."},
         {"diffusion", "The Gaussian diffusion process (IDDPM, as in DiT)."},
         {"sample", "Sampling defaults; the `opendit sample` options override them."},
         {"train", "Optimisation: precision, AdamW, schedule, clipping, EMA, accumulation, logging, checkpoints."},
@@ -36,11 +38,14 @@ const Schema& base_schema() {
         {"diffusion.schedule", Type::Choice, std::string("linear"), "Noise schedule: `linear` betas (scaled by "
          "1000/T) or `cosine` (IDDPM).", -inf, inf, {"linear", "cosine"}},
         {"sample.steps", Type::String, std::string("250"), "Sampling steps: `250` (DDPM on 250 respaced steps), "
-         "`ddim50` (DDIM on 50), or section counts such as `10,20,30`.", -inf, inf, {}},
+         "`ddim50` (DDIM on 50), or section counts such as `10,20,30`. Text-to-video models take `100` when the deck "
+         "does not set it (Open-Sora v1.0's inference).", -inf, inf, {}},
         {"sample.eta", Type::Float, 0.0, "DDIM eta (0 = deterministic).", 0, 1, {}},
-        {"sample.cfg_scale", Type::Float, 4.0, "Classifier-free guidance scale (1 = no guidance).", 0, 1000, {}},
+        {"sample.cfg_scale", Type::Float, 4.0, "Classifier-free guidance scale (1 = no guidance). Text-to-video models "
+         "take 7.0 when the deck does not set it (Open-Sora v1.0's inference).", 0, 1000, {}},
         {"sample.cfg_channels", Type::Choice, std::string("all"), "Channels that guidance applies to: `all` eps "
-         "channels, or `first3` (the official DiT sampler's quirk, for reproducing its samples).", -inf, inf,
+         "channels, or `first3` (the quirk of the official DiT and Open-Sora v1.0 samplers, for reproducing their "
+         "samples).", -inf, inf,
          {"all", "first3"}},
         {"sample.seed", Type::Int, int64_t{0}, "Seed of the initial noise and of DDPM's per-step noise.", 0,
          9.0e18, {}},

@@ -45,6 +45,17 @@ Condition Condition::cat(const Condition& a, const Condition& b) {
   return {join(a.labels, b.labels), join(a.text, b.text), join(a.text_mask, b.text_mask)};
 }
 
+Condition random_condition(const ConditionSpec& spec, int64_t n, at::Generator gen) {
+  Condition c;
+  if (spec.kind == ConditionKind::Labels) {
+    c.labels = at::randint(0, spec.num_classes, {n}, gen, at::kLong);
+  } else {
+    c.text = at::randn({n, spec.text_length, spec.text_dim}, gen);
+    c.text_mask = at::ones({n, spec.text_length}, at::kBool);
+  }
+  return c;
+}
+
 // ---- Model --------------------------------------------------------------------------------------------------------
 
 Condition Model::drop_condition(const Condition& cond, const at::Tensor& drop) const {
@@ -61,8 +72,8 @@ int64_t Model::num_parameters() const {
   return n;
 }
 
-void Model::add_param(const std::string& name, at::Tensor& tensor, bool trainable) {
-  params_.push_back({name, &tensor, trainable});
+void Model::add_param(const std::string& name, at::Tensor& tensor, ParamKind kind) {
+  params_.push_back({name, &tensor, kind == ParamKind::Trainable, kind == ParamKind::Recomputed});
 }
 
 StateDict Model::state_dict() const {
@@ -78,7 +89,7 @@ std::string Model::mismatch(const StateDict& sd) const {
     ours[p.name] = &p;
     auto it = sd.find(p.name);
     if (it == sd.end()) {
-      if (p.trainable) missing.push_back(p.name);  // frozen ones are recomputed
+      if (!p.recomputed) missing.push_back(p.name);
     } else if (it->second.sizes() != p.tensor->sizes()) {
       wrong_shape.push_back(cat(p.name, " ", shape_str(it->second.sizes()), " (expected ",
                                 shape_str(p.tensor->sizes()), ")"));

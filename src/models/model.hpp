@@ -39,12 +39,24 @@ struct ConditionSpec {
   int64_t num_classes = 0;                // Labels: classes, the null class not counted
   int64_t text_length = 0, text_dim = 0;  // Text: tokens L and width C
   double dropout = 0;                     // training: probability of the null condition (classifier-free guidance)
+  // The unconditional branch of guidance is the embedding of a negative prompt that the sampler makes (Latte's
+  // pipeline); the model has no null condition of its own.
+  bool null_is_text = false;
 };
+
+// Trainable: optimised. Buffer: frozen, part of every state dict and required in weights (STDiT's null caption).
+// Recomputed: frozen and computed from the config (position tables); weights may omit it.
+enum class ParamKind { Trainable, Buffer, Recomputed };
+
+// Random conditions of n samples for benchmarks: labels in [0, num_classes), or captions [n, L, C] ~ N(0, 1) with
+// every token valid (the most work a caption can cost).
+Condition random_condition(const ConditionSpec& spec, int64_t n, at::Generator gen);
 
 struct Param {
   std::string name;    // official state-dict key
   at::Tensor* tensor;  // the model's own slot (the trainer re-points it at a view of its flat buffer)
-  bool trainable;      // false: frozen, recomputed buffers (DiT's pos_embed), still part of state dicts
+  bool trainable;      // false: frozen (a buffer or a recomputed table), still part of state dicts
+  bool recomputed;     // frozen and recomputed from the config: may be absent from weights
 };
 
 class Model {
@@ -88,7 +100,7 @@ class Model {
   StateDict state_dict() const;
   // Copies a state dict in (any dtype/device; converted to the model's). Every name and shape must match and every
   // value be finite; otherwise one opendit::Error lists the first mismatches (and what the weights look like).
-  // Frozen tensors may be absent (they are recomputed; some published files omit them).
+  // Recomputed tensors may be absent (some published files omit them).
   void load_state_dict(const StateDict& sd, const std::string& origin);
   // "" when every name and shape of `sd` matches (described models too: no data is touched), else why not.
   std::string mismatch(const StateDict& sd) const;
@@ -108,7 +120,7 @@ class Model {
  protected:
   Model() = default;
   // Layers declare their tensors here, in state-dict order.
-  void add_param(const std::string& name, at::Tensor& tensor, bool trainable = true);
+  void add_param(const std::string& name, at::Tensor& tensor, ParamKind kind = ParamKind::Trainable);
   // What a mismatching state dict looks like (e.g. "The weights look like DiT-S/2 ..."); appended to load errors.
   virtual std::string explain_weights(const StateDict& sd) const { return ""; }
 

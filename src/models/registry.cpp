@@ -7,12 +7,16 @@
 #include "core/error.hpp"
 #include "core/strings.hpp"
 #include "models/dit/dit.hpp"
+#include "models/latte/latte.hpp"
+#include "models/stdit/stdit.hpp"
 
 namespace opendit::models {
 
 const std::vector<ModelType>& model_types() {
   static const std::vector<ModelType> types = {
       dit::model_type(),
+      stdit::model_type(),
+      latte::model_type(),
   };
   return types;
 }

@@ -25,7 +25,7 @@ int64_t Sampler::total_steps(int64_t n) const {
   return diffusion_.num_timesteps() * ((n + batch - 1) / std::max<int64_t>(batch, 1));
 }
 
-diffusion::Denoiser Sampler::denoiser(const models::Condition& cond) const {
+diffusion::Denoiser Sampler::denoiser(const models::Condition& cond, const models::Condition& null) const {
   const at::ScalarType dtype = plan_.dtype;
   const models::Model& model = model_;
   // The network in the plan's dtype; the sampler's arithmetic in float32.
@@ -37,13 +37,15 @@ diffusion::Denoiser Sampler::denoiser(const models::Condition& cond) const {
   GuidanceOptions opt;
   opt.scale = plan_.cfg_scale;
   opt.guide_first_channels_only3 = plan_.guide_first3;
-  return classifier_free_guidance(net, cond, model_.null_condition(cond), opt);
+  return classifier_free_guidance(net, cond, null.batch() > 0 ? null : model_.null_condition(cond), opt);
 }
 
 at::Tensor Sampler::run(const at::Tensor& noise, const models::Condition& cond, at::Generator generator,
-                        const diffusion::StepCallback& on_step) {
+                        const diffusion::StepCallback& on_step, const models::Condition& null) {
   const int64_t N = noise.size(0);
   if (cond.batch() != N) throw Error(cat("sampling: ", N, " starting noises for ", cond.batch(), " conditions"));
+  if (null.batch() != 0 && null.batch() != N)
+    throw Error(cat("sampling: ", N, " conditions but ", null.batch(), " unconditional ones"));
   at::NoGradGuard no_grad;
   const int64_t batch = plan_.batch > 0 ? plan_.batch : N, batches = (N + batch - 1) / batch;
   const int steps = static_cast<int>(diffusion_.num_timesteps());
@@ -53,7 +55,7 @@ at::Tensor Sampler::run(const at::Tensor& noise, const models::Condition& cond, 
     const int64_t lo = b * batch, n = std::min(batch, N - lo);
     const models::Condition c = cond.rows(lo, n).to(device_);
     const at::Tensor x = noise.narrow(0, lo, n).to(device_, at::kFloat);
-    diffusion::Denoiser denoise = denoiser(c);
+    diffusion::Denoiser denoise = denoiser(c, null.batch() > 0 ? null.rows(lo, n).to(device_) : models::Condition{});
     std::unique_ptr<CudaGraphDenoiser> graph;  // one graph per batch (its conditions differ)
     if (graph_wanted()) {
       graph = std::make_unique<CudaGraphDenoiser>(denoise);

@@ -34,11 +34,13 @@ class Sampler {
   // the CPU. Batches of plan.batch samples (0: all) each run their own loop (and graph); `generator` draws DDPM's
   // per-step noise (DDIM's with eta > 0), so one seed gives one result. on_step(done, total) counts the steps of
   // all batches.
+  // null: the unconditional branch of guidance for each of the N samples (a negative prompt's embedding, for
+  // models whose ConditionSpec::null_is_text); empty: the model's null_condition().
   at::Tensor run(const at::Tensor& noise, const models::Condition& cond, at::Generator generator,
-                 const diffusion::StepCallback& on_step = nullptr);
+                 const diffusion::StepCallback& on_step = nullptr, const models::Condition& null = {});
 
  private:
-  diffusion::Denoiser denoiser(const models::Condition& cond) const;  // one batch's network call
+  diffusion::Denoiser denoiser(const models::Condition& cond, const models::Condition& null) const;  // one batch
 
   models::Model& model_;
   SamplePlan plan_;

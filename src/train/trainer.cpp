@@ -65,7 +65,12 @@ std::vector<int64_t> check_dataset(const io::LatentDataset& data, const models::
     if (data.num_classes() > spec.num_classes)
       throw Error(cat(data.path(), ": ", data.num_classes(), " classes but model.num_classes = ", spec.num_classes));
   } else if (!data.has_text()) {
-    throw Error(cat(data.path(), ": no /text_emb: a text-conditional model needs caption embeddings"));
+    throw Error(cat(data.path(), ": no captions (", data.version() >= 2 ? "/text/tokens" : "/text_emb",
+                    "): a text-conditional model needs caption embeddings (opendit encode --text-encoder)"));
+  } else if (data.text_dim() != spec.text_dim || data.text_length() > spec.text_length) {
+    throw Error(cat(data.path(), ": captions of ", data.text_length(), " tokens x ", data.text_dim(),
+                    " channels, but the model takes at most ", spec.text_length, " x ", spec.text_dim,
+                    " (model.text_length, model.caption_channels)"));
   }
   return use;
 }
@@ -124,6 +129,7 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
     dataset_ = std::make_shared<io::LatentDataset>(s_.data_path);
     io::DataLoaderOptions lopt;
     lopt.buckets = check_dataset(*dataset_, *model_, cond_spec_, mesh.rank() == 0);
+    for (int64_t k : lopt.buckets) data_samples_ += int64_t(dataset_->buckets()[size_t(k)].rows.size());
     lopt.prefetch = s_.prefetch;
     lopt.pin_memory = ctx.gpu();
     loader_ = std::make_unique<io::DataLoader>(dataset_, s_.global_batch / s_.accumulation, mesh.coord().dp_rank,
@@ -140,11 +146,13 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
       std::printf("resolved deck:\n%s\n", deck.to_toml().c_str());
     else
       std::printf("%-22s %s (resolved: %s/deck.toml)\n", "deck", deck_origin(deck).c_str(), s_.run_dir().c_str());
-    std::printf("%-22s %s\n%-22s %lld (%.1f M)\n%-22s %lld samples of %s (%s)\n"
+    const std::string used = data_samples_ == dataset_->size() ? std::to_string(data_samples_)
+                                                                 : cat(data_samples_, " of ", dataset_->size());
+    std::printf("%-22s %s\n%-22s %lld (%.1f M)\n%-22s %s samples of %s (%s)\n"
                 "%-22s %lld = %d dp x %lld accumulation x %lld\n%-22s %lld (%.2f epochs)\n"
                 "%-22s %s, %s, lr %g (%s, warmup %lld), grad clip %g, EMA %g\n%-22s %s\n%-22s %s\n\n",
                 "model", model_->describe().c_str(), "parameters", (long long)n, n / 1e6, "data",
-                (long long)dataset_->size(), s_.data_path.c_str(), "float32 after read", "global batch",
+                used.c_str(), s_.data_path.c_str(), "float32 after read", "global batch",
                 (long long)s_.global_batch, dp, (long long)s_.accumulation, (long long)local, "steps",
                 (long long)s_.steps, epochs, "optimizer", s_.bf16 ? "bf16 compute / fp32 master" : "fp32",
                 dp_strategy_name(s_.dp.strategy), s_.dp.adamw.lr, s_.lr_schedule.c_str(), (long long)s_.warmup_steps,

@@ -110,6 +110,7 @@ class Trainer {
   std::unique_ptr<models::Model> model_;  // described (meta) until build()
   models::ConditionSpec cond_spec_;
   std::shared_ptr<io::LatentDataset> dataset_;
+  int64_t data_samples_ = 0;  // in the buckets of the model's shape
   std::unique_ptr<io::DataLoader> loader_;
   std::unique_ptr<diffusion::GaussianDiffusion> diffusion_;
   std::unique_ptr<FlatParams> params_;

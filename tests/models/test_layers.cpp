@@ -68,6 +68,14 @@ TEST(Layers, CrossAttentionHidesEachSamplesPadding) {
   at::Tensor all = at::ones({N, L}, at::kBool);
   EXPECT_LT(rel(cross_attention(q.detach(), kv.detach(), all, H), plain_attention(q, k_v[0], k_v[1], H).detach()),
             1e-12);
+  // Queries split into groups (STDiT's frames) give the same values and gradients.
+  at::Tensor q10 = at::randn({N, 10, D}, f64).requires_grad_();
+  at::Tensor one = cross_attention(q10, kv, mask, H), five = cross_attention(q10, kv, mask, H, 5);
+  EXPECT_LT(rel(five, one), 1e-12);
+  at::Tensor w10 = at::randn_like(one);
+  auto g1 = torch::autograd::grad({(one * w10).sum()}, {q10, kv}), g5 = torch::autograd::grad({(five * w10).sum()}, {q10, kv});
+  EXPECT_LT(rel(g5[0], g1[0]), 1e-12);
+  EXPECT_LT(rel(g5[1], g1[1]), 1e-12);
 }
 
 TEST(Layers, TimestepFeaturesAreCosThenSin) {

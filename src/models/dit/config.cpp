@@ -6,6 +6,7 @@
 
 #include "config/deck.hpp"
 #include "core/error.hpp"
+#include "core/strings.hpp"
 
 namespace opendit::models::dit {
 
@@ -36,7 +37,8 @@ DiTConfig preset(const std::string& name) {
         c.depth = p.depth, c.hidden_size = p.hidden, c.num_heads = p.heads, c.patch_size = patch;
         return c;
       }
-  throw CollectiveError(cat("unknown DiT preset '", name, "'"));
+  throw CollectiveError(cat("model.preset = \"", name, "\" is not a DiT preset (model.type = \"dit\"; its presets: ",
+                            join(preset_names(), ", "), ")"));
 }
 
 int64_t DiTConfig::num_parameters() const {
@@ -91,7 +93,8 @@ std::string DiTConfig::describe() const {
 }
 
 DiTConfig config_from(const config::Deck& deck) {
-  const std::string& name = deck.get_string("model.preset");
+  std::string name = deck.get_string("model.preset");
+  if (name == "auto") name = "DiT-XL/2";
   DiTConfig c = name == "custom" ? DiTConfig{} : preset(name);
   auto override_int = [&](const char* key, int& field) {
     int64_t v = deck.get_int(key);
@@ -115,11 +118,12 @@ DiTConfig config_from(const config::Deck& deck) {
 std::vector<config::Option> deck_options() {
   using config::Type;
   const double inf = 1e300;
-  std::vector<std::string> presets = {"custom"};
+  std::vector<std::string> presets = {"auto", "custom"};
   for (const auto& n : preset_names()) presets.push_back(n);
   return {
-      {"model.preset", Type::Choice, std::string("DiT-XL/2"), "Official size preset, or `custom` (then set depth, "
-       "hidden_size, num_heads and patch_size).", -inf, inf, presets},
+      {"model.preset", Type::Choice, std::string("auto"), "Official size preset of the model type (`auto`: its "
+       "largest, DiT-XL/2 or STDiT-XL/2), or `custom` (then set depth, hidden_size, num_heads and patch_size).",
+       -inf, inf, presets},
       {"model.depth", Type::Int, int64_t{0}, "Transformer blocks; 0 = from the preset.", 0, 1000, {}},
       {"model.hidden_size", Type::Int, int64_t{0}, "Token width D; 0 = from the preset.", 0, 1 << 16, {}},
       {"model.num_heads", Type::Int, int64_t{0}, "Attention heads (must divide hidden_size); 0 = from the preset.",
@@ -134,8 +138,8 @@ std::vector<config::Option> deck_options() {
       {"model.learn_sigma", Type::Bool, true, "Also predict the variance (output channels = 2 x in_channels).",
        -inf, inf, {}},
       {"model.mlp_ratio", Type::Float, 4.0, "MLP hidden width / hidden_size.", 0.25, 64, {}},
-      {"model.class_dropout_prob", Type::Float, 0.1, "Training: probability of replacing a label by the null "
-       "class.", 0, 1, {}},
+      {"model.class_dropout_prob", Type::Float, 0.1, "Training: probability of replacing the condition by the null "
+       "one (DiT: the null class; STDiT: the null caption), for classifier-free guidance.", 0, 1, {}},
   };
 }
 

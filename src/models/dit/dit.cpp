@@ -26,7 +26,7 @@ DiT::DiT(const DiTConfig& cfg, std::optional<uint64_t> seed)
     b = {layers::Linear(D, 3 * D, meta), layers::Linear(D, D, meta), layers::Linear(D, M, meta),
          layers::Linear(M, D, meta), layers::Linear(D, 6 * D, meta)};
   // The official state-dict order (the flat layout of training follows it).
-  add_param("pos_embed", pos_embed_, /*trainable=*/false);
+  add_param("pos_embed", pos_embed_, ParamKind::Recomputed);
   layers::NamedSlots slots = x_embedder_.slots("x_embedder");
   layers::append(slots, t_embedder_.slots("t_embedder"));
   slots.push_back({"y_embedder.embedding_table.weight", &y_table_});
@@ -47,12 +47,7 @@ DiT::DiT(const DiTConfig& cfg, std::optional<uint64_t> seed)
 void DiT::init_weights(uint64_t seed) {
   at::Generator gen = at::detail::createCPUGenerator(seed);
   at::NoGradGuard no_grad;
-  // xavier_uniform on a [fan_out, fan_in] view; biases stay 0.
-  auto xavier = [&](at::Tensor& w) {
-    int64_t fan_out = w.size(0), fan_in = w.numel() / w.size(0);
-    double a = std::sqrt(6.0 / double(fan_in + fan_out));
-    w.uniform_(-a, a, gen);
-  };
+  auto xavier = [&](at::Tensor& w) { layers::xavier_uniform(w, gen); };  // biases stay 0
   xavier(x_embedder_.w);  // the patch conv viewed as [D, C p p]
   for (Block& b : blocks_) {
     xavier(b.qkv.w);  // one [3D, D] matrix, as the official init does

@@ -18,7 +18,8 @@ namespace {
 std::vector<Contradiction> contradictions(const config::Deck& deck, const DiTConfig& rec) {
   std::vector<Contradiction> out;
   auto given = [&](const std::string& key) { return deck.origin(key) != "default"; };
-  const std::string& preset_name = deck.get_string("model.preset");
+  const std::string& raw = deck.get_string("model.preset");
+  const std::string preset_name = raw == "auto" ? "DiT-XL/2" : raw;
   const bool from_preset = given("model.preset") && preset_name != "custom";
   const DiTConfig p = from_preset ? preset(preset_name) : DiTConfig{};
   struct Size {

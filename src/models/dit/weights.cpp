@@ -38,6 +38,11 @@ const at::Tensor& need(const StateDict& sd, const std::string& key, const std::s
 }  // namespace
 
 std::string why_not_dit(const StateDict& sd) {
+  if (auto it = sd.find("x_embedder.proj.weight"); it != sd.end() && it->second.dim() != 4)
+    return cat("not DiT weights (x_embedder.proj.weight is ", it->second.dim(), "-D; DiT's patch embedding is a "
+               "Conv2d)");
+  if (sd.count("adaln_single.linear.weight"))
+    return "not DiT weights (they have adaln_single: the PixArt / Latte layout)";
   if (sd.count("x_embedder.proj.weight") || sd.count("pos_embed.proj.weight")) return "";
   return "not DiT weights (neither 'x_embedder.proj.weight' of the official layout nor 'pos_embed.proj.weight' of "
          "diffusers' DiTTransformer2DModel)";

@@ -20,19 +20,23 @@ at::Tensor self_attention(const at::Tensor& qkv, int64_t heads) {
   return a.transpose(1, 2).reshape({N, T, D});                                             // [N, T, D]
 }
 
-at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& key_mask, int64_t heads) {
-  const int64_t N = q.size(0), T = q.size(1), D = q.size(2), L = kv.size(1), hd = D / heads;
+at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& key_mask, int64_t heads,
+                           int64_t groups) {
+  const int64_t N = q.size(0), T = q.size(1), D = q.size(2), L = kv.size(1), hd = D / heads, G = groups;
   TORCH_CHECK(kv.dim() == 3 && kv.size(0) == N && kv.size(2) == 2 * D, "cross_attention: kv must be [", N,
               ", L, ", 2 * D, "], got ", kv.sizes());
   TORCH_CHECK(key_mask.dim() == 2 && key_mask.size(0) == N && key_mask.size(1) == L,
               "cross_attention: key_mask must be [", N, ", ", L, "], got ", key_mask.sizes());
-  auto k_v = kv.view({N, L, 2, heads, hd}).unbind(2);                                     // 2 x [N, L, H, hd]
-  const at::Tensor mask = key_mask.to(at::kBool).view({N, 1, 1, L});                      // broadcast over H, T
-  at::Tensor a = at::scaled_dot_product_attention(q.view({N, T, heads, hd}).transpose(1, 2), k_v[0].transpose(1, 2),
-                                                  k_v[1].transpose(1, 2), mask);          // [N, H, T, hd]
+  TORCH_CHECK(G >= 1 && T % G == 0, "cross_attention: ", T, " queries do not split into ", G, " groups");
+  // k, v [N G, H, L, hd]: each sample's keys repeated for its G query groups (a copy of L tokens, not of queries).
+  auto k_v = kv.view({N, 1, L, 2, heads, hd}).expand({N, G, L, 2, heads, hd}).reshape({N * G, L, 2, heads, hd})
+                 .unbind(2);                                                              // 2 x [N G, L, H, hd]
+  const at::Tensor mask = key_mask.to(at::kBool).view({N, 1, 1, 1, L}).expand({N, G, 1, 1, L})
+                              .reshape({N * G, 1, 1, L});                                  // broadcast over H, T
+  at::Tensor a = at::scaled_dot_product_attention(q.reshape({N * G, T / G, heads, hd}).transpose(1, 2),
+                                                  k_v[0].transpose(1, 2), k_v[1].transpose(1, 2), mask);
   return a.transpose(1, 2).reshape({N, T, D});                                             // [N, T, D]
 }
-
 
 void set_attention_backend(const std::string& name) {
   using B = at::SDPBackend;

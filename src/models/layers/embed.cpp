@@ -38,17 +38,55 @@ NamedSlots PatchEmbed2d::slots(const std::string& prefix) {
   return {{prefix + ".proj.weight", &w}, {prefix + ".proj.bias", &b}};
 }
 
-at::Tensor pos_embed_2d(int64_t dim, int64_t grid) {
-  auto f64 = at::TensorOptions().dtype(at::kDouble);
-  const int64_t quarter = dim / 4;
-  at::Tensor omega = 1.0 / at::pow(10000.0, at::arange(quarter, f64) / static_cast<double>(quarter));  // [D/4]
-  at::Tensor pos = at::arange(grid, f64);
-  at::Tensor row = pos.repeat_interleave(grid), col = pos.repeat({grid});                              // [T]
-  auto sincos = [&](const at::Tensor& p) {
-    at::Tensor out = p.unsqueeze(1) * omega.unsqueeze(0);                                              // [T, D/4]
-    return at::cat({at::sin(out), at::cos(out)}, 1);                                                   // [T, D/2]
-  };
-  return at::cat({sincos(col), sincos(row)}, 1).to(at::kFloat).unsqueeze(0);                           // [1, T, D]
+PatchEmbed3d::PatchEmbed3d(int64_t channels, int64_t width, int64_t t, int64_t h, int64_t w_, bool meta)
+    : w(at::zeros({width, channels, t, h, w_}, param_options(meta))),
+      b(at::zeros({width}, param_options(meta))),
+      pt(t),
+      ph(h),
+      pw(w_) {}
+
+at::Tensor PatchEmbed3d::operator()(const at::Tensor& x) const {
+  return at::conv3d(x, w, b, {pt, ph, pw}).flatten(2).transpose(1, 2);                  // [N, T S, D]
 }
+
+NamedSlots PatchEmbed3d::slots(const std::string& prefix) {
+  return {{prefix + ".proj.weight", &w}, {prefix + ".proj.bias", &b}};
+}
+
+at::Tensor GeluMlp::operator()(const at::Tensor& x) const { return fc2(at::gelu(fc1(x), "tanh")); }
+
+NamedSlots GeluMlp::slots(const std::string& prefix, const std::string& first, const std::string& second) {
+  NamedSlots s = fc1.slots(prefix + "." + first);
+  append(s, fc2.slots(prefix + "." + second));
+  return s;
+}
+
+namespace {
+
+// [M] positions (float64) -> [M, dim]: sin(p w_k), then cos(p w_k), w_k = 10000^(-k / (dim/2)).
+at::Tensor sincos_1d(int64_t dim, const at::Tensor& pos) {
+  auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const int64_t half = dim / 2;
+  at::Tensor omega = 1.0 / at::pow(10000.0, at::arange(half, f64) / static_cast<double>(half));  // [dim/2]
+  at::Tensor out = pos.unsqueeze(1) * omega.unsqueeze(0);                                        // [M, dim/2]
+  return at::cat({at::sin(out), at::cos(out)}, 1);
+}
+
+}  // namespace
+
+at::Tensor pos_embed_2d(int64_t dim, int64_t gh, int64_t gw, double scale) {
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor rows = (at::arange(gh, f32) / static_cast<float>(scale)).to(at::kDouble);
+  at::Tensor cols = (at::arange(gw, f32) / static_cast<float>(scale)).to(at::kDouble);
+  at::Tensor row = rows.repeat_interleave(gw), col = cols.repeat({gh});                      // [gh gw]
+  return at::cat({sincos_1d(dim / 2, col), sincos_1d(dim / 2, row)}, 1).to(at::kFloat).unsqueeze(0);
+}
+
+at::Tensor pos_embed_1d(int64_t dim, int64_t length, double scale) {
+  at::Tensor pos = at::arange(length, at::TensorOptions().dtype(at::kDouble)) / scale;
+  return sincos_1d(dim, pos).to(at::kFloat).unsqueeze(0);                                    // [1, length, dim]
+}
+
+at::Tensor pos_embed_2d(int64_t dim, int64_t grid) { return pos_embed_2d(dim, grid, grid, 1.0); }
 
 }  // namespace opendit::models::layers

@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,5 +29,12 @@ struct Linear {
 };
 
 inline void append(NamedSlots& to, NamedSlots more) { to.insert(to.end(), more.begin(), more.end()); }
+
+// xavier_uniform on a [fan_out, fan_in] view of w (convolutions: [out, in x kernel]), as the official inits do.
+inline void xavier_uniform(at::Tensor& w, at::Generator& gen) {
+  const int64_t fan_out = w.size(0), fan_in = w.numel() / w.size(0);
+  const double a = std::sqrt(6.0 / double(fan_in + fan_out));
+  w.uniform_(-a, a, gen);
+}
 
 }  // namespace opendit::models::layers
