@@ -358,10 +358,18 @@ std::map<std::string, at::Tensor> read_checkpoint_weights(const std::string& pat
   H5File file = H5File::open(path);
   H5Group root = file.root();
   check_and_read_meta(root);
+  return read_checkpoint_tensors(path, group, open_path(root, group).children());
+}
+
+std::map<std::string, at::Tensor> read_checkpoint_tensors(const std::string& path, const std::string& group,
+                                                          const std::vector<std::string>& names) {
+  H5File file = H5File::open(path);
+  H5Group root = file.root();
+  check_and_read_meta(root);
   H5Group grp = open_path(root, group);
-  const std::vector<std::string> names = grp.children();
   std::map<std::string, at::Tensor> out;
   for (const auto& name : names) {
+    if (!grp.has(name)) throw Error(cat(path, ": /", group, " holds no '", name, "'"));
     H5Dataset ds = grp.open_dataset(name);
     if (ds.dtype() != at::kFloat) ds.fail(cat("expected dtype float32, found ", dtype_name(ds.dtype())));
     at::Tensor t = ds.read();

@@ -90,6 +90,10 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 // Full tensors of one group ("model" or "ema", also the optimizer groups) by parameter name, frozen ones included,
 // checksums verified. One process (for export).
 std::map<std::string, at::Tensor> read_checkpoint_weights(const std::string& path, const std::string& group);
+// The same for the named tensors only (a resume reads the frozen buffers that are not recomputed: STDiT's null
+// caption). A name the group lacks is an opendit::Error naming it.
+std::map<std::string, at::Tensor> read_checkpoint_tensors(const std::string& path, const std::string& group,
+                                                          const std::vector<std::string>& names);
 
 // `opendit check`: the meta (format and version first), then every dataset of every group the file has (/model,
 // /ema when present, /optim/...), each read and compared with its crc32; a dataset without one is reported with no

@@ -158,7 +158,12 @@ void check_safetensors(const std::string& path, Report& r, ByteProgress& progres
   }
   const std::string recorded = io::recorded_model(f.metadata);
   if (recorded.empty()) {
-    r.note("the metadata records no model (not opendit's weights): names and shapes not checked against one");
+    const auto format = f.metadata.find("format");
+    if (format != f.metadata.end() && format->second.rfind("opendit.", 0) == 0)
+      r.note(cat(format->second, " weights without a recorded config (as tools/convert_*_pt.py writes them): names "
+                 "and shapes not checked; `opendit convert` with the model's deck checks them and records it"));
+    else
+      r.note("the metadata records no model (not opendit's weights): names and shapes not checked against one");
     return;
   }
   try {

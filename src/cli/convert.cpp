@@ -59,8 +59,16 @@ void run_convert(const ConvertArgs& a, MpiRuntime& mpi) {
     const std::string recorded = io::recorded_model(file.metadata);
     if (!recorded.empty())
       model = models::model_from_record(deck, recorded, file.path, uint64_t{0});
-    else if (have_deck)
+    else if (have_deck) {
+      // A deck that names no type builds the default model: weights of another type are that mistake.
+      if (deck.origin("model.type") == "default") {
+        const std::string type = models::model_type_of(file.tensors, file.path).name;
+        if (type != deck.get_string("model.type"))
+          throw Error(cat(a.in, ": these are ", type, " weights but the deck builds a ", deck.get_string("model.type"),
+                          " model; add --set model.type=", type, " (or model.type in the deck)"));
+      }
       model = models::make_model(deck, uint64_t{0});
+    }
     else
       model = models::model_type_of(file.tensors, file.path).from_weights(file.tensors, file.config_json, a.in);
     sd = model->import_weights(file.tensors, file.path);

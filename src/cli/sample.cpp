@@ -43,7 +43,18 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
   const config::Deck deck = a.deck.load(mpi.world());
   // Everything a user can get wrong is checked before any work starts: the plan, the model (the one the weights
   // record in their metadata, else the deck's), the classes, the output.
-  const std::string recorded = io::recorded_model(io::read_weights_metadata(a.checkpoint));
+  const std::map<std::string, std::string> metadata = io::read_weights_metadata(a.checkpoint);
+  const std::string recorded = io::recorded_model(metadata);
+  // Weights of another model type that record no config (a converter's output) and a deck that names no type: say
+  // so, instead of building the default model and failing on its names.
+  if (const auto format = metadata.find("format");
+      recorded.empty() && format != metadata.end() && deck.origin("model.type") == "default" &&
+      format->second.rfind("opendit.", 0) == 0 && format->second != "opendit." + deck.get_string("model.type")) {
+    const std::string type = format->second.substr(8);
+    throw Error(cat(a.checkpoint, ": ", type, " weights that record no model config: give the deck (model.type = \"",
+                    type, "\" and its sizes), or record it once with opendit convert ", a.checkpoint,
+                    " OUT.safetensors --set model.type=", type, " ..."));
+  }
   auto make_model = [&](std::optional<uint64_t> seed) {
     return recorded.empty() ? models::make_model(deck, seed)
                             : models::model_from_record(deck, recorded, a.checkpoint, seed);
@@ -171,7 +182,7 @@ void add_sample(CLI::App& app, MpiRuntime& mpi) {
   cmd->add_option("--eta", a->options.eta, "DDIM eta (default: sample.eta)");
   cmd->add_option("--seed", a->options.seed, "Noise seed (default: sample.seed)");
   cmd->add_option("--init-noise", a->init_noise, "Start from this noise: .safetensors with 'noise' [N, C, H, W]");
-  cmd->add_option("--batch", a->options.batch, "Samples per forward batch (default: all)");
+  cmd->add_option("--batch", a->options.batch, "Samples per sampling loop (default: all; text-to-video: 2)");
   cmd->add_flag("--no-graph", a->options.no_graph, "On a GPU, run each step eagerly instead of replaying a CUDA graph "
                                                   "(default: sample.cuda_graph)");
   cmd->callback([a, &mpi] { run_sample(*a, mpi); });

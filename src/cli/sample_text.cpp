@@ -69,6 +69,7 @@ Out check_out(const SampleArgs& a, int64_t videos) {
       throw Error(cat("--out ", a.out, ": one MP4 holds one video and ", videos, " are asked for; give a folder"));
     if (!io::video_supported()) throw Error(cat("--out ", a.out, ": ", io::ffmpeg_version()));
     io::check_can_write(a.out, "--out");
+    io::check_can_write(a.out.substr(0, a.out.size() - 4) + ".png", "--out's strip");  // NAME.png beside it
     return Out::Mp4;
   }
   if (ends_with(a.out, ".png")) throw Error(cat("--out ", a.out, ": videos go to a folder or NAME.mp4"));
@@ -91,6 +92,9 @@ void run_sample_text(const SampleArgs& a, const config::Deck& deck, const std::s
   sample::SampleOptions options = a.options;
   if (!options.steps && deck.origin("sample.steps") == "default") options.steps = "100";
   if (!options.cfg && deck.origin("sample.cfg_scale") == "default") options.cfg = 7.0;
+  // Videos per sampling loop: a 16x512^2 video is 16,384 tokens a frame stack, so all of a prompts file at once
+  // would not fit a GPU; Open-Sora samples 1-2 at a time.
+  if (options.batch == 0) options.batch = 2;
   const sample::SamplePlan plan = sample::make_plan(deck, options);
   if (!a.classes.empty()) throw Error(cat("--classes: a ", model->type(), " model takes prompts (--prompt)"));
   if (!a.init_noise.empty()) throw Error("--init-noise: not taken by text-to-video sampling (use --seed)");

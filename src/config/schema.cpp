@@ -13,8 +13,8 @@ const Schema& base_schema() {
     s.sections = {
         {"model", "The network. `type` picks the model (src/models/registry.cpp) and each type reads its own keys; "
                   "`preset` sets depth, width, heads (and DiT's patch), and a non-zero explicit key overrides it. "
-                  "`stdit` also reads the keys marked \"video models\"; its latent is in_channels x num_frames x "
-                  "input_size x input_width."},
+                  "`stdit` and `latte` also read the keys marked \"video models\" (latte: num_frames, caption_channels, "
+                  "text_length); the latent is in_channels x num_frames x input_size x input_width (latte: square)."},
         {"diffusion", "The Gaussian diffusion process (IDDPM, as in DiT)."},
         {"sample", "Sampling defaults; the `opendit sample` options override them."},
         {"train", "Optimisation: precision, AdamW, schedule, clipping, EMA, accumulation, logging, checkpoints."},

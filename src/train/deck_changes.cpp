@@ -40,7 +40,14 @@ DeckChanges deck_changes(const std::string& old_json, const config::Deck& now) {
       was = before[parts[0]][parts[1]];
     else
       std::visit([&](const auto& x) { was = x; }, o.default_value);
-    const nlohmann::json& is = after[parts[0]][parts[1]];
+    nlohmann::json is = after[parts[0]][parts[1]];
+    // model.preset "auto" is the type's largest preset, the value decks recorded before "auto" existed.
+    if (o.key == "model.preset") {
+      const std::string type = now.get_string("model.type");
+      const std::string largest = type == "stdit" ? "STDiT-XL/2" : type == "latte" ? "Latte-XL/2" : "DiT-XL/2";
+      if (was == "auto") was = largest;
+      if (is == "auto") is = largest;
+    }
     // Numbers compare by value: a float key written as 1 by one version and 1.0 by another is the same.
     const bool same = (was.is_number() && is.is_number()) ? was.get<double>() == is.get<double>() : was == is;
     if (same) continue;

@@ -118,6 +118,13 @@ bool Trainer::resume(const std::string& how) {
       if (params_->working().defined())
         params_->working().narrow(0, st.range.begin, st.range.size()).copy_(st.groups.at("model"));
       loader_->restore({meta.loader_epoch, meta.loader_cursor});
+      // Frozen tensors that are not recomputed (STDiT's null caption) come from the checkpoint too: a fine-tune of
+      // converted weights must keep theirs, not the fresh model's.
+      std::vector<std::string> buffers;
+      for (const models::Param& p : model_->parameters())
+        if (!p.trainable && !p.recomputed) buffers.push_back(p.name);
+      if (!buffers.empty())
+        for (const auto& [name, t] : io::read_checkpoint_tensors(path, "model", buffers)) frozen_.at(name)->copy_(t);
     });
     opt_->gather_params();
     opt_->set_step_count(meta.optimizer_step);

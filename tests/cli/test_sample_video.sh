@@ -161,7 +161,18 @@ run e8 "$BIN" sample --checkpoint $W --prompt x --text-encoder t5 --out e8.safet
 check "a deck that contradicts the weights: named" has e8 "model.num_frames = 5"
 run e9 "$BIN" sample --checkpoint $W --classes 1 --text-encoder t5 --out e9.safetensors
 check "--classes for a text model: refused" has e9 "takes prompts (--prompt)"
-for e in e1 e2 e3 e4 e5 e6 e7 e8 e9 e10; do
+# STDiT weights that record no config (as tools/convert_opensora_pt.py writes them): named as such.
+$PY -c "
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+save_file(load_file('$W'), 'bare.safetensors', metadata={'format': 'opendit.stdit', 'version': '1'})"
+run e11 "$BIN" sample --checkpoint bare.safetensors --prompt x --text-encoder t5 --out e11.safetensors
+check "weights without a config, no deck: says they are stdit's" has e11 "stdit weights that record no model config"
+run e12 "$BIN" convert bare.safetensors e12.safetensors --set model.input_size=8
+check "convert with a deck of no type: names the weights' type" has e12 "these are stdit weights but the deck builds a dit"
+run e13 "$BIN" train --config deck.toml --set model.type=latte --set model.input_width=4 --set run.name=e13
+check "latte with a key it does not read: refused" has e13 "model.input_width (--set): not a key of model.type"
+for e in e1 e2 e3 e4 e5 e6 e7 e8 e9 e10 e11 e12 e13; do
   eval "rc=\$rc_$e"
   check "$e: exit 1 with one error" test "$rc" -ne 0 -a "$(errors $e)" = 1
 done

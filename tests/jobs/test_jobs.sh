@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# usage: test_jobs.sh OPENDIT MAKE_TOY_DATASET SOURCE_DIR
+# usage: test_jobs.sh OPENDIT MAKE_TOY_DATASET SOURCE_DIR PYTHON
 set -uo pipefail
-BIN=$1 MAKE=$2 SRC=$3
+BIN=$1 MAKE=$2 SRC=$3 PY=${4:-python3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pass=0 fail=0
@@ -60,6 +60,16 @@ check "it trains DiT-XL/2" $? "$out"
 out=$(cd "$tmp" && bash "$SRC/jobs/dit_xl2_imagenet256.sbatch" --dry-run 2>&1)
 [ $? -ne 0 ] && echo "$out" | grep -q "/path/to/imagenet256_latents.h5"
 check "the deck's placeholder data.path gives a clear error" $? "$out"
+
+# STDiT training: the deck the job uses, on a small v2 file of clips of its shape ([4, 16, 64, 64], 120 x 4096).
+"$PY" "$SRC/tests/train/make_video_dataset.py" "$tmp/clips.h5" 8 2 4 16 64 64 4096 120 >/dev/null
+out=$(cd "$tmp" && bash "$SRC/jobs/stdit_xl2_16x512.sbatch" --dry-run --set data.path="$tmp/clips.h5" \
+  --set data.global_batch=8 2>&1)
+rc=$?
+[ $rc -eq 0 ] && echo "$out" | grep -q "dry run: deck, data and mesh are valid" && echo "$out" | grep -q "STDiT depth 28"
+check "stdit_xl2_16x512.sbatch: opendit train --dry-run validates an STDiT-XL/2 on clips with captions" $? "$out"
+grep -q "^srun .*train --config $SRC/inputs/stdit_xl2_16x512.toml" "$SRUN_LOG"
+check "stdit_xl2_16x512.sbatch runs opendit train through srun" $? "$(cat "$SRUN_LOG")"
 
 # Sampling: arguments and deck are accepted; the only error is the (absent) checkpoint.
 out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" "$tmp/absent.safetensors" 2>&1)

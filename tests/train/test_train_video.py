@@ -12,7 +12,8 @@ import tempfile
 import unittest
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 BIN = MPIRUN = PYTHON = None
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -137,6 +138,23 @@ class TrainVideoTest(unittest.TestCase):
         rc2, out2 = self.train("resume2to1", 1, resume="auto")
         self.assertEqual((rc1, rc2), (0, 0), out1[-1500:] + out2[-1500:])
         self.assert_close_to_base("resume2to1", self.TOL, out2[-1500:])
+
+    def test_fine_tune_keeps_the_weights_null_caption(self):
+        """weights -> step-0 checkpoint -> a run of another seed fine-tunes it: the null caption stays the weights'"""
+        # Pretrained weights whose null caption is not what a fresh model of this deck draws.
+        key, src = "y_embedder.y_embedding", os.path.join(self.tmp, "out", "base", "ema.safetensors")
+        with safe_open(src, "pt") as f:
+            meta = f.metadata()
+        w = load_file(src)
+        w[key] = torch.randn(w[key].shape, generator=torch.Generator().manual_seed(5))
+        pretrained, start = os.path.join(self.tmp, "pretrained.safetensors"), os.path.join(self.tmp, "start")
+        save_file(w, pretrained, metadata=meta)
+        p = subprocess.run([BIN, "convert", pretrained, start, "--to", "checkpoint"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        rc, out = self.train("finetune", 2, "train.steps=2", resume=os.path.join(start, "ckpt-00000000.h5"))
+        self.assertEqual(rc, 0, out[-2000:])
+        for which in ("model", "ema"):
+            self.assertTrue(torch.equal(self.weights("finetune", which)[key], w[key]), which)
 
     def test_caption_dropout_takes_effect(self):
         """dropout 1: other captions give the same weights; dropout 0: they do not"""

@@ -122,7 +122,8 @@ std::vector<config::Option> deck_options() {
   for (const auto& n : preset_names()) presets.push_back(n);
   return {
       {"model.preset", Type::Choice, std::string("auto"), "Official size preset of the model type (`auto`: its "
-       "largest, DiT-XL/2 or STDiT-XL/2), or `custom` (then set depth, hidden_size, num_heads and patch_size).",
+       "largest: DiT-XL/2, STDiT-XL/2, Latte-XL/2), or `custom` (then set depth, hidden_size, num_heads and "
+       "patch_size).",
        -inf, inf, presets},
       {"model.depth", Type::Int, int64_t{0}, "Transformer blocks; 0 = from the preset.", 0, 1000, {}},
       {"model.hidden_size", Type::Int, int64_t{0}, "Token width D; 0 = from the preset.", 0, 1 << 16, {}},

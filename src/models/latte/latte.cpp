@@ -200,6 +200,12 @@ void Latte::check_condition(const Condition& cond) const {
     throw Error("a caption has no valid token (its mask is all false): every caption needs at least its EOS");
 }
 
+StateDict Latte::import_weights(const StateDict& sd, const std::string&) const {
+  StateDict out = sd;
+  out.erase("pos_embed"), out.erase("temp_pos_embed");
+  return out;
+}
+
 StateDict Latte::export_weights(const StateDict& official, const std::string& layout) const {
   if (layout == "diffusers") {  // the same names; diffusers keeps no table buffers in its files
     StateDict out = official;

@@ -68,6 +68,8 @@ class Latte : public Model {
   int depth() const override { return cfg_.depth; }
 
   std::vector<std::string> layouts() const override { return {"opendit", "diffusers"}; }
+  // The two tables are recomputed for this model's size: imports drop them (diffusers' files do not hold them).
+  StateDict import_weights(const StateDict& sd, const std::string& origin) const override;
   StateDict export_weights(const StateDict& official, const std::string& layout) const override;
   std::map<std::string, std::string> weight_metadata() const override;
 

@@ -61,6 +61,12 @@ LatteConfig config_from(const config::Deck& deck) {
   if (name != "auto" && name != "custom" && name != "Latte-XL/2")
     throw CollectiveError(cat("model.preset = \"", name, "\" is not a Latte preset (model.type = \"latte\"; its "
                               "preset: Latte-XL/2)"));
+  // Keys other video models read that Latte has no use for: a value given for one is a mistake, not a no-op.
+  for (const char* key : {"model.input_width", "model.temporal_patch", "model.space_scale", "model.time_scale",
+                          "model.mlp_ratio", "model.class_dropout_prob", "model.num_classes"})
+    if (deck.origin(key) != "default")
+      throw CollectiveError(cat(key, " (", deck.origin(key), "): not a key of model.type = \"latte\" (square "
+                                "latents of input_size, 4x MLP, no caption dropout: it has no null caption)"));
   LatteConfig c;
   auto size = [&](const char* key, int& field) {
     const int64_t v = deck.get_int(key);
@@ -177,6 +183,10 @@ ModelType model_type() {
     cmp("num_frames", rec.video_length, false);
     cmp("caption_channels", rec.caption_channels, false);
     cmp("text_length", rec.text_length, false);
+    if (deck.origin("model.learn_sigma") != "default" &&
+        deck.get_bool("model.learn_sigma") != (rec.out_channels == 2 * rec.in_channels))
+      out.push_back({"model.learn_sigma", deck.get_bool("model.learn_sigma") ? "true" : "false",
+                     cat("out_channels ", rec.out_channels)});
     return out;
   };
   return t;

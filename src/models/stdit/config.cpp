@@ -76,7 +76,7 @@ void STDiTConfig::validate() const {
        cat("model.hidden_size (", hidden_size, ") must be a multiple of model.num_heads (", num_heads, ")"));
   need(hidden_size % 4 == 0, cat("model.hidden_size must be a multiple of 4 for the sin-cos position tables, found ",
                                  hidden_size));
-  need(patch_h >= 1 && height % patch_h == 0 && width % patch_w == 0,
+  need(patch_h >= 1 && patch_w >= 1 && height >= 1 && width >= 1 && height % patch_h == 0 && width % patch_w == 0,
        cat("the latent ", height, "x", width, " (model.input_size, model.input_width) must be a multiple of "
            "model.patch_size (", patch_h, ")"));
   need(patch_t >= 1 && frames >= 1 && frames % patch_t == 0,

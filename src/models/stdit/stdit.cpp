@@ -195,7 +195,15 @@ ConditionSpec STDiT::condition_spec() const {
 Condition STDiT::null_condition(const Condition& like) const {
   const int64_t N = like.batch(), L = like.text.defined() ? like.text.size(1) : cfg_.text_length;
   Condition null;
-  null.text = y_embedding_.narrow(0, 0, L).unsqueeze(0).expand({N, L, cfg_.caption_channels}).to(
+  at::Tensor table = y_embedding_;
+  if (like.text.defined() && like.text.device().is_cpu() && !y_embedding_.device().is_cpu()) {
+    if (null_host_of_ != y_embedding_.data_ptr() || null_host_version_ != int64_t(y_embedding_._version())) {
+      null_host_ = y_embedding_.to(at::kCPU, at::kFloat);
+      null_host_of_ = y_embedding_.data_ptr(), null_host_version_ = int64_t(y_embedding_._version());
+    }
+    table = null_host_;
+  }
+  null.text = table.narrow(0, 0, L).unsqueeze(0).expand({N, L, cfg_.caption_channels}).to(
       like.text.defined() ? like.text.options() : y_embedding_.options());
   null.text_mask = like.text_mask.defined() ? like.text_mask
                                             : at::ones({N, L}, null.text.options().dtype(at::kBool));

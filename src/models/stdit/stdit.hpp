@@ -80,6 +80,11 @@ class STDiT : public Model {
   layers::TimestepEmbedder t_embedder_;
   layers::Linear t_block_;     // SiLU, then Linear(D, 6 D)
   at::Tensor y_embedding_;     // [text_length, caption_channels]: the null caption (a buffer, never trained)
+  // A host copy of it for training's caption dropout, which runs on the host batch: reading the device tensor
+  // there would sync every micro-step. Refreshed when y_embedding_ is replaced (moved, cast, loaded into).
+  mutable at::Tensor null_host_;
+  mutable const void* null_host_of_ = nullptr;
+  mutable int64_t null_host_version_ = -1;
   layers::GeluMlp y_proj_;     // caption_channels -> D -> D
   std::vector<Block> blocks_;
   layers::T2IFinalLayer final_layer_;
