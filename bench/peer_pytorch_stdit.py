@@ -22,12 +22,14 @@ import argparse
 import contextlib
 import copy
 import math
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+
+# The DiT peer's timing, memory, profiling and autocast helpers (bench/ is this script's folder on sys.path).
+from peer_pytorch_dit import autocast, peak_mem, profile_one, sync, timed
 
 # depth, hidden, heads, caption channels, caption tokens (model_max_length)
 PRESETS = {"STDiT-XL/2": (28, 1152, 16, 4096, 120), "tiny": (2, 64, 4, 32, 10)}
@@ -268,12 +270,6 @@ def iddpm_tables(device, respace=None):
     return tab
 
 
-def autocast(device, fp32):
-    if fp32:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-
-
 def loss_fn(model, tab, x0, y, mask, device, fp32):
     n = x0.shape[0]
     t = torch.randint(0, 1000, (n,), device=x0.device)
@@ -315,44 +311,6 @@ def cfg_step(model, tab, x, i, y2, mask2, cfg, device, fp32):
 
 
 # ---- benchmark ------------------------------------------------------------------------------------------------------
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_mem(device):  # GiB
-    return f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if torch.device(device).type == "cuda" else "na"
-
-
-def timed(step, n_warmup, n_timed, device):
-    """Median seconds of n_timed calls of step() after n_warmup untimed ones; peak memory counts the timed ones."""
-    for _ in range(n_warmup):
-        step()
-    sync(device)
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(n_timed):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def profile_one(step, device):
-    """torch.profiler over one step: the top-25 kernels by their own device time (CPU: ops by self CPU time)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = torch.device(device).type == "cuda"
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
-        step()
-        sync(device)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=90))
-
-
 def random_captions(n, tokens, channels, device):
     """Stand-ins for T5 output: [n, L, C] embeddings and a key mask [n, L] of a random valid length 1..L each."""
     y = torch.randn(n, tokens, channels, device=device)

@@ -21,14 +21,18 @@
 
 namespace opendit::cli {
 
-namespace {
-
-
-// Rows of samples [N, ...] that hold a NaN or Inf.
 std::vector<int64_t> nonfinite_rows(const at::Tensor& samples) {
   const at::Tensor bad = at::isfinite(samples).flatten(1).all(1).logical_not().nonzero().flatten();
   return std::vector<int64_t>(bad.data_ptr<int64_t>(), bad.data_ptr<int64_t>() + bad.numel());
 }
+
+std::unique_ptr<models::Model> sample_model(const SampleArgs& a, const config::Deck& deck, const std::string& recorded,
+                                            std::optional<uint64_t> seed) {
+  return recorded.empty() ? models::make_model(deck, seed)
+                          : models::model_from_record(deck, recorded, a.checkpoint, seed);
+}
+
+namespace {
 
 // "sample 5 (class 3, number 2 of 4 for that class; noise row 5 of seed 0)": which request a row of the output is.
 std::string describe_row(int64_t row, const std::vector<int64_t>& labels, int per_class, const SampleArgs& a,
@@ -55,11 +59,7 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
                     type, "\" and its sizes), or record it once with opendit convert ", a.checkpoint,
                     " OUT.safetensors --set model.type=", type, " ..."));
   }
-  auto make_model = [&](std::optional<uint64_t> seed) {
-    return recorded.empty() ? models::make_model(deck, seed)
-                            : models::model_from_record(deck, recorded, a.checkpoint, seed);
-  };
-  std::unique_ptr<models::Model> model = make_model(std::nullopt);  // described: no memory yet
+  std::unique_ptr<models::Model> model = sample_model(a, deck, recorded, std::nullopt);  // described: no memory yet
   const models::ConditionSpec spec = model->condition_spec();
   if (spec.kind == models::ConditionKind::Text) return run_sample_text(a, deck, recorded);
   if (!a.prompts.empty() || !a.prompts_file.empty())
@@ -113,7 +113,7 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
 
   const bool gpu = pick_gpu(deck.get_string("parallel.device"), "parallel.device =");  // auto: a GPU if visible
   const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  model = make_model(uint64_t{0});
+  model = sample_model(a, deck, recorded, uint64_t{0});
   const io::WeightsFile weights = io::read_weights(a.checkpoint);
   model->load_state_dict(model->import_weights(weights.tensors, weights.path), a.checkpoint);
   sample::Sampler sampler(*model, plan, device);

@@ -82,11 +82,7 @@ Out check_out(const SampleArgs& a, int64_t videos) {
 }  // namespace
 
 void run_sample_text(const SampleArgs& a, const config::Deck& deck, const std::string& recorded) {
-  auto make_model = [&](std::optional<uint64_t> seed) {
-    return recorded.empty() ? models::make_model(deck, seed)
-                            : models::model_from_record(deck, recorded, a.checkpoint, seed);
-  };
-  std::unique_ptr<models::Model> model = make_model(std::nullopt);
+  std::unique_ptr<models::Model> model = sample_model(a, deck, recorded, std::nullopt);
   const models::ConditionSpec spec = model->condition_spec();
   // Open-Sora v1.0's inference settings where neither the deck nor the command line gives one.
   sample::SampleOptions options = a.options;
@@ -158,7 +154,7 @@ void run_sample_text(const SampleArgs& a, const config::Deck& deck, const std::s
   noise_shape.insert(noise_shape.end(), shape.begin(), shape.end());
   at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(plan.seed));
   const at::Tensor noise = at::randn(noise_shape, gen);
-  model = make_model(uint64_t{0});
+  model = sample_model(a, deck, recorded, uint64_t{0});
   const io::WeightsFile weights = io::read_weights(a.checkpoint);
   model->load_state_dict(model->import_weights(weights.tensors, weights.path), a.checkpoint);
   sample::Sampler sampler(*model, plan, device);
@@ -170,11 +166,10 @@ void run_sample_text(const SampleArgs& a, const config::Deck& deck, const std::s
   Progress progress("sample", sampler.total_steps(N));
   at::Tensor latents = sampler.run(noise, cond, gen, [&](int done, int) { progress.update(done); }, null);
   progress.finish();
-  const at::Tensor bad = at::isfinite(latents).flatten(1).all(1).logical_not().nonzero().flatten();
-  if (bad.numel() > 0) {
-    const int64_t v = bad[0].item<int64_t>();
+  if (const std::vector<int64_t> bad = nonfinite_rows(latents); !bad.empty()) {
+    const int64_t v = bad.front();
     throw Error(cat("video ", v, " (prompt ", v / a.per_prompt + 1, ": \"", prompts[size_t(v / a.per_prompt)],
-                    "\") came out NaN or Inf (", bad.numel(), " of ", N, " videos did); nothing written. The weights "
+                    "\") came out NaN or Inf (", bad.size(), " of ", N, " videos did); nothing written. The weights "
                     "or the sampling settings (", plan.sampler_name(), " ", plan.steps, ", cfg ",
                     shortest(plan.cfg_scale), ", ", plan.dtype_name(), ") break there"));
   }
