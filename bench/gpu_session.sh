@@ -12,6 +12,8 @@
 #   stdit    bench/stdit.sh (STDiT-XL/2 training at 16x512^2 and 16x256^2, 100 guided steps; opendit and peer)
 #   stdittests  the STDiT tests (model vs references, training, text-to-video sampling) on the GPU machine
 #   stditprofile  one profiled STDiT-XL/2 16x512^2 step of opendit and of the peer
+#   sp       bench/sp.sh cost (the sequence-parallel cost model) and, when old/build/bin/opendit exists (the commit
+#            before sequence parallelism, built by the caller), bench/sp.sh baseline against it
 # On machines where nothing can be installed, header-only libraries come from .carry/include and Python wheels from
 # .whl/ (see README, "GPU machines").
 set -uo pipefail
@@ -61,6 +63,8 @@ for stage in $STAGES; do
                 grep -E "tests passed|Failed|FAIL|\*\*\*|worst" "$OUT/stdittests.log" | head -20 ;;
     stditprofile) bench/stdit.sh 12 "$OUT" > "$OUT/stdit_profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_stdit_train.log"
                   head -45 "$OUT/stdit_profile.txt" ;;
+    sp) { [ -x old/build/bin/opendit ] && bench/sp.sh baseline old/build/bin/opendit; bench/sp.sh cost; } 2>&1 |
+          tee "$OUT/sp.log" ;;
     checkpoint) bench/checkpoint.sh 450 150 2> "$OUT/checkpoint_runs.log" | tee "$OUT/checkpoint.log" ;;
     profile) bench/train.sh 14 "$OUT" > "$OUT/profile_run.log" 2>&1; grep -E "^step|error" "$OUT/opendit_train.log"; head -45 "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;

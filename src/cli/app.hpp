@@ -45,6 +45,7 @@ void add_bench_encoders(CLI::App& bench, MpiRuntime& mpi);  // `bench vae` and `
 void add_bench(CLI::App& app, MpiRuntime& mpi);
 void add_bench_sample(CLI::App& bench, MpiRuntime& mpi);   // `bench sample`, under add_bench's `bench`
 void add_bench_kernels(CLI::App& bench, MpiRuntime& mpi);  // `bench kernels`, called by add_bench
+void add_bench_sp(CLI::App& bench, MpiRuntime& mpi);       // `bench sp` (bench_sp.cpp), called by add_bench
 // status: the exit status of the run (0, or core/stop_request.hpp's kExitStopped after a signal).
 void add_train(CLI::App& app, MpiRuntime& mpi, int& status);
 // status: the exit status of the run (1 when a file is damaged; check prints its own report, no error line).

@@ -88,6 +88,7 @@ void add_bench(CLI::App& app, MpiRuntime& mpi) {
   add_bench_sample(*cmd, mpi);
   add_bench_kernels(*cmd, mpi);
   add_bench_encoders(*cmd, mpi);
+  add_bench_sp(*cmd, mpi);
 }
 
 }  // namespace opendit::cli

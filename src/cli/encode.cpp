@@ -71,7 +71,8 @@ void add_encode(CLI::App& app, MpiRuntime& mpi, int& status) {
                                        "NAME.jsonl) or an ImageNet-style folder (class subfolders -> labels)")
       ->required();
   cmd->add_option("-o,--output", a->s.output, "The output file (NAME.h5)")->required();
-  cmd->add_option("--vae", a->s.vae, "The VAE: a diffusers AutoencoderKL folder, or a pipeline folder with vae/")
+  cmd->add_option("--vae", a->s.vae, "The VAE: a diffusers AutoencoderKL folder, or a pipeline folder with vae/; "
+                                  "`pixel`: no VAE, the pixels are stored (pixel-space models)")
       ->required();
   cmd->add_option("--text-encoder", a->s.text_encoder, "The T5 encoder for captions: a transformers folder (or a "
                                                        "pipeline folder with text_encoder/ and tokenizer/)");

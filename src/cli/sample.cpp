@@ -14,6 +14,7 @@
 #include "io/safetensors.hpp"
 #include "io/weights.hpp"
 #include "models/registry.hpp"
+#include "parallel/mesh.hpp"
 #include "models/vae/pipeline.hpp"
 #include "sample/plan.hpp"
 #include "sample/sampler.hpp"
@@ -32,6 +33,48 @@ std::unique_ptr<models::Model> sample_model(const SampleArgs& a, const config::D
                           : models::model_from_record(deck, recorded, a.checkpoint, seed);
 }
 
+SampleRanks sample_ranks(const SampleArgs& a, const config::Deck& deck, MpiRuntime& mpi) {
+  SampleRanks r;
+  r.cfg_parallel = a.cfg_parallel || deck.get_bool("sample.cfg_parallel");
+  r.sp_mode = deck.get_string("parallel.sp_mode");
+  const int sp = static_cast<int>(deck.get_int("parallel.sp_size")), ways = r.cfg_parallel ? 2 : 1;
+  if (mpi.world().size() != sp * ways)
+    throw CollectiveError(cat("opendit sample runs on parallel.sp_size (", sp, ")",
+                              r.cfg_parallel ? " x 2 (CFG-parallel)" : "", " = ", sp * ways, " rank",
+                              sp * ways > 1 ? "s" : "", "; this job has ",
+                              mpi.world().size(), r.cfg_parallel || sp > 1 ? "" : " (set parallel.sp_size, or "
+                              "sample.cfg_parallel, to use more ranks)"));
+  r.mesh = std::make_unique<parallel::Mesh>(mpi.world(), sp);
+  const at::Device device = parallel::rank_device(deck.get_string("parallel.device"), *r.mesh);
+  r.ctx = std::make_unique<parallel::ParallelContext>(*r.mesh, device);
+  return r;
+}
+
+void SampleRanks::check(const models::Model& model, const sample::SamplePlan& plan) const {
+  if (mesh->sp_size() > 1) models::resolve_sp_mode(sp_mode, model);
+  if (cfg_parallel && plan.cfg_scale == 1.0)
+    throw Error("CFG-parallel sampling (--cfg-parallel, sample.cfg_parallel) with guidance off (cfg 1): there is no "
+                "unconditional half to run");
+}
+
+void SampleRanks::apply(models::Model& model, sample::Sampler& sampler) const {
+  if (mesh->sp_size() > 1) {
+    models::layers::SeqParallel sp;
+    sp.comm = &ctx->sp(), sp.mode = models::resolve_sp_mode(sp_mode, model);
+    model.set_sequence_parallel(sp);
+  }
+  if (cfg_parallel) sampler.set_cfg_parallel(&ctx->dp());
+}
+
+std::string SampleRanks::describe(const models::Model& model) const {
+  if (mesh->world_size() == 1) return "";
+  std::string parts;
+  if (mesh->sp_size() > 1)
+    parts = cat("sp ", mesh->sp_size(), " ", models::layers::sp_mode_name(models::resolve_sp_mode(sp_mode, model)));
+  if (cfg_parallel) parts += std::string(parts.empty() ? "" : " x ") + "cfg-parallel";
+  return cat(" over ", mesh->world_size(), " ranks (", parts, ")");
+}
+
 namespace {
 
 // "sample 5 (class 3, number 2 of 4 for that class; noise row 5 of seed 0)": which request a row of the output is.
@@ -42,90 +85,89 @@ std::string describe_row(int64_t row, const std::vector<int64_t>& labels, int pe
              " for that class; noise row ", row, " of ", noise, ")");
 }
 
-void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
-  require_one_process(mpi, "sample");
-  const config::Deck deck = a.deck.load(mpi.world());
-  // Everything a user can get wrong is checked before any work starts: the plan, the model (the one the weights
-  // record in their metadata, else the deck's), the classes, the output.
-  const std::map<std::string, std::string> metadata = io::read_weights_metadata(a.checkpoint);
-  const std::string recorded = io::recorded_model(metadata);
-  // Weights of another model type that record no config (a converter's output) and a deck that names no type: say
-  // so, instead of building the default model and failing on its names.
-  if (const auto format = metadata.find("format");
-      recorded.empty() && format != metadata.end() && deck.origin("model.type") == "default" &&
-      format->second.rfind("opendit.", 0) == 0 && format->second != "opendit." + deck.get_string("model.type")) {
-    const std::string type = format->second.substr(8);
-    throw Error(cat(a.checkpoint, ": ", type, " weights that record no model config: give the deck (model.type = \"",
-                    type, "\" and its sizes), or record it once with opendit convert ", a.checkpoint,
-                    " OUT.safetensors --set model.type=", type, " ..."));
-  }
-  std::unique_ptr<models::Model> model = sample_model(a, deck, recorded, std::nullopt);  // described: no memory yet
-  const models::ConditionSpec spec = model->condition_spec();
-  if (spec.kind == models::ConditionKind::Text) return run_sample_text(a, deck, recorded);
-  if (!a.prompts.empty() || !a.prompts_file.empty())
-    throw Error(cat("--prompt/--prompts: a ", model->type(), " model is class-conditional; give --classes"));
-  const sample::SamplePlan plan = sample::make_plan(deck, a.options);
-  if (a.per_class < 1) throw Error(cat("--per-class ", a.per_class, ": expected >= 1"));
-  const std::vector<int64_t> classes = sample::parse_classes(a.classes, spec.num_classes);
-  const std::vector<int64_t> shape = model->sample_shape();
-  // A latent model's samples become pictures through the VAE (--vae), checked now (headers only) so that a wrong
-  // folder or a latent width the VAE does not take fails before the sampling does.
-  if (!a.vae.empty()) {
-    if (plan.pixel) throw Error("--vae: this model samples pixels already; there is nothing to decode");
-    const encode::LoadedVae v = encode::load_vae(
-        a.vae, at::TensorOptions(encode::parse_dtype(a.vae_dtype, "--vae-dtype")).device(at::kMeta));
-    if (v.model->config().latent_channels != shape.front())
-      throw Error(cat("--vae ", a.vae, ": its latents have ", v.model->config().latent_channels,
-                      " channels; the model samples ", shape.front()));
-    if (!ends_with(a.out, ".png"))
-      throw Error(cat("--out ", a.out, ": with --vae the samples are decoded to a PNG grid (NAME.png); without "
-                      "--vae they are written as latents (NAME.safetensors)"));
-  }
-  const bool pictures = plan.pixel || !a.vae.empty();
-  const sample::OutputKind kind = sample::output_kind(a.out, pictures, a.vae.empty() ? shape.front() : 3);
-  const bool replaces =
-      sample::check_output(a.out, kind, {io::weights_file_path(a.checkpoint), a.init_noise, a.deck.config_path});
-
-  // Labels: a row of per_class samples for each class.
-  std::vector<int64_t> labels;
-  for (int64_t c : classes)
-    for (int k = 0; k < a.per_class; ++k) labels.push_back(c);
-  const int64_t N = static_cast<int64_t>(labels.size());
+// Class-conditional images. Everything a user can get wrong is checked (on every rank alike) before any work starts:
+// the plan, the classes, the output.
+void run_sample_classes(const SampleArgs& a, const config::Deck& deck, const std::string& recorded,
+                        const SampleRanks& ranks) {
+  std::unique_ptr<models::Model> model;
+  std::unique_ptr<sample::Sampler> sampler;
+  sample::SamplePlan plan;
+  std::vector<int64_t> classes, labels;
+  sample::OutputKind kind{};
+  bool replaces = false;
   models::Condition cond;
-  cond.labels = at::tensor(labels);
-  std::vector<int64_t> noise_shape = {N};
-  noise_shape.insert(noise_shape.end(), shape.begin(), shape.end());
   at::Tensor noise;
-  if (!a.init_noise.empty()) {
-    auto file = io::load_safetensors(a.init_noise);
-    auto it = file.tensors.find("noise");
-    if (it == file.tensors.end()) throw Error(cat(a.init_noise, ": no tensor named 'noise'"));
-    if (it->second.sizes() != at::IntArrayRef(noise_shape))
-      throw Error(cat(a.init_noise, ": noise has shape ", it->second.sizes(), ", expected ",
-                      at::IntArrayRef(noise_shape), " (", N, " samples)"));
-    noise = it->second.to(at::kFloat);
-    if (const auto bad = nonfinite_rows(noise); !bad.empty())
-      throw Error(cat(a.init_noise, ": noise row ", bad.front(), " (for ", describe_row(bad.front(), labels,
-                      a.per_class, a, plan.seed), ") holds NaN or Inf"));
+  at::Generator gen;
+  const at::Device device = ranks.device();
+  const bool gpu = device.is_cuda();
+  ranks.world().agree([&] {
+    model = sample_model(a, deck, recorded, std::nullopt);  // described: no memory yet
+    const models::ConditionSpec spec = model->condition_spec();
+    if (!a.prompts.empty() || !a.prompts_file.empty())
+      throw Error(cat("--prompt/--prompts: a ", model->type(), " model is class-conditional; give --classes"));
+    plan = sample::make_plan(deck, a.options);
+    ranks.check(*model, plan);
+    if (a.per_class < 1) throw Error(cat("--per-class ", a.per_class, ": expected >= 1"));
+    classes = sample::parse_classes(a.classes, spec.num_classes);
+    const std::vector<int64_t> shape = model->sample_shape();
+    // A latent model's samples become pictures through the VAE (--vae), checked now (headers only) so that a wrong
+    // folder or a latent width the VAE does not take fails before the sampling does.
+    if (!a.vae.empty()) {
+      if (plan.pixel) throw Error("--vae: this model samples pixels already; there is nothing to decode");
+      const encode::LoadedVae v = encode::load_vae(
+          a.vae, at::TensorOptions(encode::parse_dtype(a.vae_dtype, "--vae-dtype")).device(at::kMeta));
+      if (v.model->config().latent_channels != shape.front())
+        throw Error(cat("--vae ", a.vae, ": its latents have ", v.model->config().latent_channels,
+                        " channels; the model samples ", shape.front()));
+      if (!ends_with(a.out, ".png"))
+        throw Error(cat("--out ", a.out, ": with --vae the samples are decoded to a PNG grid (NAME.png); without "
+                        "--vae they are written as latents (NAME.safetensors)"));
+    }
+    const bool pictures = plan.pixel || !a.vae.empty();
+    kind = sample::output_kind(a.out, pictures, a.vae.empty() ? shape.front() : 3);
+    replaces =
+        sample::check_output(a.out, kind, {io::weights_file_path(a.checkpoint), a.init_noise, a.deck.config_path});
+    // Labels: a row of per_class samples for each class.
+    for (int64_t c : classes)
+      for (int k = 0; k < a.per_class; ++k) labels.push_back(c);
+    const int64_t N = static_cast<int64_t>(labels.size());
+    cond.labels = at::tensor(labels);
+    std::vector<int64_t> noise_shape = {N};
+    noise_shape.insert(noise_shape.end(), shape.begin(), shape.end());
+    if (!a.init_noise.empty()) {
+      auto file = io::load_safetensors(a.init_noise);
+      auto it = file.tensors.find("noise");
+      if (it == file.tensors.end()) throw Error(cat(a.init_noise, ": no tensor named 'noise'"));
+      if (it->second.sizes() != at::IntArrayRef(noise_shape))
+        throw Error(cat(a.init_noise, ": noise has shape ", it->second.sizes(), ", expected ",
+                        at::IntArrayRef(noise_shape), " (", N, " samples)"));
+      noise = it->second.to(at::kFloat);
+      if (const auto bad = nonfinite_rows(noise); !bad.empty())
+        throw Error(cat(a.init_noise, ": noise row ", bad.front(), " (for ", describe_row(bad.front(), labels,
+                        a.per_class, a, plan.seed), ") holds NaN or Inf"));
+    }
+    gen = at::detail::createCPUGenerator(static_cast<uint64_t>(plan.seed));
+    if (!noise.defined()) noise = at::randn(noise_shape, gen);
+    model = sample_model(a, deck, recorded, uint64_t{0});
+    const io::WeightsFile weights = io::read_weights(a.checkpoint);
+    model->load_state_dict(model->import_weights(weights.tensors, weights.path), a.checkpoint);
+    sampler = std::make_unique<sample::Sampler>(*model, plan, device);
+  });
+  ranks.apply(*model, *sampler);
+  const int64_t N = static_cast<int64_t>(labels.size());
+  if (ranks.root()) {
+    std::fprintf(stderr, "sampling %lld images (%zu classes x %d) with %s, %s %s, cfg %s, %s, on %s%s\n  %s\n",
+                 (long long)N, classes.size(), a.per_class, a.checkpoint.c_str(), plan.sampler_name(),
+                 plan.steps.c_str(), shortest(plan.cfg_scale).c_str(), plan.dtype_name(),
+                 gpu ? (sampler->graph_wanted() ? "GPU (CUDA graph)" : "GPU") : "CPU", ranks.describe(*model).c_str(),
+                 model->describe().c_str());
+    if (replaces) std::fprintf(stderr, "  replaces %s\n", a.out.c_str());
   }
-  at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(plan.seed));
-  if (!noise.defined()) noise = at::randn(noise_shape, gen);
 
-  const bool gpu = pick_gpu(deck.get_string("parallel.device"), "parallel.device =");  // auto: a GPU if visible
-  const at::Device device = gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  model = sample_model(a, deck, recorded, uint64_t{0});
-  const io::WeightsFile weights = io::read_weights(a.checkpoint);
-  model->load_state_dict(model->import_weights(weights.tensors, weights.path), a.checkpoint);
-  sample::Sampler sampler(*model, plan, device);
-  std::fprintf(stderr, "sampling %lld images (%zu classes x %d) with %s, %s %s, cfg %s, %s, on %s\n  %s\n",
-               (long long)N, classes.size(), a.per_class, a.checkpoint.c_str(), plan.sampler_name(),
-               plan.steps.c_str(), shortest(plan.cfg_scale).c_str(), plan.dtype_name(),
-               gpu ? (sampler.graph_wanted() ? "GPU (CUDA graph)" : "GPU") : "CPU", model->describe().c_str());
-  if (replaces) std::fprintf(stderr, "  replaces %s\n", a.out.c_str());
-
-  Progress progress("sample", sampler.total_steps(N));
-  at::Tensor samples = sampler.run(noise, cond, gen, [&](int done, int) { progress.update(done); });  // [N, C, ...]
+  Progress progress("sample", sampler->total_steps(N), ranks.root());
+  at::Tensor samples = sampler->run(noise, cond, gen, [&](int done, int) { progress.update(done); });  // [N, C, ...]
   progress.finish();
+  if (!ranks.root()) return;  // every rank has the same samples: rank 0 writes them
   // A NaN or Inf is named by its row: which class, which of its samples, which noise (nothing is written).
   if (const auto bad = nonfinite_rows(samples); !bad.empty()) {
     std::vector<std::string> rows;
@@ -148,6 +190,30 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
                         {{"steps", plan.steps}, {"cfg_scale", shortest(plan.cfg_scale)},
                          {"seed", std::to_string(plan.seed)}});
   std::printf("wrote %s (%lld samples)\n", a.out.c_str(), (long long)N);
+}
+
+void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
+  const config::Deck deck = a.deck.load(mpi.world());
+  const SampleRanks ranks = sample_ranks(a, deck, mpi);
+  std::string recorded;
+  bool text = false;
+  ranks.world().agree([&] {
+    const std::map<std::string, std::string> metadata = io::read_weights_metadata(a.checkpoint);
+    recorded = io::recorded_model(metadata);
+    // Weights of another model type that record no config (a converter's output) and a deck that names no type:
+    // say so, instead of building the default model and failing on its names.
+    if (const auto format = metadata.find("format");
+        recorded.empty() && format != metadata.end() && deck.origin("model.type") == "default" &&
+        format->second.rfind("opendit.", 0) == 0 && format->second != "opendit." + deck.get_string("model.type")) {
+      const std::string type = format->second.substr(8);
+      throw Error(cat(a.checkpoint, ": ", type, " weights that record no model config: give the deck (model.type "
+                      "= \"", type, "\" and its sizes), or record it once with opendit convert ", a.checkpoint,
+                      " OUT.safetensors --set model.type=", type, " ..."));
+    }
+    text = sample_model(a, deck, recorded, std::nullopt)->condition_spec().kind == models::ConditionKind::Text;
+  });
+  if (text) return run_sample_text(a, deck, recorded, ranks);
+  run_sample_classes(a, deck, recorded, ranks);
 }
 
 }  // namespace
@@ -183,6 +249,8 @@ void add_sample(CLI::App& app, MpiRuntime& mpi) {
   cmd->add_option("--seed", a->options.seed, "Noise seed (default: sample.seed)");
   cmd->add_option("--init-noise", a->init_noise, "Start from this noise: .safetensors with 'noise' [N, C, H, W]");
   cmd->add_option("--batch", a->options.batch, "Samples per sampling loop (default: all; text-to-video: 2)");
+  cmd->add_flag("--cfg-parallel", a->cfg_parallel, "Guidance's two halves on two ranks (mpirun -np 2 x "
+                                                   "parallel.sp_size; default: sample.cfg_parallel)");
   cmd->add_flag("--no-graph", a->options.no_graph, "On a GPU, run each step eagerly instead of replaying a CUDA graph "
                                                   "(default: sample.cuda_graph)");
   cmd->callback([a, &mpi] { run_sample(*a, mpi); });

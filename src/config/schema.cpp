@@ -52,6 +52,9 @@ const Schema& base_schema() {
         {"sample.precision", Type::Choice, std::string("fp32"), "Network dtype while sampling: `fp32` (as the "
          "official sampler), or `bf16` (GPU speed: bf16 weights and activations; the diffusion arithmetic stays "
          "fp32).", -inf, inf, {"fp32", "bf16"}},
+        {"sample.cfg_parallel", Type::Bool, false, "Classifier-free guidance's conditional and unconditional halves "
+         "on two ranks (or two sp groups): run `opendit sample` on 2 x parallel.sp_size ranks. The same samples as "
+         "one rank's.", -inf, inf, {}},
         {"sample.cuda_graph", Type::Bool, true, "On a GPU, run each step's network call (forward and guidance) as "
          "a captured CUDA graph; `false` runs it eagerly (as `opendit sample --no-graph`).", -inf, inf, {}},
         {"run.name", Type::String, std::string("dit"), "Run name: its files go to out_dir/name.", -inf, inf, {}},
@@ -134,8 +137,16 @@ const Schema& base_schema() {
          "or `cuda`.", -inf, inf, {"auto", "cpu", "cuda"}},
         {"parallel.sp_size", Type::Int, int64_t{1},
          "Ranks per sequence-parallel group (contiguous ranks). The data-parallel size is world / sp_size, which "
-         "must divide.",
+         "must divide. The ranks of a group work on the same samples, each on 1/sp_size of every sample's tokens "
+         "(parallel.sp_mode).",
          1, 1 << 20, {}},
+        {"parallel.sp_mode", Type::Choice, std::string("auto"), "Sequence parallelism (sp_size > 1): `ulysses` "
+         "(all-to-all q, k, v to head shards), `fastseq` (all-gather of the attention input overlapped with the "
+         "local heads' qkv GEMM, all-to-all back), `dsp` (video models: frames or positions sharded, 2 all-to-alls "
+         "per block); `auto`: dsp for video models, ulysses for DiT. Frames, tokens and heads need not divide by "
+         "sp_size (padded and masked).", -inf, inf, {"auto", "ulysses", "fastseq", "dsp"}},
+        {"parallel.fastseq_chunks", Type::Int, int64_t{2}, "fastseq: the all-gather of the attention input in this "
+         "many pieces, each overlapped with the previous piece's qkv GEMM.", 1, 64, {}},
         {"parallel.watchdog_s", Type::Float, 900.0,
          "Seconds a training step, a checkpoint save or a collective may take before the watchdog names it and ends "
          "the job (a rank that died or hangs must not hold the others forever); 0 turns it off. Raise it when one "

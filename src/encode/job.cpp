@@ -87,7 +87,7 @@ int default_threads(const parallel::ProcessGroup& world) {
 void check_settings(const EncodeSettings& s) {
   if (s.input.empty()) throw Error("encode: no input: give a manifest (.csv, .jsonl) or an image folder");
   if (s.output.empty()) throw Error("encode: no output file (--output)");
-  if (s.vae.empty()) throw Error("encode: no VAE (--vae DIR)");
+  if (s.vae.empty()) throw Error("encode: no VAE (--vae DIR, or --vae pixel to store the pixels themselves)");
   if (s.batch < 1 || s.block < 1 || s.vae_micro_batch < 1)
     throw Error(cat("encode: batch, block and vae_micro_batch must be >= 1, found ", s.batch, ", ", s.block, ", ",
                     s.vae_micro_batch));
@@ -141,9 +141,12 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
   std::optional<LoadedT5> t5;
   std::string vae_config, t5_config;
   world.agree([&] {  // the encoders, on every rank's own device: wrong weights are everyone's error
-    const at::TensorOptions vopt = at::TensorOptions().device(device).dtype(s.vae_dtype);
-    vae = load_vae(s.vae, vopt);
-    vae_config = vae.config_json;
+    if (s.vae == kPixelSpace) {  // the pixels are the "latents": nothing to load
+      vae_config = kPixelSpace;
+    } else {
+      vae = load_vae(s.vae, at::TensorOptions().device(device).dtype(s.vae_dtype));
+      vae_config = vae.config_json;
+    }
     if (!s.text_encoder.empty()) {
       t5.emplace(load_t5(s.text_encoder, at::TensorOptions().device(device).dtype(s.t5_dtype)));
       t5_config = t5->config_json;
@@ -285,19 +288,27 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
   as.parts_dir = parts;
   as.blocks = rep.blocks;
   as.dtype = s.dtype;
-  as.mean_only = s.mean_only;
+  const bool pixel = s.vae == kPixelSpace;
+  as.mean_only = s.mean_only || pixel;  // pixels have no posterior
   as.text_dim = w.t5() ? w.t5()->model->config().d_model : 0;
   as.force_serial = s.force_serial;
-  const models::vae::VaeConfig& vc = w.vae().model->config();
   as.root_attrs = [&](io::H5Group& g) {
-    g.write_attr("space", "latent");
-    g.write_attr("scale_factor", vc.scaling_factor);
-    g.write_attr("shift_factor", vc.shift_factor);
+    if (pixel) {
+      g.write_attr("space", "pixel");
+      g.write_attr("scale_factor", 1.0);
+      g.write_attr("shift_factor", 0.0);
+      g.write_attr("vae", kPixelSpace);
+    } else {
+      const models::vae::VaeConfig& vc = w.vae().model->config();
+      g.write_attr("space", "latent");
+      g.write_attr("scale_factor", vc.scaling_factor);
+      g.write_attr("shift_factor", vc.shift_factor);
+      g.write_attr("vae", w.vae().folder);
+      g.write_attr("vae_config", vae_config);
+      g.write_attr("vae_files", join(w.vae().weight_files, "\n"));
+      g.write_attr("vae_dtype", io::dtype_name(s.vae_dtype));
+    }
     g.write_attr("source", in.origin);
-    g.write_attr("vae", w.vae().folder);
-    g.write_attr("vae_config", vae_config);
-    g.write_attr("vae_files", join(w.vae().weight_files, "\n"));
-    g.write_attr("vae_dtype", io::dtype_name(s.vae_dtype));
     if (w.t5()) {
       g.write_attr("text_encoder", w.t5()->folder);
       g.write_attr("text_encoder_config", t5_config);

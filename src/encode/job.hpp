@@ -20,6 +20,9 @@
 
 namespace opendit::encode {
 
+// --vae pixel: no VAE; the preprocessed pixels are stored as the samples (space = "pixel", no posterior).
+inline constexpr const char* kPixelSpace = "pixel";
+
 struct EncodeSettings {
   std::string input, output, vae, text_encoder;  // text_encoder: needed exactly when the manifest has captions
   PrepareSettings prepare;

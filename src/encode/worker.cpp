@@ -80,14 +80,17 @@ void Worker::launch(const std::vector<int64_t>& ids, std::vector<at::Tensor>& pi
     p.begin->record(stream());
   }
   const at::Tensor x = p.host_in.to(device_, /*non_blocking=*/true).to(s_.vae_dtype);
-  const models::vae::Posterior post = models::vae::encode(*vae_.model, x, {s_.vae_micro_batch});
+  // --vae pixel: the pixels themselves, [n, 3, (T,) S, S] in [-1, 1], are stored (no posterior).
+  models::vae::Posterior post;
+  if (vae_.model) post = models::vae::encode(*vae_.model, x, {s_.vae_micro_batch});
+  else post.mean = x;
   auto back = [&](const at::Tensor& t) {
     at::Tensor h = at::empty(t.sizes(), at::TensorOptions(s_.dtype).pinned_memory(gpu));
     h.copy_(t.to(s_.dtype), /*non_blocking=*/true);  // converted on the device, then copied
     return h;
   };
   p.mean = back(post.mean);
-  if (!s_.mean_only) p.logvar = back(post.logvar);
+  if (!mean_only()) p.logvar = back(post.logvar);
   if (gpu) {
     p.done.emplace(device_.type(), c10::EventFlag::BACKEND_DEFAULT);
     p.done->record(stream());
@@ -162,10 +165,10 @@ EncodedBlock Worker::encode(int64_t index) {
     for (Pending& p : list) {
       g.inputs.insert(g.inputs.end(), p.ids.begin(), p.ids.end());  // chunks in order: ascending
       means.push_back(p.mean);
-      if (!s_.mean_only) logvars.push_back(p.logvar);
+      if (!mean_only()) logvars.push_back(p.logvar);
     }
     g.mean = at::cat(means);
-    if (!s_.mean_only) g.logvar = at::cat(logvars);
+    if (!mean_only()) g.logvar = at::cat(logvars);
     blk.groups.push_back(std::move(g));
   }
   if (t5_) {

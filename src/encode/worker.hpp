@@ -28,6 +28,7 @@ class Worker {
   EncodedBlock encode(int64_t block);  // the next of this rank's blocks, in order
   void stop();                         // stops decoding ahead (a job that ends early)
   const LoadedVae& vae() const { return vae_; }
+  bool mean_only() const { return s_.mean_only || !vae_.model; }  // --vae pixel: no posterior
   const std::optional<LoadedT5>& t5() const { return t5_; }
 
   // Seconds waiting for decoded inputs; in encode(); of host time in the encoders; of the VAE's GPU work (copies in

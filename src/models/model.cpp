@@ -137,4 +137,21 @@ StateDict Model::export_weights(const StateDict& official, const std::string& la
                   join(layouts(), ", "), ")"));
 }
 
+void Model::set_sequence_parallel(const layers::SeqParallel& sp) {
+  if (sp.on()) {
+    const std::string problem = sp_mode_problem(sp.mode);
+    if (!problem.empty()) throw Error(problem);
+  }
+  sp_ = sp;
+}
+
+layers::SpMode resolve_sp_mode(const std::string& name, const Model& model) {
+  if (name == "auto")
+    return model.sp_mode_problem(layers::SpMode::Dsp).empty() ? layers::SpMode::Dsp : layers::SpMode::Ulysses;
+  const layers::SpMode mode = layers::parse_sp_mode(name);
+  const std::string problem = model.sp_mode_problem(mode);
+  if (!problem.empty()) throw Error(problem);
+  return mode;
+}
+
 }  // namespace opendit::models

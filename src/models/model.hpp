@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "models/layers/seq_parallel.hpp"
+
 namespace opendit::models {
 
 using StateDict = std::map<std::string, at::Tensor>;
@@ -47,6 +49,11 @@ struct ConditionSpec {
 // Trainable: optimised. Buffer: frozen, part of every state dict and required in weights (STDiT's null caption).
 // Recomputed: frozen and computed from the config (position tables); weights may omit it.
 enum class ParamKind { Trainable, Buffer, Recomputed };
+
+class Model;
+// parallel.sp_mode for `model`: "auto" (dsp when the model takes it, else ulysses) or a mode by name; an unknown
+// name or a mode the model cannot run is one opendit::Error.
+layers::SpMode resolve_sp_mode(const std::string& name, const Model& model);
 
 // Random conditions of n samples for benchmarks: labels in [0, num_classes), or captions [n, L, C] ~ N(0, 1) with
 // every token valid (the most work a caption can cost).
@@ -94,6 +101,13 @@ class Model {
   // Activation recompute of the first `blocks` blocks in backward (-1: all): memory traded for one more forward.
   virtual void set_recompute_blocks(int blocks) = 0;
   virtual int depth() const = 0;
+  // Sequence parallelism over the ranks of sp.comm (every rank of the group calls forward() with the same whole
+  // samples and gets the same whole output; each computes 1/P of the tokens). A mode the model has no use for is
+  // one opendit::Error (DiT: dsp, which needs a temporal axis).
+  void set_sequence_parallel(const layers::SeqParallel& sp);
+  const layers::SeqParallel& sequence_parallel() const { return sp_; }
+  // Why this model cannot run `mode` ("" when it can).
+  virtual std::string sp_mode_problem(layers::SpMode mode) const { return ""; }
 
   // ---- parameters -----------------------------------------------------------------------------------------------
   const std::vector<Param>& parameters() const { return params_; }  // state-dict order
@@ -119,6 +133,7 @@ class Model {
 
  protected:
   Model() = default;
+  layers::SeqParallel sp_;
   // Layers declare their tensors here, in state-dict order.
   void add_param(const std::string& name, at::Tensor& tensor, ParamKind kind = ParamKind::Trainable);
   // What a mismatching state dict looks like (e.g. "The weights look like DiT-S/2 ..."); appended to load errors.

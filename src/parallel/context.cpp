@@ -22,15 +22,15 @@ at::Device rank_device(const std::string& choice, const Mesh& mesh) {
   return device;
 }
 
-Communicator& ParallelContext::dp() const {
-  if (!dp_) dp_ = make_communicator(mesh_.dp(), device_);
+CountingCommunicator& ParallelContext::dp() const {
+  if (!dp_) dp_ = std::make_unique<CountingCommunicator>(make_communicator(mesh_.dp(), device_));
   return *dp_;
 }
 
-Communicator& ParallelContext::sp() const {
+CountingCommunicator& ParallelContext::sp() const {
   if (mesh_.sp_size() == 1)
     throw std::logic_error("ParallelContext::sp(): there is no sequence parallelism (sp_size 1)");
-  if (!sp_) sp_ = make_communicator(mesh_.sp(), device_);
+  if (!sp_) sp_ = std::make_unique<CountingCommunicator>(make_communicator(mesh_.sp(), device_));
   return *sp_;
 }
 

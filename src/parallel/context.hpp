@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "parallel/communicator.hpp"
+#include "parallel/counting_communicator.hpp"
 #include "parallel/mesh.hpp"
 
 namespace opendit::parallel {
@@ -28,13 +28,14 @@ class ParallelContext {
   // The tensor communicators of this rank's dp and sp groups (NCCL for a CUDA device, MPI for the CPU), made on the
   // first call: collective over the group, so every rank of it asks at the same point. A plan or a dry run that
   // never asks starts no NCCL. sp() throws when sp_size == 1.
-  Communicator& dp() const;
-  Communicator& sp() const;
+  // Both count their traffic (parallel/counting_communicator.hpp).
+  CountingCommunicator& dp() const;
+  CountingCommunicator& sp() const;
 
  private:
   const Mesh& mesh_;
   at::Device device_;
-  mutable std::unique_ptr<Communicator> dp_, sp_;
+  mutable std::unique_ptr<CountingCommunicator> dp_, sp_;
 };
 
 }  // namespace opendit::parallel

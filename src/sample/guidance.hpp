@@ -6,6 +6,7 @@
 
 #include "diffusion/gaussian_diffusion.hpp"
 #include "models/model.hpp"
+#include "parallel/communicator.hpp"
 
 namespace opendit::sample {
 
@@ -29,5 +30,12 @@ struct GuidanceOptions {
 // opendit::Error for s < 0 or mismatched conditions (now), and for a batch or output of the wrong size (when called).
 diffusion::Denoiser classifier_free_guidance(ConditionalDenoiser net, const models::Condition& cond,
                                              const models::Condition& null, const GuidanceOptions& options);
+
+// The same guidance with the two halves on two ranks (CFG-parallel, as xDiT does): rank 0 of `pair` runs the
+// conditional forward, rank 1 the unconditional one, an all-gather brings both to both, and each combines them as
+// above: the same result as one rank's, at half the batch per forward.
+diffusion::Denoiser classifier_free_guidance_parallel(ConditionalDenoiser net, const models::Condition& cond,
+                                                      const models::Condition& null, const GuidanceOptions& options,
+                                                      parallel::Communicator& pair);
 
 }  // namespace opendit::sample

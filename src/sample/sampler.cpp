@@ -37,7 +37,9 @@ diffusion::Denoiser Sampler::denoiser(const models::Condition& cond, const model
   GuidanceOptions opt;
   opt.scale = plan_.cfg_scale;
   opt.guide_first_channels_only3 = plan_.guide_first3;
-  return classifier_free_guidance(net, cond, null.batch() > 0 ? null : model_.null_condition(cond), opt);
+  const models::Condition uncond = null.batch() > 0 ? null : model_.null_condition(cond);
+  if (cfg_pair_) return classifier_free_guidance_parallel(net, cond, uncond, opt, *cfg_pair_);
+  return classifier_free_guidance(net, cond, uncond, opt);
 }
 
 at::Tensor Sampler::run(const at::Tensor& noise, const models::Condition& cond, at::Generator generator,

@@ -11,6 +11,7 @@
 
 #include "diffusion/gaussian_diffusion.hpp"
 #include "models/model.hpp"
+#include "parallel/communicator.hpp"
 #include "sample/plan.hpp"
 
 namespace opendit::sample {
@@ -19,11 +20,17 @@ class Sampler {
  public:
   // Moves the model to `device` in the plan's dtype, chooses the GPU attention kernel and builds the diffusion.
   Sampler(models::Model& model, const SamplePlan& plan, at::Device device);
+  // CFG-parallel: the two halves of guidance on the 2 ranks of `pair` (every rank gets the same samples). Together
+  // with sequence parallelism (set on the model) each half runs over its sp group. Collectives are not captured
+  // into CUDA graphs: either turns the graph off.
+  void set_cfg_parallel(parallel::Communicator* pair) { cfg_pair_ = pair; }
 
   const diffusion::GaussianDiffusion& diffusion() const { return diffusion_; }
   const SamplePlan& plan() const { return plan_; }
   at::Device device() const { return device_; }
-  bool graph_wanted() const { return device_.is_cuda() && plan_.cuda_graph; }
+  bool graph_wanted() const {
+    return device_.is_cuda() && plan_.cuda_graph && !cfg_pair_ && !model_.sequence_parallel().on();
+  }
   // The sampling steps run() takes for n samples (over all its batches).
   int64_t total_steps(int64_t n) const;
   // The last run's CUDA graph: "on" (replayed), "off" (not asked for, or the CPU), "failed" (a capture failed and
@@ -47,6 +54,7 @@ class Sampler {
   at::Device device_;
   diffusion::GaussianDiffusion diffusion_;
   std::string graph_state_ = "off";
+  parallel::Communicator* cfg_pair_ = nullptr;
 };
 
 }  // namespace opendit::sample

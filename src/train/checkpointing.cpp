@@ -60,6 +60,12 @@ void Trainer::save() {
   std::map<std::string, at::Tensor> frozen;  // never updated by training: no copy needed beyond the dtype
   for (const auto& [name, t] : frozen_) frozen[name] = t->to(at::kCPU, at::kFloat);
   const bool root = ctx_.mesh().rank() == 0;
+  // With sequence parallelism the sp groups hold the same state: the dp group of sp rank 0 writes, the others go on.
+  const bool writer = ctx_.mesh().coord().sp_rank == 0, agree_world = ctx_.mesh().sp_size() > 1;
+  if (!writer) {
+    if (!(s_.async_checkpoint && parallel::mpi_thread_multiple()) && agree_world) agree_on_write("");
+    return;
+  }
   if (s_.async_checkpoint && !writer_group_) {
     if (parallel::mpi_thread_multiple()) {
       writer_group_ = std::make_unique<parallel::ProcessGroup>(ctx_.mesh().dp().dup());
@@ -100,13 +106,41 @@ void Trainer::save() {
     else
       std::fprintf(stderr, "checkpoint: %s (training paused %.2f s)\n", path.c_str(), paused + seconds_since(t0));
   };
-  if (background)
+  if (background) {
     writing_ = std::async(std::launch::async, std::move(write));
-  else
+  } else if (agree_world) {
+    std::string error;
+    try {
+      write();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    agree_on_write(error);
+  } else {
     write();
+  }
+}
+
+void Trainer::agree_on_write(const std::string& error) {
+  ctx_.world().agree([&] {
+    if (!error.empty()) throw Error(error);
+  });
 }
 
 void Trainer::finish_save() {
+  if (ctx_.mesh().sp_size() > 1) {  // only sp rank 0's dp group writes: its error reaches every rank
+    std::string error;
+    if (writing_.valid()) {
+      parallel::Watch watch("waiting for the background checkpoint write");
+      try {
+        writing_.get();
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    }
+    agree_on_write(error);
+    return;
+  }
   if (!writing_.valid()) return;
   parallel::Watch watch("waiting for the background checkpoint write");
   writing_.get();  // rethrows the writer's error: the writers agree, so every rank throws alike

@@ -113,10 +113,9 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
   // Every rank reads the same deck: its errors are everyone's.
   ctx.world().agree([&] {
     s_ = train_settings_from(deck, dp);
-    if (mesh.sp_size() > 1)
-      throw Error("parallel.sp_size > 1: sequence parallelism is not implemented for training yet; use sp_size = 1");
     model_ = models::make_model(deck, std::nullopt);  // described, not built: the plan and a dry run need no memory
     cond_spec_ = model_->condition_spec();
+    if (mesh.sp_size() > 1) sp_mode_ = models::resolve_sp_mode(deck.get_string("parallel.sp_mode"), *model_);
     if (s_.checkpoint_blocks > model_->depth())
       throw Error(cat("train.checkpoint_blocks = ", s_.checkpoint_blocks, " exceeds the model's ", model_->depth(),
                       " blocks"));
@@ -150,14 +149,18 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
                                                                  : cat(data_samples_, " of ", dataset_->size());
     std::printf("%-22s %s\n%-22s %lld (%.1f M)\n%-22s %s samples of %s (%s)\n"
                 "%-22s %lld = %d dp x %lld accumulation x %lld\n%-22s %lld (%.2f epochs)\n"
-                "%-22s %s, %s, lr %g (%s, warmup %lld), grad clip %g, EMA %g\n%-22s %s\n%-22s %s\n\n",
+                "%-22s %s, %s, lr %g (%s, warmup %lld), grad clip %g, EMA %g\n%-22s %s\n%-22s %s\n",
                 "model", model_->describe().c_str(), "parameters", (long long)n, n / 1e6, "data",
                 used.c_str(), s_.data_path.c_str(), "float32 after read", "global batch",
                 (long long)s_.global_batch, dp, (long long)s_.accumulation, (long long)local, "steps",
                 (long long)s_.steps, epochs, "optimizer", s_.bf16 ? "bf16 compute / fp32 master" : "fp32",
                 dp_strategy_name(s_.dp.strategy), s_.dp.adamw.lr, s_.lr_schedule.c_str(), (long long)s_.warmup_steps,
                 s_.dp.max_grad_norm, s_.dp.ema_decay, "mesh", mesh.describe().c_str(), "device",
-                ctx.gpu() ? (std::to_string(dp) + " x " + gpu_name_).c_str() : "CPU");
+                ctx.gpu() ? (std::to_string(mesh.world_size()) + " x " + gpu_name_).c_str() : "CPU");
+    if (mesh.sp_size() > 1)
+      std::printf("%-22s %s over %d ranks per sample (gradients summed over them, then averaged over dp)\n",
+                  "sequence parallel", models::layers::sp_mode_name(sp_mode_), mesh.sp_size());
+    std::printf("\n");
   }
   if (!options.dry_run) build();
 }
@@ -175,6 +178,11 @@ void Trainer::build() {
   if (ctx_.gpu()) models::layers::set_attention_backend(deck_.get_string("model.attention"));
   model_->to(at::TensorOptions().device(ctx_.device()));
   model_->set_requires_grad(true);
+  if (mesh.sp_size() > 1) {
+    models::layers::SeqParallel sp;
+    sp.comm = &ctx_.sp(), sp.mode = sp_mode_, sp.chunks = static_cast<int>(deck_.get_int("parallel.fastseq_chunks"));
+    model_->set_sequence_parallel(sp);
+  }
   params_ = std::make_unique<FlatParams>(FlatParams::trainable(*model_, &frozen_), mesh.dp_size(),
                                          mesh.coord().dp_rank);
   if (s_.bf16) {
@@ -255,12 +263,15 @@ bool Trainer::step() {
     };
     at::Tensor loss = diffusion_->training_losses(net, x0, t, noise).loss.mean() / double(s_.accumulation);
     timer_->switch_to(Phase::Backward);
-    loss.backward();
+    // Every rank of an sp group computed the same loss: each backpropagates 1/sp of it, and the group's gradients
+    // are summed below (models/layers/seq_parallel.hpp).
+    (mesh.sp_size() > 1 ? loss / double(mesh.sp_size()) : loss).backward();
     loss_sum = m == 0 ? loss.detach() : loss_sum + loss.detach();
   }
   const double step_loss = loss_sum.item<double>();
   timer_->switch_to(Phase::Comm);
   params_->gather_grads();  // most gradients were streamed into the flat buffer during backward
+  if (mesh.sp_size() > 1) ctx_.sp().all_reduce(params_->grad(), parallel::ReduceOp::Sum);
   opt_->reduce_grads();
   const double norm = opt_->global_grad_norm();
   const double loss_avg = mesh.dp().all_reduce(step_loss, parallel::ReduceOp::Sum) / dp;
@@ -401,6 +412,7 @@ int Trainer::run() {
     return kExitStopped;
   }
   progress.finish();
+  traffic_ = {ctx_.dp().counts(), ctx_.mesh().sp_size() > 1 ? ctx_.sp().counts() : parallel::CollectiveCounts{}};
   timer_->switch_to(Phase::Checkpoint);
   finish_save();
   if (options_.no_save) {
@@ -409,11 +421,21 @@ int Trainer::run() {
     export_weights();
   }
   const std::string table = timer_->report(ctx_.world());
-  if (root)
+  if (root) {
     std::printf("\ntime per phase over %d ranks (%lld timed steps: every train.log_every-th, device-synchronized; "
                 "checkpoints: all):\n%s",
                 ctx_.mesh().world_size(), (long long)timer_->timed_steps(), table.c_str());
+    print_traffic();
+  }
   return 0;
+}
+
+void Trainer::print_traffic() const {
+  const double steps = std::max<int64_t>(1, step_ - resumed_at_);
+  std::printf("collectives per step (rank 0, bytes handed in):\n  %-4s %s\n", "dp",
+              parallel::describe_counts(traffic_[0], steps).c_str());
+  if (ctx_.mesh().sp_size() > 1)
+    std::printf("  %-4s %s\n", "sp", parallel::describe_counts(traffic_[1], steps).c_str());
 }
 
 int train(const config::Deck& deck, const parallel::Mesh& mesh, const TrainOptions& options) {

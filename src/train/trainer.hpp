@@ -15,6 +15,7 @@
 //   trainer.export_weights();
 // run() is that loop with checkpoints, the progress line and the closing phase table.
 #pragma once
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -82,6 +83,7 @@ class Trainer {
   // host memory and written by a background thread; the next save() or finish_save() waits for it.
   void save();
   void finish_save();  // collective: waits for the background write (its error, every rank's, is thrown here)
+                       // (with sp > 1 over the world: only sp rank 0's dp group writes)
   void export_weights();  // collective: model.safetensors and ema.safetensors in the run folder
   // The whole run: steps with logs, checkpoints and the progress line, the exported weights, the phase table.
   // Returns 0, or kExitStopped (core/stop_request.hpp) when SIGTERM, SIGINT or SIGUSR1 stopped it: the ranks agree
@@ -100,6 +102,8 @@ class Trainer {
   void check_space(bool at_start);   // collective: room for one more checkpoint, else a clear error
   io::ShardedState snapshot();  // this rank's state in host buffers of its own (reused from one save to the next)
   void prepare_snapshot();      // allocates those buffers up front (pinned on GPU: seconds for a large model)
+  void print_traffic() const;
+  void agree_on_write(const std::string& error);  // collective over the world: a writer's error stops every rank  // rank 0: the collectives of the dp and sp groups per step
   void profile_begin();
   void profile_end(int64_t step_number);
 
@@ -109,6 +113,7 @@ class Trainer {
   TrainSettings s_;
   std::unique_ptr<models::Model> model_;  // described (meta) until build()
   models::ConditionSpec cond_spec_;
+  models::layers::SpMode sp_mode_ = models::layers::SpMode::Ulysses;  // with sp_size > 1
   std::shared_ptr<io::LatentDataset> dataset_;
   int64_t data_samples_ = 0;  // in the buckets of the model's shape
   std::unique_ptr<io::DataLoader> loader_;
@@ -127,6 +132,7 @@ class Trainer {
   std::chrono::steady_clock::time_point window_start_, run_start_;
   std::future<StepRandom> next_random_;
   std::unique_ptr<PhaseTimer> timer_;
+  std::array<parallel::CollectiveCounts, 2> traffic_{};  // dp, sp: the training loop's, for the closing table
   std::unique_ptr<OpProfiler> profiler_;
   std::ofstream metrics_;
   std::unique_ptr<RunFolder> folder_;

@@ -76,10 +76,12 @@ DiT::Block DiT::Block::from(const std::vector<at::Tensor>& t, size_t i) {
 }
 
 // The adaLN chunks stay [N, D] views of one [N, 6D] tensor (the fused ops read them strided).
-at::Tensor DiT::Block::forward(const at::Tensor& x, const at::Tensor& silu_c, int64_t heads) const {
+// With sequence parallelism x is this rank's [N, T/P, D] of `tokens` (the rest padding).
+at::Tensor DiT::Block::forward(const at::Tensor& x, const at::Tensor& silu_c, int64_t heads, int64_t tokens,
+                               const layers::SeqParallel& sp) const {
   auto mod = ada(silu_c).chunk(6, 1);  // shift, scale, gate for attention, then for the MLP: 6 x [N, D]
-  at::Tensor a = layers::self_attention(layers::norm_modulate_linear(x, mod[0], mod[1], qkv.w, qkv.b, 1e-6),
-                                        heads);                                             // [N, T, D]
+  at::Tensor a = layers::projected_self_attention(x, mod[0], mod[1], qkv.w, qkv.b, heads,
+                                                  sp.on() ? tokens : -1, sp);               // [N, T, D]
   at::Tensor out = layers::gated_residual(x, proj(a), mod[2]);
   at::Tensor m = layers::norm_modulate_mlp(out, mod[3], mod[4], fc1.w, fc1.b, fc2.w, fc2.b, 1e-6);
   return layers::gated_residual(out, m, mod[5]);                                            // [N, T, D]
@@ -96,6 +98,9 @@ at::Tensor DiT::forward(const at::Tensor& x, const at::Tensor& t, const Conditio
               "DiT expects t and labels of shape [", N, "], got ", t.sizes(), " and ",
               y.defined() ? y.sizes() : at::IntArrayRef{});
   at::Tensor h = (x_embedder_(x) + pos_embed_).contiguous();                                // [N, T, D]
+  const int64_t tokens = h.size(1);
+  const layers::SeqParallel sp = sp_;
+  h = layers::sp_split(h, 1, sp);                                                           // [N, T/P, D]
   at::Tensor c = t_embedder_(t) + y_table_.index_select(0, y.to(at::kLong));                 // [N, D]
   at::Tensor silu_c = at::silu(c);  // every adaLN_modulation starts with SiLU
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -106,13 +111,23 @@ at::Tensor DiT::forward(const at::Tensor& x, const at::Tensor& t, const Conditio
       std::vector<at::Tensor> in = {h, silu_c};
       for (const at::Tensor& p : b.tensors()) in.push_back(p);
       h = layers::recomputed(
-          [heads](const std::vector<at::Tensor>& in) { return Block::from(in, 2).forward(in[0], in[1], heads); }, in);
+          [heads, tokens, sp](const std::vector<at::Tensor>& in) {
+            return Block::from(in, 2).forward(in[0], in[1], heads, tokens, sp);
+          },
+          in);
     } else {
-      h = b.forward(h, silu_c, heads);
+      h = b.forward(h, silu_c, heads, tokens, sp);
     }
   }
+  h = layers::sp_gather(h, 1, tokens, sp);                                                  // [N, T, D]
   h = final_layer_(h, silu_c);                                                              // [N, T, p p Co]
   return layers::unpatchify_2d(h, g, g, cfg_.patch_size, cfg_.out_channels());             // [N, Co, H, W]
+}
+
+std::string DiT::sp_mode_problem(layers::SpMode mode) const {
+  if (mode != layers::SpMode::Dsp) return "";
+  return "parallel.sp_mode = \"dsp\" shards a video's frames or positions; a DiT has no temporal axis: use ulysses "
+         "or fastseq";
 }
 
 double DiT::forward_flops(const std::vector<int64_t>& shape) const {

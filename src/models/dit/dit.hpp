@@ -40,6 +40,7 @@ class DiT : public Model {
   // x [N, C_in, H, W], t [N] float, cond.labels [N] int64 in [0, num_classes] -> [N, C_out, H, W].
   at::Tensor forward(const at::Tensor& x, const at::Tensor& t, const Condition& cond) const override;
   void set_recompute_blocks(int blocks) override { recompute_blocks_ = blocks; }
+  std::string sp_mode_problem(layers::SpMode mode) const override;  // dsp: no temporal axis
   int depth() const override { return cfg_.depth; }
 
   std::vector<std::string> layouts() const override { return {"opendit", "diffusers"}; }
@@ -57,7 +58,8 @@ class DiT : public Model {
     std::vector<at::Tensor> tensors() const;
     static Block from(const std::vector<at::Tensor>& t, size_t first);  // the inverse, from t[first...]
     // x [N, T, D], silu_c [N, D] -> [N, T, D]
-    at::Tensor forward(const at::Tensor& x, const at::Tensor& silu_c, int64_t heads) const;
+    at::Tensor forward(const at::Tensor& x, const at::Tensor& silu_c, int64_t heads, int64_t tokens,
+                       const layers::SeqParallel& sp) const;
   };
   void init_weights(uint64_t seed);
 

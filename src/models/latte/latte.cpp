@@ -106,13 +106,14 @@ Latte::Block Latte::Block::from(const std::vector<at::Tensor>& t, size_t i, bool
 }
 
 at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, const at::Tensor& y,
-                                 const at::Tensor& mask, int64_t heads, int64_t groups) const {
+                                 const at::Tensor& mask, int64_t heads, int64_t groups, int64_t valid,
+                                 const layers::SeqParallel& sp) const {
   const int64_t B = x.size(0), D = x.size(2);
   const at::Tensor mod = table.unsqueeze(0) + t0.view({B, 6, D});                      // [B, 6, D]
   auto m = [&](int64_t j) { return mod.select(1, j); };
   // to_q, to_k, to_v packed into one GEMM (their gradients flow back through the cat).
   const at::Tensor w = at::cat({q.w, k.w, v.w}), bias = at::cat({q.b, k.b, v.b});
-  at::Tensor a = layers::self_attention(layers::norm_modulate_linear(x, m(0), m(1), w, bias, 1e-6), heads);
+  at::Tensor a = layers::projected_self_attention(x, m(0), m(1), w, bias, heads, valid, sp);
   at::Tensor h = layers::gated_residual(x, o(a), m(2));
   if (cross) {
     // Cross-attention on the un-normalised x (PixArt's ada_norm_single block), no gate; each sample's frames
@@ -126,16 +127,19 @@ at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
   return layers::gated_residual(h, f, m(5));
 }
 
-at::Tensor Latte::run_block(const Block& b, bool recompute, const at::Tensor& x, const at::Tensor& t0,
-                            const at::Tensor& y, const at::Tensor& mask, int64_t groups) const {
+at::Tensor Latte::run_block(const Block& b, bool recompute, const at::Tensor& x_in, const at::Tensor& t0,
+                            const at::Tensor& y, const at::Tensor& mask, int64_t groups, int64_t valid,
+                            const layers::SeqParallel& sp_in) const {
   const int64_t heads = cfg_.num_heads;
-  if (!recompute || !at::GradMode::is_enabled()) return b.forward(x, t0, y, mask, heads, groups);
+  const layers::SeqParallel sp = sp_in;
+  const at::Tensor x = x_in.contiguous();  // the fused kernels take contiguous tokens
+  if (!recompute || !at::GradMode::is_enabled()) return b.forward(x, t0, y, mask, heads, groups, valid, sp);
   std::vector<at::Tensor> in = {x, t0, y, mask};
   for (const at::Tensor& p : b.tensors()) in.push_back(p);
   const bool cross = b.cross;
   return layers::recomputed(
       [=](const std::vector<at::Tensor>& in) {
-        return Block::from(in, 4, cross).forward(in[0], in[1], in[2], in[3], heads, groups);
+        return Block::from(in, 4, cross).forward(in[0], in[1], in[2], in[3], heads, groups, valid, sp);
       },
       in);
 }
@@ -153,20 +157,46 @@ at::Tensor Latte::forward(const at::Tensor& x, const at::Tensor& t, const Condit
   const at::Tensor mask = cond.text_mask.defined()
                               ? cond.text_mask.to(at::kBool)
                               : at::ones({N, cond.text.size(1)}, cond.text.options().dtype(at::kBool));
-  // Frames through the 2D patch embedding: [N T, S, D].
+  // Frames through the 2D patch embedding: [N T, S, D]; with sp a rank keeps its frames Tl (padded to a multiple
+  // of P) and, for dsp, S padded to Sp: [N Tl, S', D].
+  const layers::SeqParallel sp = sp_;
+  const bool dsp = sp.on() && sp.mode == layers::SpMode::Dsp;
+  const int64_t Tl = sp.local(T), Sx = dsp ? sp.padded(S) : S, Tp = Tl * sp.size();
   at::Tensor h = (x_embedder_(x.to(dtype).transpose(1, 2).reshape({N * T, C, H, H})) + pos_embed_).contiguous();
+  if (sp.on()) {
+    h = h.view({N, T, S, D});
+    if (Sx != S) h = at::constant_pad_nd(h, {0, 0, 0, Sx - S});
+    h = layers::sp_split(h, 1, sp).view({N * Tl, Sx, D});
+  }
+  at::Tensor tpe = temp_pos_embed_;  // [1, T, D]: the frames the temporal blocks see
+  if (sp.on()) {
+    tpe = at::constant_pad_nd(tpe, {0, 0, 0, Tp - T});
+    if (!dsp) tpe = tpe.narrow(1, sp.rank() * Tl, Tl);
+  }
   const at::Tensor temb = t_embedder_(t);                                                    // [N, D]
   const at::Tensor t0 = t_block_(at::silu(temb));                                            // [N, 6 D]
-  const at::Tensor t0_frames = t0.repeat_interleave(T, 0), t0_cells = t0.repeat_interleave(S, 0);
+  const int64_t Sl = dsp ? Sx / sp.size() : S;  // the positions a temporal block sees
+  const at::Tensor t0_frames = t0.repeat_interleave(Tl, 0), t0_cells = t0.repeat_interleave(Sl, 0);
   const at::Tensor y = y_proj_(cond.text.to(dtype));                                         // [N, L, D]
+  const int64_t s_valid = Sx != S ? S : -1, t_valid = Tp != T ? T : -1;
   for (int i = 0; i < cfg_.depth; ++i) {
     const bool recompute = recompute_blocks_ < 0 || i < recompute_blocks_;
-    h = run_block(spatial_[size_t(i)], recompute, h, t0_frames, y, mask, T);                // [N T, S, D]
-    at::Tensor ht = h.view({N, T, S, D}).transpose(1, 2);                                    // [N, S, T, D]
-    if (i == 0 && T > 1) ht = ht + temp_pos_embed_.view({1, 1, T, D});
-    ht = run_block(temporal_[size_t(i)], recompute, ht.reshape({N * S, T, D}), t0_cells, y, mask, 1);
-    h = ht.view({N, S, T, D}).transpose(1, 2).reshape({N * T, S, D});
+    h = run_block(spatial_[size_t(i)], recompute, h, t0_frames, y, mask, Tl, s_valid);      // [N Tl, S', D]
+    if (dsp) {
+      // Whole sequences of time for the temporal block (positions sharded), then back to whole frames.
+      at::Tensor ht = layers::sp_all_to_all(h.view({N, Tl, Sx, D}), 2, 1, sp).transpose(1, 2);  // [N, Sl, Tp, D]
+      if (i == 0 && T > 1) ht = ht + tpe.view({1, 1, Tp, D});
+      ht = run_block(temporal_[size_t(i)], recompute, ht.reshape({N * Sl, Tp, D}), t0_cells, y, mask, 1, t_valid);
+      h = layers::sp_all_to_all(ht.view({N, Sl, Tp, D}).transpose(1, 2), 1, 2, sp).reshape({N * Tl, Sx, D});
+      continue;
+    }
+    at::Tensor ht = h.view({N, Tl, S, D}).transpose(1, 2);                                   // [N, S, Tl, D]
+    if (i == 0 && T > 1) ht = ht + tpe.view({1, 1, Tl, D});
+    ht = run_block(temporal_[size_t(i)], recompute, ht.reshape({N * S, Tl, D}), t0_cells, y, mask, 1,
+                   sp.on() ? T : -1, sp);
+    h = ht.view({N, S, Tl, D}).transpose(1, 2).reshape({N * Tl, S, D});
   }
+  if (sp.on()) h = layers::sp_gather(h.view({N, Tl, Sx, D}), 1, T, sp).narrow(2, 0, S).reshape({N * T, S, D}).contiguous();
   h = final_layer_(h, temb.repeat_interleave(T, 0));                                        // [N T, S, p p Co]
   at::Tensor out = layers::unpatchify_2d(h, g, g, p, cfg_.out_channels);                     // [N T, Co, H, W]
   return out.view({N, T, cfg_.out_channels, H, H}).transpose(1, 2).contiguous();            // [N, Co, T, H, W]

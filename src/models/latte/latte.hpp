@@ -83,11 +83,14 @@ class Latte : public Model {
     std::vector<at::Tensor> tensors() const;
     static Block from(const std::vector<at::Tensor>& t, size_t first, bool cross);
     // x [B, Lq, D], mod_t0 [B, 6 D] (the timestep projection of each row's sample), y [N, L, D], mask [N, L]
+    // valid: the real sequence length when x carries sp padding (-1: none); sp: on when this block's sequences
+    // are sharded over the group (ulysses / fastseq temporal blocks), else off.
     at::Tensor forward(const at::Tensor& x, const at::Tensor& t0, const at::Tensor& y, const at::Tensor& mask,
-                       int64_t heads, int64_t groups) const;
+                       int64_t heads, int64_t groups, int64_t valid, const layers::SeqParallel& sp) const;
   };
   at::Tensor run_block(const Block& b, bool recompute, const at::Tensor& x, const at::Tensor& t0,
-                       const at::Tensor& y, const at::Tensor& mask, int64_t groups) const;
+                       const at::Tensor& y, const at::Tensor& mask, int64_t groups, int64_t valid = -1,
+                       const layers::SeqParallel& sp = {}) const;
   void init_weights(uint64_t seed);
 
   LatteConfig cfg_;

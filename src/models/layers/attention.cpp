@@ -10,13 +10,17 @@
 
 namespace opendit::models::layers {
 
-at::Tensor self_attention(const at::Tensor& qkv, int64_t heads) {
+at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid) {
   const int64_t N = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / 3, hd = D / heads;
   // unbind (not indexing): its backward stacks dq, dk, dv straight into one contiguous [N, T, 3, H, hd] gradient,
   // where three index backwards would each zero-fill and copy a full-size buffer and then be summed.
   auto q_k_v = qkv.view({N, T, 3, heads, hd}).unbind(2);                                   // 3 x [N, T, H, hd]
+  at::Tensor mask;  // [1, 1, 1, T] bool: padding keys hidden
+  if (valid >= 0 && valid < T)
+    mask = (at::arange(T, qkv.options().dtype(at::kLong)) < valid).view({1, 1, 1, T});
   at::Tensor a = at::scaled_dot_product_attention(q_k_v[0].transpose(1, 2), q_k_v[1].transpose(1, 2),
-                                                  q_k_v[2].transpose(1, 2));              // [N, H, T, hd]
+                                                  q_k_v[2].transpose(1, 2),
+                                                  mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt);
   return a.transpose(1, 2).reshape({N, T, D});                                             // [N, T, D]
 }
 

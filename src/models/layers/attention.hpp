@@ -1,7 +1,6 @@
 // Multi-head attention for the models: self-attention from a packed qkv projection and cross-attention to a
 // padded key sequence (caption tokens), both on at::scaled_dot_product_attention, and the choice of its GPU kernel.
-// Sequence parallelism will enter here, as a setting of the attention (which communicator, which algorithm); the
-// models around it do not change.
+// Sequence parallelism is a setting of the attention (models/layers/seq_parallel.hpp).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -11,8 +10,9 @@ namespace opendit::models::layers {
 
 // Self-attention over the tokens of each sample: qkv [N, T, 3 D] as the fused qkv linear writes it (q, then k, then
 // v; within each, head h at channels [h hd, (h + 1) hd)) -> [N, T, D], heads concatenated, before the output
-// projection. Scale hd^-1/2, no mask.
-at::Tensor self_attention(const at::Tensor& qkv, int64_t heads);
+// projection. Scale hd^-1/2. valid >= 0: only the first `valid` tokens are keys (the rest are sequence-parallel
+// padding; a mask then goes to the kernel), -1: every token.
+at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid = -1);
 
 // Cross-attention of queries q [N, T, D] to keys and values kv [N, L, 2 D] (k, then v: the packed kv linear),
 // where key_mask [N, L] (bool, true = attend) hides each sample's padding -> [N, T, D]. Each sample needs at least one

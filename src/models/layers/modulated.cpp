@@ -96,4 +96,9 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
   return GatedResidual::apply(x, y, gate);
 }
 
+at::Tensor norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
+  const at::Tensor n = at::layer_norm(x, {x.size(-1)}, {}, {}, eps);
+  return n * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+}
+
 }  // namespace opendit::models::layers

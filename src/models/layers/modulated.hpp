@@ -19,6 +19,9 @@ at::Tensor norm_modulate_mlp(const at::Tensor& x, const at::Tensor& shift, const
                              const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                              double eps);
 
+// LN(x) * (1 + scale) + shift on ATen ops (the input of a projection made elsewhere: fastseq) -> [N, T, D].
+at::Tensor norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
+
 // x + gate * y, y [N, T, D].
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
 

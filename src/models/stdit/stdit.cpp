@@ -105,22 +105,35 @@ STDiT::Block STDiT::Block::from(const std::vector<at::Tensor>& t, size_t i) {
   return b;
 }
 
+// x [N, Tl S', D]: this rank's Tl frames of S' positions (see Layout). tpe: the temporal table for the frames the
+// temporal attention sees (block 0), else undefined.
 at::Tensor STDiT::Block::forward(const at::Tensor& x, const at::Tensor& t0, const at::Tensor& y,
-                                 const at::Tensor& mask, const at::Tensor& tpe, int64_t T, int64_t S,
-                                 int64_t heads) const {
-  const int64_t N = x.size(0), D = x.size(2);
+                                 const at::Tensor& mask, const at::Tensor& tpe, const Layout& l, int64_t heads) const {
+  const int64_t N = x.size(0), D = x.size(2), T = l.t_local, S = l.s_local;
   // shift, scale, gate (attention), shift, scale, gate (MLP): [N, D] rows of one [N, 6, D] tensor (unit stride on D).
   const at::Tensor mod = table.unsqueeze(0) + t0.view({N, 6, D});
   auto m = [&](int64_t k) { return mod.select(1, k); };
-  // Spatial attention, per frame.
+  // Spatial attention, per frame (always local: a rank holds whole frames).
   at::Tensor sq = layers::norm_modulate_linear(x, m(0), m(1), qkv.w, qkv.b, 1e-6);           // [N, T S, 3 D]
-  at::Tensor a = layers::self_attention(sq.view({N * T, S, 3 * D}), heads).view({N, T * S, D});
+  at::Tensor a = layers::self_attention(sq.view({N * T, S, 3 * D}), heads, S > l.s ? l.s : -1).view({N, T * S, D});
   at::Tensor h = layers::gated_residual(x, proj(a), m(2));
   // Temporal attention, per spatial position, on the un-normalised x (the temporal table in block 0 only).
-  at::Tensor xt = h.view({N, T, S, D}).transpose(1, 2);                                      // [N, S, T, D]
-  if (tpe.defined()) xt = xt + tpe.view({1, 1, T, D});
-  at::Tensor at_ = layers::self_attention(tqkv(xt.reshape({N * S, T, D})), heads);          // [N S, T, D]
-  at::Tensor back = tproj(at_).view({N, S, T, D}).transpose(1, 2).reshape({N, T * S, D});
+  at::Tensor back;  // [N, T S, D]
+  if (l.sp.on() && l.sp.mode == layers::SpMode::Dsp) {
+    // dsp: switch to whole sequences of time (positions sharded), attend locally, switch back.
+    const int64_t Tp = T * l.sp.size(), Sl = S / l.sp.size();
+    at::Tensor xt = layers::sp_all_to_all(h.view({N, T, S, D}), 2, 1, l.sp).transpose(1, 2);  // [N, Sl, Tp, D]
+    if (tpe.defined()) xt = xt + tpe.view({1, 1, Tp, D});
+    at::Tensor at_ = layers::self_attention(tqkv(xt.reshape({N * Sl, Tp, D})), heads, Tp > l.t ? l.t : -1);
+    back = layers::sp_all_to_all(tproj(at_).view({N, Sl, Tp, D}).transpose(1, 2), 1, 2, l.sp)
+               .reshape({N, T * S, D});
+  } else {
+    at::Tensor xt = h.view({N, T, S, D}).transpose(1, 2);                                    // [N, S, T, D]
+    if (tpe.defined()) xt = xt + tpe.view({1, 1, T, D});
+    at::Tensor at_ = layers::projected_self_attention(xt.reshape({N * S, T, D}), {}, {}, tqkv.w, tqkv.b, heads,
+                                                      l.sp.on() ? l.t : -1, l.sp);          // [N S, T, D]
+    back = tproj(at_).view({N, S, T, D}).transpose(1, 2).reshape({N, T * S, D});
+  }
   h = layers::gated_residual(h, back, m(2));
   // Cross-attention to the caption: no norm, no gate.
   h = h + cproj(layers::cross_attention(q(h), kv(y), mask, heads, /*groups=*/T));  // frames as groups
@@ -145,15 +158,22 @@ at::Tensor STDiT::forward(const at::Tensor& x, const at::Tensor& t, const Condit
                               ? cond.text_mask.to(at::kBool)
                               : at::ones({N, cond.text.size(1)}, cond.text.options().dtype(at::kBool));
   const int64_t D = cfg_.hidden_size;
-  at::Tensor h = (x_embedder_(x.to(dtype)).reshape({N, T, S, D}) + pos_embed_.view({1, 1, S, D}))
-                     .contiguous()
-                     .view({N, T * S, D});                                                    // [N, T S, D]
+  const Layout l = layout();
+  at::Tensor h = (x_embedder_(x.to(dtype)).reshape({N, T, S, D}) + pos_embed_.view({1, 1, S, D})).contiguous();
+  if (l.s_local != S) h = at::constant_pad_nd(h, {0, 0, 0, l.s_local - S});                // dsp: [N, T, Sp, D]
+  h = layers::sp_split(h, 1, l.sp).view({N, l.t_local * l.s_local, D});                    // [N, Tl S', D]
+  // The temporal table of the frames the temporal attention sees: dsp all (padded), ulysses/fastseq this rank's.
+  at::Tensor tpe0 = pos_embed_temporal_;                                                     // [1, T, D]
+  if (l.sp.on()) {
+    tpe0 = at::constant_pad_nd(tpe0, {0, 0, 0, l.sp.padded(T) - T});
+    if (l.sp.mode != layers::SpMode::Dsp) tpe0 = tpe0.narrow(1, l.sp.rank() * l.t_local, l.t_local);
+  }
   const at::Tensor temb = t_embedder_(t);                                                    // [N, D]
   const at::Tensor t0 = t_block_(at::silu(temb));                                            // [N, 6 D]
   const at::Tensor y = y_proj_(cond.text.to(dtype));                                         // [N, L, D]
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const Block& b = blocks_[i];
-    const at::Tensor tpe = i == 0 ? pos_embed_temporal_ : at::Tensor();
+    const at::Tensor tpe = i == 0 ? tpe0 : at::Tensor();
     const bool recompute = recompute_blocks_ < 0 || int64_t(i) < recompute_blocks_;
     if (recompute && at::GradMode::is_enabled()) {
       // Inputs: activations, then the block's tensors (so that their gradients flow through the recompute).
@@ -164,17 +184,30 @@ at::Tensor STDiT::forward(const at::Tensor& x, const at::Tensor& t, const Condit
       const bool with_tpe = tpe.defined();
       h = layers::recomputed(
           [=](const std::vector<at::Tensor>& in) {
-            return Block::from(in, first).forward(in[0], in[1], in[2], in[3], with_tpe ? in[4] : at::Tensor(), T,
-                                                  S, heads);
+            return Block::from(in, first).forward(in[0], in[1], in[2], in[3], with_tpe ? in[4] : at::Tensor(), l,
+                                                  heads);
           },
           in);
     } else {
-      h = b.forward(h, t0, y, mask, tpe, T, S, heads);
+      h = b.forward(h, t0, y, mask, tpe, l, heads);
     }
+  }
+  if (l.sp.on()) {
+    h = layers::sp_gather(h.view({N, l.t_local, l.s_local, D}), 1, T, l.sp);                 // [N, T, S', D]
+    h = h.narrow(2, 0, S).reshape({N, T * S, D}).contiguous();
   }
   h = final_layer_(h, temb);                                                                 // [N, T S, P Co]
   return layers::unpatchify_3d(h, {T, cfg_.grid_h(), cfg_.grid_w()}, {cfg_.patch_t, cfg_.patch_h, cfg_.patch_w},
                                cfg_.out_channels());                                         // [N, Co, T, H, W]
+}
+
+STDiT::Layout STDiT::layout() const {
+  Layout l;
+  l.sp = sp_;
+  l.t = cfg_.t_tokens(), l.s = cfg_.s_tokens();
+  l.t_local = sp_.local(l.t);
+  l.s_local = sp_.on() && sp_.mode == layers::SpMode::Dsp ? sp_.padded(l.s) : l.s;
+  return l;
 }
 
 double STDiT::forward_flops(const std::vector<int64_t>& shape) const {

@@ -62,14 +62,22 @@ class STDiT : public Model {
   std::string explain_weights(const StateDict& sd) const override { return closest_preset_text(sd); }
 
  private:
+  // Where a rank's tokens are: whole samples without sp; with sp the frames T are split over the group (padded to a
+  // multiple of P), and for dsp the positions S are padded too (the temporal attention shards them).
+  struct Layout {
+    layers::SeqParallel sp;
+    int64_t t = 0, s = 0;              // the model's frames (after patching) and positions
+    int64_t t_local = 0, s_local = 0;  // a rank's frames (T/P, padded) and positions (S, or S padded for dsp)
+  };
+  Layout layout() const;
   struct Block {
     at::Tensor table;  // scale_shift_table [6, D]
     layers::Linear qkv, proj, q, kv, cproj, fc1, fc2, tqkv, tproj;
     std::vector<at::Tensor> tensors() const;
     static Block from(const std::vector<at::Tensor>& t, size_t first);
-    // x [N, T S, D], t0 [N, 6 D], y [N, L, D], mask [N, L] bool, tpe [1, T, D] or undefined -> [N, T S, D]
+    // x [N, Tl S', D], t0 [N, 6 D], y [N, L, D], mask [N, L] bool, tpe [1, T', D] or undefined -> [N, Tl S', D]
     at::Tensor forward(const at::Tensor& x, const at::Tensor& t0, const at::Tensor& y, const at::Tensor& mask,
-                       const at::Tensor& tpe, int64_t T, int64_t S, int64_t heads) const;
+                       const at::Tensor& tpe, const Layout& l, int64_t heads) const;
   };
   void init_weights(uint64_t seed);
 
