@@ -32,8 +32,12 @@ build: deps
 
 # The bundled default job: a small DiT trained on the bundled digits with NP ranks, a grid of samples, the loss
 # curve and a quality score, in out/digits/ (tools/digits_demo.sh; RUN_ARGS="--set key=value ..." overrides the deck).
+# DEMO=video: the moving-digits text-to-video demo (tools/video_demo.sh: 4 ranks, sp 2 x dp 2; out/moving_digits/).
+DEMO ?= digits
 run: deps-demo build
-	NP=$(NP) BUILD=$(BUILD) tools/digits_demo.sh $(RUN_ARGS)
+	@if [ "$(DEMO)" = video ]; then BUILD=$(BUILD) tools/video_demo.sh $(RUN_ARGS); \
+	elif [ "$(DEMO)" = digits ]; then NP=$(NP) BUILD=$(BUILD) tools/digits_demo.sh $(RUN_ARGS); \
+	else echo "make run: DEMO=$(DEMO): expected digits (default) or video" >&2; exit 2; fi
 
 test: deps-test build
 	ctest --test-dir $(BUILD) --output-on-failure

@@ -17,7 +17,8 @@ APT_PACKAGES=(cmake g++ make ninja-build pkg-config ccache python3-venv
 # A single-node Slurm (22.05 on Debian 12) that the jobs/ scripts are tested under; the test starts its own daemons.
 TEST_APT_PACKAGES=(slurm-wlm munge)
 # pip name[:import name]
-DEMO_PIP_PACKAGES=(numpy safetensors scikit-learn:sklearn matplotlib)
+# (the video demo: h5py for the digits, PyAV for the clips, transformers and sentencepiece for its tiny T5)
+DEMO_PIP_PACKAGES=(numpy safetensors scikit-learn:sklearn matplotlib h5py av transformers sentencepiece)
 TEST_PIP_PACKAGES=(numpy h5py diffusers transformers sentencepiece protobuf:google.protobuf beautifulsoup4:bs4 ftfy av safetensors scikit-learn:sklearn matplotlib)
 
 want_test=0

@@ -66,8 +66,9 @@ at::Tensor Sampler::run(const at::Tensor& noise, const models::Condition& cond, 
     const diffusion::StepCallback report = [&, b](int step, int) {
       if (on_step) on_step(int(b) * steps + step, int(batches) * steps);
     };
-    outs.push_back((plan_.ddim ? diffusion_.ddim_sample_loop(denoise, x, plan_.eta, generator, report)
-                               : diffusion_.p_sample_loop(denoise, x, generator, report))
+    // Pixel-space samples live in [-1, 1]: each step's x0 estimate is clipped there (IDDPM's clip_denoised).
+    outs.push_back((plan_.ddim ? diffusion_.ddim_sample_loop(denoise, x, plan_.eta, generator, report, plan_.pixel)
+                               : diffusion_.p_sample_loop(denoise, x, generator, report, plan_.pixel))
                        .to(at::kCPU));
     if (graph && !graph->graphed()) graph_state_ = "failed";
   }

@@ -216,6 +216,15 @@ TEST(STDiT, DecksAndRecordsBuildIt) {
   other.set("model.num_frames=8");
   msg = error_of([&] { model_from_record(other, m->config_json(), "w.safetensors", std::nullopt); });
   EXPECT_NE(msg.find("model.num_frames = 8"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("model.num_frames = 4"), std::string::npos) << msg;
+  // ... and only the keys that differ: the deck that built the weights loads them (learn_sigma, mlp_ratio too).
+  d.set("model.learn_sigma=true");
+  d.set("model.mlp_ratio=4.0");
+  EXPECT_EQ(model_from_record(d, m->config_json(), "w.safetensors", std::nullopt)->config_json(), m->config_json());
+  d.set("model.learn_sigma=false");
+  msg = error_of([&] { model_from_record(d, m->config_json(), "w.safetensors", std::nullopt); });
+  EXPECT_NE(msg.find("model.learn_sigma = false"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("model.depth"), std::string::npos) << msg;
 }
 
 // The GPU path (fused CUDA kernels, cuDNN / flash / efficient SDPA with the caption mask) against the CPU one, fp32

@@ -24,14 +24,15 @@ std::string why_not_stdit(const StateDict& sd) {
 std::vector<Contradiction> contradictions(const config::Deck& deck, const STDiTConfig& rec) {
   std::vector<Contradiction> out;
   auto given = [&](const std::string& key) { return deck.origin(key) != "default"; };
-  auto compare = [&](const std::string& key, const std::string& g, const std::string& r) {
-    if (given(key) && g != r) out.push_back({key, g, r});
+  // given: the deck's value as text; same: whether it is the recorded one; recorded: "name value" for the message.
+  auto compare = [&](const std::string& key, const std::string& g, bool same, const std::string& recorded) {
+    if (given(key) && !same) out.push_back({key, g, recorded});
   };
   auto compare_int = [&](const char* name, int recorded, bool zero_is_unset) {
     const std::string key = cat("model.", name);
     const int64_t v = deck.get_int(key);
     if (zero_is_unset && v == 0) return;
-    compare(key, std::to_string(v), cat(name, " ", recorded));
+    compare(key, std::to_string(v), v == recorded, cat(name, " ", recorded));
   };
   const std::string& preset_name = deck.get_string("model.preset");
   if (given("model.preset") && preset_name != "custom") {
@@ -55,9 +56,11 @@ std::vector<Contradiction> contradictions(const config::Deck& deck, const STDiTC
   compare_int("caption_channels", rec.caption_channels, false);
   compare_int("text_length", rec.text_length, false);
   if (deck.get_int("model.input_width") > 0) compare_int("input_width", rec.width, false);
-  compare("model.learn_sigma", deck.get_bool("model.learn_sigma") ? "true" : "false",
+  const bool sigma = deck.get_bool("model.learn_sigma");
+  compare("model.learn_sigma", sigma ? "true" : "false", sigma == rec.learn_sigma,
           rec.learn_sigma ? "learn_sigma true" : "learn_sigma false");
-  compare("model.mlp_ratio", shortest(deck.get_float("model.mlp_ratio")), cat("mlp_ratio ", shortest(rec.mlp_ratio)));
+  const double ratio = deck.get_float("model.mlp_ratio");
+  compare("model.mlp_ratio", shortest(ratio), ratio == rec.mlp_ratio, cat("mlp_ratio ", shortest(rec.mlp_ratio)));
   return out;
 }
 
