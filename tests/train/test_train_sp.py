@@ -84,6 +84,20 @@ def max_rel(a, b):
     return max((((a[k] - b[k]).norm() / (b[k].norm() + 1e-12)).item(), k) for k in b)
 
 
+def children(pid):
+    """The pids whose parent is `pid` (mpirun's ranks), from /proc."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return sorted(out)
+
+
 class TrainSpTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -230,9 +244,9 @@ class TrainSpTest(unittest.TestCase):
             while time.time() < deadline and "step 3/" not in seen:
                 seen += p.stdout.readline()
             self.assertIn("step 3/", seen)
-            ranks = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            ranks = children(p.pid)
             self.assertTrue(ranks, "no rank processes found")
-            os.kill(int(ranks[-1]), signal.SIGKILL)
+            os.kill(ranks[-1], signal.SIGKILL)
             rc = p.wait(timeout=90)
             self.assertNotEqual(rc, 0)
         finally:
