@@ -13,19 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NP=${NP:-4}
-BUILD=${BUILD:-build}
-BIN=${OPENDIT_BIN:-$BUILD/bin/opendit}
 DECK=inputs/stdit_moving_digits.toml
-PYTHON=${PYTHON:-$(cat "$BUILD/.python" 2>/dev/null || echo python3)}
-MPIRUN=${MPIRUN:-mpirun}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-
-sets=("$@")
-out_dir=$(sed -n 's/^out_dir *= *"\(.*\)".*/\1/p' $DECK); name=$(sed -n 's/^name *= *"\(.*\)".*/\1/p' $DECK)
-for s in "${sets[@]}"; do
-  case "$s" in --set) ;; run.out_dir=*) out_dir=${s#*=} ;; run.name=*) name=${s#*=} ;; esac
-done
-RUN=$out_dir/$name
+source tools/demo_common.sh
 DATA=$RUN/data
 mkdir -p "$DATA"
 # Each rank needs a GPU of its own: with fewer GPUs than ranks, train on the CPU (the demo is sized for it).
