@@ -7,10 +7,12 @@ The captions use 16 words ("a", "0".."9", "moving", "left", "right", "up", "down
 and every word is one piece. T5's conventions: pad 0, EOS 1, unk 2, no BOS. The T5 vocabulary is the pieces plus
 T5's 100 <extra_id_N> sentinels, as transformers' T5Tokenizer counts them (opendit refuses a T5 whose embedding
 table is smaller than that). The encoder is never trained: random features still tell the captions apart, and the
-diffusion model learns to read them. Deterministic given --seed.
+diffusion model learns to read them. Its final RMSNorm weight (--output-scale, default 15) sets the embeddings' RMS:
+STDiT's caption embedder starts at std 0.02, and with RMS 1 (transformers' init) the cross-attention learns to read
+the captions later (bench/RESULTS.md, the moving-digits demo). Deterministic given --seed.
 
 usage: make_tiny_t5.py --captions train.csv [heldout.csv prompts.txt ...] --out DIR [--d-model 32] [--layers 2]
-                       [--heads 4] [--vocab-size 64] [--seed 0]
+                       [--heads 4] [--vocab-size 64] [--output-scale 15] [--seed 0]
 """
 import argparse
 import csv
@@ -71,6 +73,8 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--vocab-size", type=int, default=64, help="SentencePiece pieces at most (before extra ids)")
+    ap.add_argument("--output-scale", type=float, default=15.0,
+                    help="the final RMSNorm's weight, i.e. the embeddings' RMS (transformers' init: 1)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if a.d_model % a.heads:
@@ -97,6 +101,8 @@ def main():
                    relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     model = T5EncoderModel(cfg).eval()
+    with torch.no_grad():
+        model.encoder.final_layer_norm.weight.fill_(a.output_scale)
     model.save_pretrained(a.out, safe_serialization=True)
 
     # Check: reload the folder as transformers does; its T5Tokenizer must give the ids opendit's tokenizer gives
