@@ -27,15 +27,12 @@ import warnings
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_moving_digits import load as load_digits  # noqa: E402  (the clips' own reader of the digits)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIFTS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
 INK = -0.75  # brighter than this is digit, not background (-1)
-
-
-def load_digits(path):
-    import h5py
-    with h5py.File(path, "r") as f:
-        return f["latents"][:, 0].astype(np.float32), f["labels"][:].astype(np.int64)
 
 
 def shift(x, dr, dc):

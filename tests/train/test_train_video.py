@@ -18,19 +18,9 @@ from safetensors.torch import load_file, save_file
 BIN = MPIRUN = PYTHON = None
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-DECK = """
-[model]
-type = "stdit"
-preset = "custom"
-depth = 2
-hidden_size = 32
-num_heads = 4
-patch_size = 2
-in_channels = 4
-input_size = 8
-num_frames = 3
-caption_channels = 32
-text_length = 10
+# The model: tests/support/tiny_stdit.toml; the rest of the deck below.
+with open(os.path.join(HERE, "..", "support", "tiny_stdit.toml")) as _f:
+    DECK = _f.read() + """
 [data]
 path = "{data}"
 global_batch = 8
