@@ -140,7 +140,8 @@ stop_job() {  # stop_job SIGNAL [env...]: runs $job on the stand-ins, signals it
 }
 out=$(stop_job TERM); rc=$?
 [ $rc -eq 0 ] && echo "$out" | grep -q "fake opendit: USR1" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
-check "TERM to the job script: opendit gets USR1, exits 75, the job requeues itself and exits 0" $? "status $rc: $out"
+check "TERM to the job script: opendit gets USR1, exits 75, the job requeues itself and exits 0" $? \
+  "status $rc: $out; scontrol log: $(cat "$SCONTROL_LOG" 2>&1)"
 rm -f "$SCONTROL_LOG"
 out=$(stop_job USR1 SCONTROL_STATUS=1); rc=$?
 [ $rc -eq 75 ] && echo "$out" | grep -q "fake opendit: USR1" && echo "$out" | grep -q "submit the job again"
@@ -149,7 +150,8 @@ rm -f "$SCONTROL_LOG"
 job=$SRC/jobs/encode_imagenet.sbatch
 out=$(stop_job TERM); rc=$?
 [ $rc -eq 0 ] && echo "$out" | grep -q "fake opendit: USR1" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
-check "the encode job too: stopped, it requeues itself and exits 0" $? "status $rc: $out"
+check "the encode job too: stopped, it requeues itself and exits 0" $? \
+  "status $rc: $out; scontrol log: $(cat "$SCONTROL_LOG" 2>&1)"
 
 echo "jobs: $pass passed, $fail failed"
 [ $fail -eq 0 ]
