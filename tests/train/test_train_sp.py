@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The models: tests/support/tiny_stdit.toml (also as Latte) and tiny_dit.toml; the rest of the deck below.
 with open(os.path.join(HERE, "..", "support", "tiny_stdit.toml")) as _f:
     VIDEO_MODEL = _f.read()
+assert 'type = "stdit"' in VIDEO_MODEL  # the Latte deck is this one with its type replaced
 with open(os.path.join(HERE, "..", "support", "tiny_dit.toml")) as _f:
     DIT_MODEL = _f.read()
 REST = """
