@@ -19,4 +19,8 @@ at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor
 at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
                         at::ScalarType out_dtype);
 at::Tensor gated_gelu(const at::Tensor& ab);
+LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);  // cuda/gemm_epilogue.cpp
+LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias);
+void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
+                       bool accumulate);
 }  // namespace opendit::kernels::cuda_impl

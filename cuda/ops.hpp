@@ -90,6 +90,38 @@ at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::
 // ab [..., 2 F] contiguous (a, then b: one GEMM's output) -> gelu_tanh(a) * b [..., F] in ab's dtype.
 at::Tensor gated_gelu(const at::Tensor& ab);
 
+// ---- h. GEMMs with fused epilogues (cuBLASLt on a GPU) -------------------------------------------------------
+// Row-major, as torch stores them: x [M, K] and w [O, K] contiguous, b [O]; one dtype for all. On a GPU each is one
+// cuBLASLt matmul whose epilogue does the elementwise part (float32 accumulation); where cuBLASLt offers no
+// algorithm for a shape (it says so once on stderr) and elsewhere, the definition runs (a GEMM, then ATen ops).
+//
+// linear_gelu: pre = x w^T + b and out = gelu_tanh(pre), both [M, O]; pre is what the backward needs
+// (bias_gelu_backward with a zero bias). On the GPU the GEMM writes both (GELU_AUX_BIAS), where a GEMM then a
+// bias+GELU pass would read the product back. (cuBLASLt's DGELU_BGRAD backward epilogue is not used: on the H200
+// at DiT-XL/2's shapes it ran as a separate 0.6 ms kernel, 4x bias_gelu_backward.)
+struct LinearGelu {
+  at::Tensor out, pre;
+};
+LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+
+// The parameter gradients of y = x w^T + b: dy [M, O], x [M, K] -> dw = dy^T x [O, K] and, when `bias`,
+// db = sum over rows of dy [O], in dy's dtype (BGRADB: the bias gradient from the GEMM that reads dy anyway).
+struct LinearGrads {
+  at::Tensor dw, db;
+};
+LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias);
+
+// The same written into float32 tensors (the trainer's flat gradient buffer): dw [O, K] and db [O] (or undefined)
+// contiguous float32 on dy's device; accumulate: added to what they hold (later micro-batches), else overwritten.
+// On the GPU the GEMM writes float32 straight from its accumulators (beta = 1 to accumulate): no bf16 gradient and
+// no copy into the buffer.
+void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
+                       bool accumulate);
+
+// How many calls of this section on a GPU ran the definition because cuBLASLt offered no algorithm (tests and
+// benchmarks check that the fast path ran).
+int64_t gemm_epilogue_fallbacks();
+
 // ---- references (ATen ops; any device and float dtype) -----------------------------------------------------------
 namespace reference {
 at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
@@ -106,6 +138,10 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
                                  bool reuse_dg = false);  // reuse_dg ignored
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
+LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias);
+void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
+                       bool accumulate);
 }  // namespace reference
 
 // True when the call would run a fused CUDA kernel (for benchmarks and tests that must know).

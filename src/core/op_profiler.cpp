@@ -222,6 +222,7 @@ void OpProfiler::stop() {
   uint64_t first = std::numeric_limits<uint64_t>::max(), last = 0;
   std::vector<std::pair<uint64_t, uint64_t>> busy;  // GPU activity (cuda) or CPU ops (cpu)
   std::map<uint64_t, std::vector<Interval>> cpu_ops_by_thread;
+  std::vector<Interval> kernels;  // GPU runs: every kernel/memcpy, for the idle gaps between them
   for (const auto& ev : result_->events()) {
     uint8_t type = ev.activityType();
     bool gpu = is_gpu_activity(type), cpu = is_cpu_op(type);
@@ -234,6 +235,7 @@ void OpProfiler::stop() {
       counts[r] += 1;
       total_ns[r] += static_cast<double>(e - s);
       busy.emplace_back(s, e);
+      kernels.push_back({s, e, r});
     } else if (!cuda_ && cpu) {
       size_t r = row_of(ev.name());
       counts[r] += 1;
@@ -249,6 +251,17 @@ void OpProfiler::stop() {
   std::sort(rows_.begin(), rows_.end(), [](const OpRow& a, const OpRow& b) {
     return a.total_us != b.total_us ? a.total_us > b.total_us : a.name < b.name;
   });
+  // Idle stretches: a kernel starting after every earlier one has ended (streams may overlap).
+  std::sort(kernels.begin(), kernels.end(), [](const Interval& a, const Interval& b) { return a.start < b.start; });
+  gaps_.clear();
+  for (size_t i = 1, latest = 0; i < kernels.size(); ++i) {
+    if (kernels[i].start > kernels[latest].end)
+      gaps_.push_back({static_cast<double>(kernels[i].start - kernels[latest].end) / 1e3, names[kernels[latest].row],
+                       names[kernels[i].row]});
+    if (kernels[i].end > kernels[latest].end) latest = i;
+  }
+  std::sort(gaps_.begin(), gaps_.end(), [](const IdleGap& a, const IdleGap& b) { return a.us > b.us; });
+  if (gaps_.size() > 8) gaps_.resize(8);
   wall_us_ = last > first ? static_cast<double>(last - first) / 1e3 : 0;
   busy_us_ = union_length(std::move(busy)) / 1e3;
   have_results_ = true;
@@ -267,6 +280,11 @@ const std::vector<OpRow>& OpProfiler::rows() const {
 double OpProfiler::wall_us() const {
   require_results("wall_us");
   return wall_us_;
+}
+
+const std::vector<IdleGap>& OpProfiler::largest_gaps() const {
+  require_results("largest_gaps");
+  return gaps_;
 }
 
 double OpProfiler::busy_us() const {
@@ -339,6 +357,10 @@ std::string OpProfiler::table(int top) const {
     for (const CategoryTotal& c : categories())
       os << "  " << pad("", kName) << " " << pad(c.category, 11) << lpad(fmt("%.3f", c.total_us / 1e3), 10)
          << lpad(std::to_string(c.count), 8) << lpad(fmt("%.1f", share(c.total_us)), 8) << "\n";
+    if (!gaps_.empty()) os << "  longest idle gaps (GPU waiting for the host):\n";
+    for (const IdleGap& g : gaps_)
+      os << "  " << lpad(fmt("%.3f", g.us / 1e3), 8) << " ms after " << elide_middle(g.before, 48) << ", before "
+         << elide_middle(g.after, 48) << "\n";
   }
   return os.str();
 }

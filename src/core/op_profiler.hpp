@@ -22,6 +22,12 @@ struct OpRow {
   int64_t count = 0;
 };
 
+// A stretch between GPU kernels with none running (GPU runs): what ran before and after it.
+struct IdleGap {
+  double us = 0;
+  std::string before, after;
+};
+
 // The summed time of one category of GPU rows.
 struct CategoryTotal {
   std::string category;
@@ -49,6 +55,7 @@ class OpProfiler {
   double wall_us() const;  // first event start to last event end
   double busy_us() const;  // union of the GPU kernel/memcpy intervals (GPU), of the outermost op intervals (CPU)
   double idle_us() const { return wall_us() - busy_us(); }
+  const std::vector<IdleGap>& largest_gaps() const;  // GPU runs: the longest idle stretches, longest first (up to 8)
 
   // A fixed-width table of the top rows, the per-category summary (GPU) and the wall/busy/idle line.
   std::string table(int top = 25) const;
@@ -63,6 +70,7 @@ class OpProfiler {
 
   bool running_ = false, cuda_ = false, have_results_ = false;
   std::vector<OpRow> rows_;
+  std::vector<IdleGap> gaps_;
   double wall_us_ = 0, busy_us_ = 0;
   std::unique_ptr<torch::autograd::profiler::ProfilerResult> result_;
 };

@@ -78,13 +78,18 @@ at::Tensor DataParallelOptimizer::grad_range() {
   return params_.grad().narrow(0, range_.begin, range_.size());
 }
 
-double DataParallelOptimizer::global_grad_norm() {
-  // Per-rank norm in float32 (torch's own reduction), squared and summed over the group in float64.
-  const double local = at::linalg_vector_norm(grad_range(), 2).item<double>();
-  if (!sharded()) return local;
-  at::Tensor sum_sq = at::full({1}, local * local, at::TensorOptions(at::kDouble).device(comm_.device()));
-  comm_.all_reduce(sum_sq, parallel::ReduceOp::Sum);
-  return std::sqrt(sum_sq.item<double>());
+double DataParallelOptimizer::global_grad_norm() { return global_grad_norm_and(at::Tensor()).first; }
+
+std::pair<double, double> DataParallelOptimizer::global_grad_norm_and(const at::Tensor& extra) {
+  // Per-rank norm in float32 (torch's own reduction), squared and summed over the group in float64 on the device
+  // (the square of a float32 is exact in float64, so one rank's norm comes back unchanged).
+  at::Tensor sum_sq = at::linalg_vector_norm(grad_range(), 2).to(at::kDouble).square().reshape({1});
+  if (sharded()) comm_.all_reduce(sum_sq, parallel::ReduceOp::Sum);
+  const at::Tensor more = extra.defined() ? extra.detach().to(sum_sq.device(), at::kDouble).reshape({1})
+                                          : at::zeros({1}, sum_sq.options());
+  const at::Tensor host = at::cat({sum_sq, more}).cpu();  // [2]
+  const double* v = host.data_ptr<double>();
+  return {std::sqrt(v[0]), v[1]};
 }
 
 void DataParallelOptimizer::update(double clip_scale) {

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <utility>
 
 #include "parallel/communicator.hpp"
 #include "train/adamw_ema.hpp"
@@ -50,6 +51,9 @@ class DataParallelOptimizer {
   // The phases of step().
   void reduce_grads();             // ddp/zero1: params.grad() averaged in place; zero2: own shard into grad_shard
   double global_grad_norm();       // collective for zero1/zero2
+  // The same, and `extra` (a scalar on the device, e.g. the step's loss; may be undefined: 0) in one
+  // device-to-host read: the step's only synchronisation.
+  std::pair<double, double> global_grad_norm_and(const at::Tensor& extra);
   void update(double clip_scale);  // AdamW + EMA over state_range(); advances step_count()
   void gather_params();            // zero1/zero2: the updated shards into params.data(), or working() if any
 

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include "core/error.hpp"
+#include "models/layers/grad_sink.hpp"
 
 namespace opendit::train {
 
@@ -73,8 +74,16 @@ struct AbsorbGrad : torch::autograd::PostAccumulateGradHook {
 
 void FlatParams::stream_grads() {
   for (size_t i = 0; i < slots_.size(); ++i)
-    if (slots_[i].second->requires_grad())
+    if (slots_[i].second->requires_grad()) {
       torch::autograd::impl::set_post_acc_grad_hooks(*slots_[i].second, std::make_unique<AbsorbGrad>(this, i));
+      models::layers::set_grad_sink(*slots_[i].second, {view(grad_, i), &fresh_[i]});
+    }
+  sinks_ = true;
+}
+
+FlatParams::~FlatParams() {
+  if (sinks_)
+    for (const auto& [name, slot] : slots_) models::layers::remove_grad_sink(*slot);
 }
 
 void FlatParams::absorb_grad(size_t entry, const at::Tensor& param) {

@@ -25,6 +25,9 @@ class FlatParams {
   static Slots trainable(const models::Model& model, std::map<std::string, at::Tensor*>* frozen);
   using DecayRule = std::function<bool(const std::string& name, const at::Tensor& param)>;
   FlatParams(const Slots& params, int world, int rank, int64_t align = 16, const DecayRule& decays = nullptr);
+  ~FlatParams();  // removes the gradient sinks stream_grads() set
+  FlatParams(const FlatParams&) = delete;
+  FlatParams& operator=(const FlatParams&) = delete;
 
   const FlatLayout& layout() const { return layout_; }
   int world() const { return world_; }
@@ -43,7 +46,9 @@ class FlatParams {
 
   // Streams gradients into grad() during backward: a post-accumulate hook per parameter copies (first micro-batch
   // of a step) or adds (later ones) its .grad() into its float32 view and frees it at once, so no full set of
-  // per-parameter gradients ever exists. Without it, gather_grads() copies them after backward.
+  // per-parameter gradients ever exists; and each parameter's view is its gradient sink
+  // (models/layers/grad_sink.hpp), so that linear layers write their weight and bias gradients there directly.
+  // Without it, gather_grads() copies them after backward.
   void stream_grads();
   void gather_grads();  // completes grad() for the step: slots' .grad() copied, zeros where none arrived
   void clear_grads();   // drops every slot's .grad()
@@ -56,7 +61,8 @@ class FlatParams {
   FlatLayout layout_;
   int world_ = 1, rank_ = 0;
   at::Tensor data_, grad_, working_;
-  std::vector<char> fresh_;  // per slot: no gradient absorbed yet in this step
+  std::vector<char> fresh_;  // per slot: no gradient absorbed yet in this step (the sinks point at these)
+  bool sinks_ = false;
 };
 
 }  // namespace opendit::train

@@ -268,12 +268,12 @@ bool Trainer::step() {
     (mesh.sp_size() > 1 ? loss / double(mesh.sp_size()) : loss).backward();
     loss_sum = m == 0 ? loss.detach() : loss_sum + loss.detach();
   }
-  const double step_loss = loss_sum.item<double>();
   timer_->switch_to(Phase::Comm);
   params_->gather_grads();  // most gradients were streamed into the flat buffer during backward
   if (mesh.sp_size() > 1) ctx_.sp().all_reduce(params_->grad(), parallel::ReduceOp::Sum);
   opt_->reduce_grads();
-  const double norm = opt_->global_grad_norm();
+  // The loss is read with the gradient norm: one wait for the device per step, after the whole backward.
+  const auto [norm, step_loss] = opt_->global_grad_norm_and(loss_sum);
   const double loss_avg = mesh.dp().all_reduce(step_loss, parallel::ReduceOp::Sum) / dp;
   ++step_;
   if (!std::isfinite(norm) || !std::isfinite(loss_avg)) {

@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
+
+#include <chrono>
+#include <thread>
 
 #include "core/error.hpp"
 #include "core/op_profiler.hpp"
@@ -101,6 +105,7 @@ TEST(OpProfiler, MisuseIsAClearError) {
   EXPECT_THROW(p.stop(), std::logic_error);
   EXPECT_THROW(p.table(), std::logic_error);
   EXPECT_THROW(p.rows(), std::logic_error);
+  EXPECT_THROW(p.largest_gaps(), std::logic_error);
   p.start(false);
   EXPECT_THROW(p.start(false), std::logic_error);
   EXPECT_THROW(p.table(), std::logic_error);  // still running
@@ -109,6 +114,7 @@ TEST(OpProfiler, MisuseIsAClearError) {
   p.stop();
   EXPECT_THROW(p.stop(), std::logic_error);
   EXPECT_NO_THROW(p.table());
+  EXPECT_TRUE(p.largest_gaps().empty());  // a CPU run has no GPU idle stretches
   if (!at::hasCUDA()) EXPECT_THROW(p.start(true), Error);
   EXPECT_FALSE(p.running());
   {
@@ -191,7 +197,14 @@ TEST(OpProfiler, CudaKernelsAndIdleGap) {
   at::Tensor c = a;
   for (int i = 0; i < 4; ++i) c = at::mm(c, b);
   c = at::add(c, a);
+  torch::cuda::synchronize();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the GPU idles: the longest gap in the list
+  c = at::add(c, a);
   p.stop();
+  ASSERT_FALSE(p.largest_gaps().empty());
+  EXPECT_GE(p.largest_gaps()[0].us, 15000) << p.table();
+  EXPECT_FALSE(p.largest_gaps()[0].before.empty());
+  EXPECT_FALSE(p.largest_gaps()[0].after.empty());
 
   int64_t gemm_count = 0;
   for (const OpRow& r : p.rows()) {

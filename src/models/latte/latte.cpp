@@ -119,7 +119,7 @@ at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
     // Cross-attention on the un-normalised x (PixArt's ada_norm_single block), no gate; each sample's frames
     // (groups of rows of x) attend to that sample's caption.
     const int64_t N = y.size(0), rows = B / N, Lq = x.size(1);
-    const at::Tensor kv = at::linear(y, at::cat({k2.w, v2.w}), at::cat({k2.b, v2.b}));   // [N, L, 2 D]
+    const at::Tensor kv = layers::linear(y, at::cat({k2.w, v2.w}), at::cat({k2.b, v2.b}));   // [N, L, 2 D]
     const at::Tensor c = layers::cross_attention(q2(h).view({N, rows * Lq, D}), kv, mask, heads, groups);
     h = h + o2(c.view({B, Lq, D}));
   }

@@ -18,13 +18,17 @@ inline at::TensorOptions param_options(bool meta) {
   return at::TensorOptions(at::kFloat).device(meta ? at::kMeta : at::kCPU);
 }
 
+// x @ w^T + b for x [..., in], w [out, in], b [out] (or undefined: at::linear as it is): at::linear forward; the backward takes the bias
+// gradient from the weight-gradient GEMM's epilogue (cuda/ops.hpp linear_wgrad) instead of a separate sum.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+
 // weight [out, in], bias [out].
 struct Linear {
   at::Tensor w, b;
   Linear() = default;
   Linear(int64_t in, int64_t out, bool meta = false)
       : w(at::zeros({out, in}, param_options(meta))), b(at::zeros({out}, param_options(meta))) {}
-  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, w, b); }
+  at::Tensor operator()(const at::Tensor& x) const { return linear(x, w, b); }
   NamedSlots slots(const std::string& prefix) { return {{prefix + ".weight", &w}, {prefix + ".bias", &b}}; }
 };
 

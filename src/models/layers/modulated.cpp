@@ -2,13 +2,29 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "cuda/ops.hpp"
+#include "models/layers/grad_sink.hpp"
 
 namespace opendit::models::layers {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+// Zeros [n] for the GELU of fc1's output, which holds the bias already: one per size, dtype and device for the
+// process (never freed: a GPU tensor must not outlive the CUDA context at exit), not a fill per backward.
+const at::Tensor& zero_bias(int64_t n, const at::TensorOptions& o) {
+  static std::mutex mutex;
+  static auto& cache = *new std::map<std::tuple<int64_t, int, int, int>, at::Tensor>;
+  std::lock_guard<std::mutex> lock(mutex);
+  at::Tensor& z = cache[{n, int(o.dtype().toScalarType()), int(o.device().type()), int(o.device().index())}];
+  if (!z.defined()) z = at::zeros({n}, o);
+  return z;
+}
 
 // [N, T, K] -> [N*T, K] (a view when contiguous).
 at::Tensor rows(const at::Tensor& t) { return t.reshape({-1, t.size(-1)}); }
@@ -17,21 +33,20 @@ struct NormModulateLinear : torch::autograd::Function<NormModulateLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& shift,
                             const at::Tensor& scale, const at::Tensor& w, const at::Tensor& b, double eps) {
     auto nm = kernels::norm_modulate(x, shift, scale, eps);
-    ctx->save_for_backward({x, shift, scale, w, nm.mean, nm.rstd});
+    ctx->save_for_backward({x, shift, scale, w, b, nm.mean, nm.rstd});
     ctx->saved_data["eps"] = eps;
     return at::linear(nm.y, w, b);  // [N, T, O]
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     auto s = ctx->get_saved_variables();
-    const at::Tensor &x = s[0], &shift = s[1], &scale = s[2], &w = s[3], &mean = s[4], &rstd = s[5];
+    const at::Tensor &x = s[0], &shift = s[1], &scale = s[2], &w = s[3], &b = s[4], &mean = s[5], &rstd = s[6];
     const at::Tensor dout = rows(grad_out[0].contiguous());                        // [N*T, O]
     const at::Tensor h = kernels::norm_modulate(x, shift, scale, ctx->saved_data["eps"].toDouble()).y;
-    at::Tensor dw = dout.t().mm(rows(h));                                           // [O, D]
-    at::Tensor db = dout.sum(0);                                                    // [O]
+    auto wg = linear_param_grads(dout, rows(h), w, b);                              // dw [O, D], db [O]
     at::Tensor dh = dout.mm(w).view(x.sizes());                                     // [N, T, D]
     auto g = kernels::norm_modulate_backward(dh, x, mean, rstd, scale);
-    return {g.dx, g.dshift, g.dscale, dw, db, at::Tensor()};
+    return {g.dx, g.dshift, g.dscale, wg.dw, wg.db, at::Tensor()};
   }
 };
 
@@ -40,28 +55,28 @@ struct NormModulateMlp : torch::autograd::Function<NormModulateMlp> {
                             const at::Tensor& scale, const at::Tensor& w1, const at::Tensor& b1,
                             const at::Tensor& w2, const at::Tensor& b2, double eps) {
     auto nm = kernels::norm_modulate(x, shift, scale, eps);
-    at::Tensor a = at::linear(nm.y, w1);                                            // [N, T, M], before bias
-    at::Tensor out = at::linear(kernels::bias_gelu(a, b1), w2, b2);                 // [N, T, D]
-    ctx->save_for_backward({x, shift, scale, w1, b1, w2, nm.mean, nm.rstd, a});
+    auto fc1 = kernels::linear_gelu(rows(nm.y), w1, b1);                            // out, pre [N*T, M]
+    at::Tensor out = at::linear(fc1.out, w2, b2).view(x.sizes());                   // [N, T, D]
+    ctx->save_for_backward({x, shift, scale, w1, b1, w2, b2, nm.mean, nm.rstd, fc1.pre});
     ctx->saved_data["eps"] = eps;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     auto s = ctx->get_saved_variables();
-    const at::Tensor &x = s[0], &shift = s[1], &scale = s[2], &w1 = s[3], &b1 = s[4], &w2 = s[5], &mean = s[6],
-                     &rstd = s[7], &a = s[8];
+    const at::Tensor &x = s[0], &shift = s[1], &scale = s[2], &w1 = s[3], &b1 = s[4], &w2 = s[5], &b2 = s[6],
+                     &mean = s[7], &rstd = s[8], &pre = s[9];                       // pre [N*T, M]: fc1 + bias
     const at::Tensor dout = rows(grad_out[0].contiguous());                        // [N*T, D]
-    at::Tensor dw2 = dout.t().mm(rows(kernels::bias_gelu(a, b1)));                   // [D, M]
-    at::Tensor db2 = dout.sum(0);
-    // da is written over dg (a temporary): one [N, T, M] buffer less at the peak of backward.
-    auto bg = kernels::bias_gelu_backward(dout.mm(w2).view(a.sizes()), a, b1, /*reuse_dg=*/true);  // da, db1 [M]
-    const at::Tensor da = rows(bg.da);
+    const at::Tensor& zero = zero_bias(pre.size(1), pre.options());
+    // The GELU output is recomputed (a temporary, freed before da exists): dw2 [D, M] and db2 [D] in one GEMM.
+    auto wg2 = linear_param_grads(dout, kernels::bias_gelu(pre, zero), w2, b2);
+    // da is written over dg (a temporary): one [N*T, M] buffer less at the peak of backward.
+    auto bg = kernels::bias_gelu_backward(dout.mm(w2), pre, zero, /*reuse_dg=*/true);  // da [N*T, M], db1 [M]
     const at::Tensor h = kernels::norm_modulate(x, shift, scale, ctx->saved_data["eps"].toDouble()).y;
-    at::Tensor dw1 = da.t().mm(rows(h));                                            // [M, D]
-    at::Tensor dh = da.mm(w1).view(x.sizes());                                      // [N, T, D]
+    auto wg1 = linear_param_grads(bg.da, rows(h), w1, at::Tensor());                // dw1 [M, D]
+    at::Tensor dh = bg.da.mm(w1).view(x.sizes());                                   // [N, T, D]
     auto g = kernels::norm_modulate_backward(dh, x, mean, rstd, scale);
-    return {g.dx, g.dshift, g.dscale, dw1, bg.dbias, dw2, db2, at::Tensor()};
+    return {g.dx, g.dshift, g.dscale, wg1.dw, bg.dbias.to(b1.scalar_type()), wg2.dw, wg2.db, at::Tensor()};
   }
 };
 

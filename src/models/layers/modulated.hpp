@@ -1,8 +1,10 @@
 // The adaLN-modulated pieces of DiT-style blocks as autograd functions over the fused operations of cuda/ops.hpp
 // (CUDA kernels on a GPU, their ATen definitions elsewhere: one forward path on every device). Each saves only
 // what its backward needs and recomputes the cheap rest: the LayerNorm+modulate output is rebuilt from x and its
-// statistics instead of being stored, and the MLP keeps its fc1 output before bias and GELU (the GELU output is
-// recomputed).
+// statistics instead of being stored, and the MLP keeps its fc1 output before the GELU (the GELU output is
+// recomputed). GEMM epilogues (cuda/ops.hpp, h) add fc1's bias and apply the GELU, and sum the bias gradients in
+// the weight-gradient GEMMs; with the trainer's gradient sinks (grad_sink.hpp) those write weight and bias
+// gradients straight into its float32 buffer.
 // Shapes: x [N, T, D]; shift, scale, gate [N, D] (chunks of the adaLN output, unit stride along D).
 #pragma once
 #include <ATen/ATen.h>

@@ -208,7 +208,7 @@ at::Tensor fastseq_attention(const at::Tensor& x, const at::Tensor& w, const at:
   }
   const at::Tensor wl = w4.narrow(1, sp.rank() * Hl, Hl).reshape({3 * Hl * hd, D});
   const at::Tensor bl = b3.narrow(1, sp.rank() * Hl, Hl).reshape({3 * Hl * hd});
-  at::Tensor qkv = sp.on() ? GatherLinear::apply(x, wl, bl, sp.comm, int64_t(sp.chunks)) : at::linear(x, wl, bl);
+  at::Tensor qkv = sp.on() ? GatherLinear::apply(x, wl, bl, sp.comm, int64_t(sp.chunks)) : linear(x, wl, bl);
   at::Tensor a = self_attention(qkv, Hl, valid);                                     // [N, T, Hl hd]
   at::Tensor back = sp_all_to_all(a.view({N, T, Hl, hd}), 1, 2, sp);                 // [N, Tl, Hp, hd]
   if (Hp != heads) back = back.narrow(2, 0, heads);
@@ -219,7 +219,7 @@ at::Tensor projected_self_attention(const at::Tensor& x, const at::Tensor& shift
                                     const at::Tensor& w, const at::Tensor& b, int64_t heads, int64_t valid,
                                     const SeqParallel& sp) {
   const bool norm = shift.defined();
-  auto project = [&] { return norm ? norm_modulate_linear(x, shift, scale, w, b, 1e-6) : at::linear(x, w, b); };
+  auto project = [&] { return norm ? norm_modulate_linear(x, shift, scale, w, b, 1e-6) : linear(x, w, b); };
   if (!sp.on()) return self_attention(project(), heads, valid);
   TORCH_CHECK(sp.mode != SpMode::Dsp, "projected_self_attention: dsp attention is local (pass sp off)");
   if (sp.mode == SpMode::Ulysses) return ulysses_attention(project(), heads, valid, sp);
