@@ -50,12 +50,16 @@ at::Tensor FlatParams::view(const at::Tensor& flat, size_t entry) const {
 }
 
 void FlatParams::bind(const at::Tensor& flat) {
+  // The sinks and hooks belong to the tensors being replaced: dropped with them, set on the new ones.
+  const bool streaming = streaming_;
+  if (streaming) unstream();
   for (size_t i = 0; i < slots_.size(); ++i) {
     at::Tensor& slot = *slots_[i].second;
     const bool requires_grad = slot.requires_grad();
     slot = view(flat, i).detach();
     if (requires_grad) slot.set_requires_grad(true);
   }
+  if (streaming) stream_grads();
 }
 
 void FlatParams::use_working_copy(at::ScalarType dtype) {
@@ -78,12 +82,20 @@ void FlatParams::stream_grads() {
       torch::autograd::impl::set_post_acc_grad_hooks(*slots_[i].second, std::make_unique<AbsorbGrad>(this, i));
       models::layers::set_grad_sink(*slots_[i].second, {view(grad_, i), &fresh_[i]});
     }
-  sinks_ = true;
+  streaming_ = true;
+}
+
+void FlatParams::unstream() {
+  for (const auto& [name, slot] : slots_)
+    if (slot->requires_grad()) {
+      models::layers::remove_grad_sink(*slot);
+      torch::autograd::impl::set_post_acc_grad_hooks(*slot, nullptr);
+    }
+  streaming_ = false;
 }
 
 FlatParams::~FlatParams() {
-  if (sinks_)
-    for (const auto& [name, slot] : slots_) models::layers::remove_grad_sink(*slot);
+  if (streaming_) unstream();
 }
 
 void FlatParams::absorb_grad(size_t entry, const at::Tensor& param) {

@@ -25,7 +25,7 @@ class FlatParams {
   static Slots trainable(const models::Model& model, std::map<std::string, at::Tensor*>* frozen);
   using DecayRule = std::function<bool(const std::string& name, const at::Tensor& param)>;
   FlatParams(const Slots& params, int world, int rank, int64_t align = 16, const DecayRule& decays = nullptr);
-  ~FlatParams();  // removes the gradient sinks stream_grads() set
+  ~FlatParams();  // removes the hooks and gradient sinks stream_grads() set (the model must still exist)
   FlatParams(const FlatParams&) = delete;
   FlatParams& operator=(const FlatParams&) = delete;
 
@@ -40,7 +40,8 @@ class FlatParams {
   at::Tensor view(const at::Tensor& flat, size_t entry) const;
 
   // Optional lower-precision copy [padded] (e.g. bfloat16) that the model computes with instead of data(); the
-  // slots are re-pointed at it. The optimizer keeps it equal to data() rounded.
+  // slots are re-pointed at it (and, after stream_grads(), their hooks and sinks with them). The optimizer keeps it
+  // equal to data() rounded.
   void use_working_copy(at::ScalarType dtype);
   const at::Tensor& working() const { return working_; }  // undefined without a working copy
 
@@ -56,13 +57,14 @@ class FlatParams {
 
  private:
   void bind(const at::Tensor& flat);
+  void unstream();  // the slots' hooks and sinks removed
 
   Slots slots_;
   FlatLayout layout_;
   int world_ = 1, rank_ = 0;
   at::Tensor data_, grad_, working_;
   std::vector<char> fresh_;  // per slot: no gradient absorbed yet in this step (the sinks point at these)
-  bool sinks_ = false;
+  bool streaming_ = false;   // stream_grads() set hooks and sinks on the slots
 };
 
 }  // namespace opendit::train
