@@ -1,5 +1,5 @@
-// cuda/ops.hpp section h: GEMMs whose epilogue does the elementwise work around them. The definitions (a GEMM and
-// ATen ops), the shape checks, and on a GPU one cuBLASLt matmul each. cuBLASLt works column-major: a row-major
+// cuda/ops.hpp section h: GEMMs whose epilogue does the elementwise work around them. The shape checks and, on a
+// GPU, one cuBLASLt matmul each; their definitions (a GEMM and ATen ops) are in cuda/reference.cpp. cuBLASLt works column-major: a row-major
 // [R, C] matrix is its column-major [C, R], so y = x w^T (row-major [M, O]) is the column-major y^T = w^T' x^T with
 // m = O, n = M, k = K, where w^T' reads the stored w transposed.
 #include <ATen/ATen.h>
@@ -24,29 +24,6 @@
 #endif
 
 namespace opendit::kernels {
-
-namespace reference {
-namespace {
-at::ScalarType opmath(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-}  // namespace
-
-LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  at::Tensor pre = at::linear(x, w, b);  // [M, O]
-  return {at::gelu(pre.to(opmath(pre)), "tanh").to(pre.scalar_type()), pre};
-}
-
-LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias) {
-  return {dy.t().mm(x), bias ? dy.sum(0) : at::Tensor()};  // [O, K], [O]
-}
-
-void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
-                       bool accumulate) {
-  at::NoGradGuard no_grad;
-  const auto g = linear_wgrad(dy, x, db.defined());
-  accumulate ? dw.add_(g.dw.to(dw.scalar_type())) : dw.copy_(g.dw);
-  if (db.defined()) accumulate ? db.add_(g.db.to(db.scalar_type())) : db.copy_(g.db);
-}
-}  // namespace reference
 
 #if defined(OPENDIT_WITH_CUDA)
 namespace cuda_impl {
@@ -265,6 +242,13 @@ void check_alike(const at::Tensor& t, const at::Tensor& like, const char* what) 
   TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), what, " must be ",
               like.scalar_type(), " on ", like.device(), ", got ", t.scalar_type(), " on ", t.device());
 }
+// dy [M, O] and x [M, K], contiguous, one dtype and device.
+void check_wgrad_inputs(const at::Tensor& dy, const at::Tensor& x, const std::string& op) {
+  check_rows(dy, (op + ": dy").c_str());
+  check_rows(x, (op + ": x").c_str());
+  TORCH_CHECK(x.size(0) == dy.size(0), op, ": dy [M, O] and x [M, K] differ in M: ", dy.sizes(), ", ", x.sizes());
+  check_alike(x, dy, (op + ": x").c_str());
+}
 // The cuBLASLt path: float32 or bfloat16 CUDA tensors, no empty dimension.
 bool use_lt(const at::Tensor& a, const at::Tensor& b) { return fused_available(a) && a.numel() > 0 && b.numel() > 0; }
 }  // namespace
@@ -281,21 +265,13 @@ LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 }
 
 LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias) {
-  check_rows(dy, "linear_wgrad: dy");
-  check_rows(x, "linear_wgrad: x");
-  TORCH_CHECK(x.size(0) == dy.size(0), "linear_wgrad: dy [M, O] and x [M, K] differ in M: ", dy.sizes(), ", ",
-              x.sizes());
-  check_alike(x, dy, "linear_wgrad: x");
+  check_wgrad_inputs(dy, x, "linear_wgrad");
   return use_lt(dy, x) ? cuda_impl::linear_wgrad(dy, x, bias) : reference::linear_wgrad(dy, x, bias);
 }
 
 void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
                        bool accumulate) {
-  check_rows(dy, "linear_wgrad_into: dy");
-  check_rows(x, "linear_wgrad_into: x");
-  TORCH_CHECK(x.size(0) == dy.size(0), "linear_wgrad_into: dy [M, O] and x [M, K] differ in M: ", dy.sizes(), ", ",
-              x.sizes());
-  check_alike(x, dy, "linear_wgrad_into: x");
+  check_wgrad_inputs(dy, x, "linear_wgrad_into");
   TORCH_CHECK(dw.dim() == 2 && dw.size(0) == dy.size(1) && dw.size(1) == x.size(1) && dw.is_contiguous() &&
                   dw.scalar_type() == at::kFloat && dw.device() == dy.device(),
               "linear_wgrad_into: dw must be a contiguous float32 [", dy.size(1), ", ", x.size(1), "] on ",

@@ -64,6 +64,24 @@ BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, cons
   return {da.to(a.scalar_type()), da.reshape({-1, a.size(-1)}).sum(0).to(bias.scalar_type())};
 }
 
+// The GEMMs with epilogues (cuda/gemm_epilogue.cpp): torch's linear, then the elementwise part.
+LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  at::Tensor pre = at::linear(x, w, b);  // [M, O]
+  return {at::gelu(pre.to(opmath(pre)), "tanh").to(pre.scalar_type()), pre};
+}
+
+LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias) {
+  return {dy.t().mm(x), bias ? dy.sum(0) : at::Tensor()};  // [O, K], [O]
+}
+
+void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
+                       bool accumulate) {
+  at::NoGradGuard no_grad;
+  const auto g = linear_wgrad(dy, x, db.defined());
+  accumulate ? dw.add_(g.dw.to(dw.scalar_type())) : dw.copy_(g.dw);
+  if (db.defined()) accumulate ? db.add_(g.db.to(db.scalar_type())) : db.copy_(g.db);
+}
+
 void adamw_ema(const AdamWTensors& all, const AdamWScalars& s) {
   at::NoGradGuard no_grad;
   // Slices of a few MiB keep the temporaries (scaled gradient, denominator) small and in cache.

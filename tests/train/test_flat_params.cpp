@@ -23,6 +23,33 @@ using opendit::test::random_params;
 
 namespace {
 std::vector<FlatLayout::Spec> specs() { return opendit::test::flat_specs(); }
+
+// Two identical tiny DiTs (one to bind to a FlatParams, one for plain autograd), moved off adaLN-Zero's all-zero
+// start so that every gradient is non-zero, and one input batch.
+struct TwinDiTs {
+  models::dit::DiT bound, reference;
+  FlatParams::Slots trainable;  // bound's
+  at::Tensor x = at::randn({2, 3, 4, 4}), t = at::tensor({3.0, 700.0});
+  models::Condition y;
+
+  static models::dit::DiTConfig config() {
+    models::dit::DiTConfig cfg;
+    cfg.depth = 2, cfg.hidden_size = 32, cfg.num_heads = 4, cfg.patch_size = 2;
+    cfg.in_channels = 3, cfg.input_size = 4, cfg.num_classes = 5, cfg.learn_sigma = false;
+    return cfg;
+  }
+  TwinDiTs() : bound(config(), uint64_t{7}), reference(config(), uint64_t{7}) {
+    for (auto* m : {&bound, &reference}) {
+      at::manual_seed(11);
+      for (const models::Param& p : m->parameters()) p.tensor->add_(at::randn_like(*p.tensor), 0.05);
+      m->set_requires_grad(true);
+    }
+    for (const models::Param& p : bound.parameters())
+      if (p.trainable) trainable.emplace_back(p.name, p.tensor);
+    y.labels = at::tensor({int64_t{1}, int64_t{5}});
+  }
+  at::Tensor loss(models::dit::DiT& m) { return m.forward(x, t, y).square().mean(); }
+};
 }  // namespace
 
 TEST(FlatParams, TheSlotsBecomeViewsOfTheFlatBuffer) {
@@ -75,27 +102,13 @@ TEST(FlatParams, EachRankReadsItsShardOfAFourRankCheckpoint) {
 }
 
 TEST(FlatParams, DiTTrainsThroughTheFlatBuffer) {
-  models::dit::DiTConfig cfg;
-  cfg.depth = 2, cfg.hidden_size = 32, cfg.num_heads = 4, cfg.patch_size = 2;
-  cfg.in_channels = 3, cfg.input_size = 4, cfg.num_classes = 5, cfg.learn_sigma = false;
-  models::dit::DiT bound(cfg, uint64_t{7}), reference(cfg, uint64_t{7});
-  for (auto* m : {&bound, &reference}) {  // leave adaLN-Zero's all-zero start so every gradient is non-zero
-    at::manual_seed(11);
-    for (const models::Param& p : m->parameters()) p.tensor->add_(at::randn_like(*p.tensor), 0.05);
-    m->set_requires_grad(true);
-  }
-  FlatParams::Slots trainable;
-  for (const models::Param& p : bound.parameters())
-    if (p.trainable) trainable.emplace_back(p.name, p.tensor);
-  FlatParams flat(trainable, 2, 1);
-  at::Tensor x = at::randn({2, 3, 4, 4}), t = at::tensor({3.0, 700.0});
-  models::Condition y;
-  y.labels = at::tensor({int64_t{1}, int64_t{5}});
-  bound.forward(x, t, y).square().mean().backward();
-  reference.forward(x, t, y).square().mean().backward();
+  TwinDiTs d;
+  FlatParams flat(d.trainable, 2, 1);
+  d.loss(d.bound).backward();
+  d.loss(d.reference).backward();
   flat.gather_grads();
   NamedTensors g = unflatten(flat.layout(), flat.grad());
-  for (const models::Param& p : reference.parameters()) {
+  for (const models::Param& p : d.reference.parameters()) {
     if (!p.trainable) continue;
     ASSERT_TRUE(p.tensor->grad().defined()) << p.name;
     EXPECT_TRUE(at::allclose(g.at(p.name), p.tensor->grad(), 1e-5, 1e-7)) << p.name;
@@ -106,37 +119,23 @@ TEST(FlatParams, DiTTrainsThroughTheFlatBuffer) {
 // those parameters), the rest arrive by hook; two micro-batches add up; a working copy bound afterwards keeps
 // both; once the FlatParams is gone the model's gradients come back through autograd.
 TEST(FlatParams, StreamedGradientsThroughSinksAndHooksEqualAutograd) {
-  models::dit::DiTConfig cfg;
-  cfg.depth = 2, cfg.hidden_size = 32, cfg.num_heads = 4, cfg.patch_size = 2;
-  cfg.in_channels = 3, cfg.input_size = 4, cfg.num_classes = 5, cfg.learn_sigma = false;
-  models::dit::DiT bound(cfg, uint64_t{7}), reference(cfg, uint64_t{7});
-  for (auto* m : {&bound, &reference}) {
-    at::manual_seed(11);
-    for (const models::Param& p : m->parameters()) p.tensor->add_(at::randn_like(*p.tensor), 0.05);
-    m->set_requires_grad(true);
-  }
-  FlatParams::Slots trainable;
-  for (const models::Param& p : bound.parameters())
-    if (p.trainable) trainable.emplace_back(p.name, p.tensor);
-  at::Tensor x = at::randn({2, 3, 4, 4}), t = at::tensor({3.0, 700.0});
-  models::Condition y;
-  y.labels = at::tensor({int64_t{1}, int64_t{5}});
+  TwinDiTs d;
   {
-    auto flat = std::make_unique<FlatParams>(trainable, 1, 0);
+    auto flat = std::make_unique<FlatParams>(d.trainable, 1, 0);
     flat->stream_grads();
     flat->use_working_copy(at::kFloat);  // rebinds the slots (new tensors): their hooks and sinks move along
-    for (int micro = 0; micro < 2; ++micro) bound.forward(x, t, y).square().mean().backward();
+    for (int micro = 0; micro < 2; ++micro) d.loss(d.bound).backward();
     int64_t sunk = 0;
-    for (const auto& [name, slot] : trainable) sunk += !slot->grad().defined();
-    EXPECT_EQ(sunk, int64_t(trainable.size())) << "every gradient streamed: by sink or by hook (then freed)";
+    for (const auto& [name, slot] : d.trainable) sunk += !slot->grad().defined();
+    EXPECT_EQ(sunk, int64_t(d.trainable.size())) << "every gradient streamed: by sink or by hook (then freed)";
     flat->gather_grads();
-    (reference.forward(x, t, y).square().mean() * 2).backward();
+    (d.loss(d.reference) * 2).backward();
     NamedTensors g = unflatten(flat->layout(), flat->grad());
-    for (const models::Param& p : reference.parameters()) {
+    for (const models::Param& p : d.reference.parameters()) {
       if (!p.trainable) continue;
       EXPECT_TRUE(at::allclose(g.at(p.name), p.tensor->grad(), 1e-5, 1e-7)) << p.name;
     }
   }
-  bound.forward(x, t, y).square().mean().backward();  // no FlatParams: no sinks, no hooks
-  for (const auto& [name, slot] : trainable) EXPECT_TRUE(slot->grad().defined()) << name;
+  d.loss(d.bound).backward();  // no FlatParams: no sinks, no hooks
+  for (const auto& [name, slot] : d.trainable) EXPECT_TRUE(slot->grad().defined()) << name;
 }

@@ -57,15 +57,15 @@ struct NormModulateMlp : torch::autograd::Function<NormModulateMlp> {
     auto nm = kernels::norm_modulate(x, shift, scale, eps);
     auto fc1 = kernels::linear_gelu(rows(nm.y), w1, b1);                            // out, pre [N*T, M]
     at::Tensor out = at::linear(fc1.out, w2, b2).view(x.sizes());                   // [N, T, D]
-    ctx->save_for_backward({x, shift, scale, w1, b1, w2, b2, nm.mean, nm.rstd, fc1.pre});
+    ctx->save_for_backward({x, shift, scale, w1, w2, b2, nm.mean, nm.rstd, fc1.pre});
     ctx->saved_data["eps"] = eps;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     auto s = ctx->get_saved_variables();
-    const at::Tensor &x = s[0], &shift = s[1], &scale = s[2], &w1 = s[3], &b1 = s[4], &w2 = s[5], &b2 = s[6],
-                     &mean = s[7], &rstd = s[8], &pre = s[9];                       // pre [N*T, M]: fc1 + bias
+    const at::Tensor &x = s[0], &shift = s[1], &scale = s[2], &w1 = s[3], &w2 = s[4], &b2 = s[5], &mean = s[6],
+                     &rstd = s[7], &pre = s[8];                                     // pre [N*T, M]: fc1 + bias
     const at::Tensor dout = rows(grad_out[0].contiguous());                        // [N*T, D]
     const at::Tensor& zero = zero_bias(pre.size(1), pre.options());
     // The GELU output is recomputed (a temporary, freed before da exists): dw2 [D, M] and db2 [D] in one GEMM.
@@ -76,7 +76,7 @@ struct NormModulateMlp : torch::autograd::Function<NormModulateMlp> {
     auto wg1 = linear_param_grads(bg.da, rows(h), w1, at::Tensor());                // dw1 [M, D]
     at::Tensor dh = bg.da.mm(w1).view(x.sizes());                                   // [N, T, D]
     auto g = kernels::norm_modulate_backward(dh, x, mean, rstd, scale);
-    return {g.dx, g.dshift, g.dscale, wg1.dw, bg.dbias.to(b1.scalar_type()), wg2.dw, wg2.db, at::Tensor()};
+    return {g.dx, g.dshift, g.dscale, wg1.dw, bg.dbias, wg2.dw, wg2.db, at::Tensor()};
   }
 };
 
