@@ -50,15 +50,15 @@ export PATH="$tmp/bin:$PATH" SRUN_LOG="$tmp/srun.log" OPENDIT_BIN="$BIN" OPENDIT
 "$MAKE" "$tmp/fake.h5" 256 1000 4 32 >/dev/null
 out=$(cd "$tmp" && bash "$SRC/jobs/dit_xl2_imagenet256.sbatch" --dry-run --set data.path="$tmp/fake.h5" 2>&1)
 rc=$?
-[ $rc -eq 0 ] && echo "$out" | grep -q "dry run: deck, data and mesh are valid"
+[ $rc -eq 0 ] && grep -q "dry run: deck, data and mesh are valid" <<< "$out"
 check "dit_xl2_imagenet256.sbatch: opendit train --dry-run validates" $? "$out"
 grep -q "^srun .*train --config $SRC/inputs/dit_xl2_imagenet256.toml" "$SRUN_LOG"
 check "dit_xl2_imagenet256.sbatch runs opendit train through srun" $? "$(cat "$SRUN_LOG")"
-echo "$out" | grep -q "DiT-XL/2\|depth 28"
+grep -q "DiT-XL/2\|depth 28" <<< "$out"
 check "it trains DiT-XL/2" $? "$out"
 # The placeholder path of the deck is refused with a clear error (the user must edit it).
 out=$(cd "$tmp" && bash "$SRC/jobs/dit_xl2_imagenet256.sbatch" --dry-run 2>&1)
-[ $? -ne 0 ] && echo "$out" | grep -q "/path/to/imagenet256_latents.h5"
+[ $? -ne 0 ] && grep -q "/path/to/imagenet256_latents.h5" <<< "$out"
 check "the deck's placeholder data.path gives a clear error" $? "$out"
 
 # STDiT training: the deck the job uses, on a small v2 file of clips of its shape ([4, 16, 64, 64], 120 x 4096).
@@ -66,7 +66,7 @@ check "the deck's placeholder data.path gives a clear error" $? "$out"
 out=$(cd "$tmp" && bash "$SRC/jobs/stdit_xl2_16x512.sbatch" --dry-run --set data.path="$tmp/clips.h5" \
   --set data.global_batch=8 2>&1)
 rc=$?
-[ $rc -eq 0 ] && echo "$out" | grep -q "dry run: deck, data and mesh are valid" && echo "$out" | grep -q "STDiT depth 28"
+[ $rc -eq 0 ] && grep -q "dry run: deck, data and mesh are valid" <<< "$out" && grep -q "STDiT depth 28" <<< "$out"
 check "stdit_xl2_16x512.sbatch: opendit train --dry-run validates an STDiT-XL/2 on clips with captions" $? "$out"
 grep -q "^srun .*train --config $SRC/inputs/stdit_xl2_16x512.toml" "$SRUN_LOG"
 check "stdit_xl2_16x512.sbatch runs opendit train through srun" $? "$(cat "$SRUN_LOG")"
@@ -74,11 +74,11 @@ check "stdit_xl2_16x512.sbatch runs opendit train through srun" $? "$(cat "$SRUN
 # Sampling: arguments and deck are accepted; the only error is the (absent) checkpoint.
 out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" "$tmp/absent.safetensors" 2>&1)
 rc=$?
-[ $rc -ne 0 ] && echo "$out" | grep -q "absent.safetensors" && ! echo "$out" | grep -qi "usage\|--classes\|--cfg\|unknown\|expected"
+[ $rc -ne 0 ] && grep -q "absent.safetensors" <<< "$out" && ! grep -qi "usage\|--classes\|--cfg\|unknown\|expected" <<< "$out"
 check "sample_dit.sbatch: opendit sample accepts its arguments (fails only on the absent checkpoint)" $? "$out"
 # With VAE=DIR the samples are decoded to a PNG grid: --vae DIR and a .png output reach opendit sample.
 out=$(cd "$tmp" && VAE="$tmp/novae" bash "$SRC/jobs/sample_dit.sbatch" "$tmp/absent.safetensors" 2>&1)
-[ $? -ne 0 ] && ! echo "$out" | grep -qi "usage\|unknown\|expected" &&
+[ $? -ne 0 ] && ! grep -qi "usage\|unknown\|expected" <<< "$out" &&
   grep -q -- "sample .*--vae $tmp/novae --out .*\.png" "$SRUN_LOG"
 check "sample_dit.sbatch with VAE=DIR passes --vae and writes a PNG" $? "$out $(tail -1 "$SRUN_LOG")"
 out=$(cd "$tmp" && bash "$SRC/jobs/sample_dit.sbatch" 2>&1)
@@ -91,7 +91,7 @@ for job in encode_imagenet:3 encode_videos:4; do
   args=("$tmp/absent_in" "$tmp/vae" "$tmp/t5" "$tmp/out.h5")
   [ "$n" -eq 3 ] && args=("$tmp/absent_in" "$tmp/vae" "$tmp/out.h5")
   out=$(cd "$tmp" && bash "$SRC/jobs/$name.sbatch" "${args[@]}" --set encode.block=64 2>&1)
-  [ $? -ne 0 ] && echo "$out" | grep -q "input $tmp/absent_in does not exist" &&
+  [ $? -ne 0 ] && grep -q "input $tmp/absent_in does not exist" <<< "$out" &&
     grep -q -- "^srun .*encode $tmp/absent_in -o $tmp/out.h5 --vae $tmp/vae .*--resume .*--set encode.block=64" "$SRUN_LOG"
   check "$name.sbatch runs opendit encode --resume through srun with its arguments" $? "$out $(tail -1 "$SRUN_LOG")"
   out=$(cd "$tmp" && bash "$SRC/jobs/$name.sbatch" "$tmp/x" 2>&1)
@@ -139,17 +139,17 @@ stop_job() {  # stop_job SIGNAL [env...]: runs $job on the stand-ins, signals it
   return $rc
 }
 out=$(stop_job TERM); rc=$?
-[ $rc -eq 0 ] && echo "$out" | grep -q "fake opendit: USR1" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
+[ $rc -eq 0 ] && grep -q "fake opendit: USR1" <<< "$out" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
 check "TERM to the job script: opendit gets USR1, exits 75, the job requeues itself and exits 0" $? \
   "status $rc: $out; scontrol log: $(cat "$SCONTROL_LOG" 2>&1)"
 rm -f "$SCONTROL_LOG"
 out=$(stop_job USR1 SCONTROL_STATUS=1); rc=$?
-[ $rc -eq 75 ] && echo "$out" | grep -q "fake opendit: USR1" && echo "$out" | grep -q "submit the job again"
+[ $rc -eq 75 ] && grep -q "fake opendit: USR1" <<< "$out" && grep -q "submit the job again" <<< "$out"
 check "USR1 with the requeue refused: the job exits 75 and says to submit it again" $? "status $rc: $out"
 rm -f "$SCONTROL_LOG"
 job=$SRC/jobs/encode_imagenet.sbatch
 out=$(stop_job TERM); rc=$?
-[ $rc -eq 0 ] && echo "$out" | grep -q "fake opendit: USR1" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
+[ $rc -eq 0 ] && grep -q "fake opendit: USR1" <<< "$out" && grep -qx "scontrol requeue 4242" "$SCONTROL_LOG"
 check "the encode job too: stopped, it requeues itself and exits 0" $? \
   "status $rc: $out; scontrol log: $(cat "$SCONTROL_LOG" 2>&1)"
 
