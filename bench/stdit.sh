@@ -4,7 +4,8 @@
 #   recomputed at batch 2 and 4, 21 of 28 at batch 2 (to fit 30 GiB), none at batch 2; at 16x256^2 at batch 8;
 #   100 guided sampling steps (cfg 7) of one 16x512^2 video; Latte-XL/2 training and sampling at 16x512^2 (no peer).
 # Data: synthetic version-2 files of clips with 120 x 4096 caption tokens (tests/train/make_video_dataset.py).
-# usage: bench/stdit.sh [STEPS]                 prints BENCH/PEER lines
+# usage: bench/stdit.sh [STEPS]                 prints BENCH/PEER lines (MAIN_ONLY=1: the main rows, each with and
+#                                               without the step's CUDA graph, and the peer's two)
 #        bench/stdit.sh 12 PROFILE_DIR          only a per-op profile of one 16x512^2 batch-2 step of each side
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,27 @@ if [ -n "$PROFILE" ]; then
   "$PY" bench/peer_pytorch_stdit.py --batch 2 --recompute --steps 3 --profile > "$PROFILE/peer_stdit_profile.txt" 2>&1 || true
   exit 0
 fi
+if [ -n "${MAIN_ONLY:-}" ]; then  # the main figures only (one device call): each training row with and without
+  # the step's CUDA graph, the sampling loop, the peer's two training rows
+  for graph in true false; do
+    echo "BENCH train STDiT-XL/2 16x512 bf16 zero2 batch 2 recompute all cuda_graph $graph: $(st 512 2 \
+      --set train.activation_checkpointing=true --set train.cuda_graph=$graph)"
+    echo "BENCH train STDiT-XL/2 16x512 bf16 zero2 batch 2 checkpoint_blocks 21 cuda_graph $graph: $(st 512 2 \
+      --set train.checkpoint_blocks=21 --set train.cuda_graph=$graph)"
+    echo "BENCH train STDiT-XL/2 16x256 bf16 zero2 batch 8 no recompute cuda_graph $graph: $(st 256 8 \
+      --set train.cuda_graph=$graph || echo failed)"
+  done
+  build/bin/opendit bench sample --set model.type=stdit --set model.preset=STDiT-XL/2 --set model.num_frames=16 \
+    --set model.input_size=64 --images 1 --steps 100 --cfg 7 --dtype bf16 --graph on | grep '^BENCH'
+  "$PY" bench/peer_pytorch_stdit.py --batch 2 --recompute --steps 8 | grep '^PEER train'
+  "$PY" bench/peer_pytorch_stdit.py --size 256 --batch 8 --steps 8 | grep '^PEER train' || echo "PEER train 16x256 batch 8: failed"
+  exit 0
+fi
 for b in 2 4; do
   echo "BENCH train STDiT-XL/2 16x512 bf16 zero2 batch $b recompute all: $(st 512 $b --set train.activation_checkpointing=true)"
 done
+echo "BENCH train STDiT-XL/2 16x512 bf16 zero2 batch 2 recompute all, eager (train.cuda_graph = false): $(st 512 2 \
+  --set train.activation_checkpointing=true --set train.cuda_graph=false)"
 echo "BENCH train STDiT-XL/2 16x512 bf16 zero2 batch 2 no recompute: $(st 512 2 || echo failed)"
 echo "BENCH train STDiT-XL/2 16x512 bf16 zero2 batch 2 checkpoint_blocks 21: $(st 512 2 --set train.checkpoint_blocks=21)"
 echo "BENCH train STDiT-XL/2 16x256 bf16 zero2 batch 8 no recompute: $(st 256 8 || echo failed)"

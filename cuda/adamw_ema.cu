@@ -31,7 +31,21 @@ struct Scalars {
   float clip, keep, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size, ema_decay,
       one_minus_ema_decay;
   bool weight_decay;  // false: param is never multiplied by keep
+  double decay_rate;  // weight_decay's value, for keep from a device lr
 };
+
+// The per-step scalars from the device (AdamWDynamic order), derived in float64 as the host does (no FMA
+// contraction) and rounded once. Returns false when the update is to be skipped.
+__device__ __forceinline__ bool read_dynamic(const double* d, Scalars& s) {
+  if (d[kDynSkip] != 0) return false;
+  s.clip = float(d[kDynClip]);
+  s.keep = float(__dsub_rn(1.0, __dmul_rn(d[kDynLr], s.decay_rate)));
+  s.neg_step_size = float(-d[kDynStepSize]);
+  s.bc2_sqrt = float(d[kDynBc2Sqrt]);
+  s.ema_decay = float(d[kDynEmaDecay]);
+  s.one_minus_ema_decay = float(__dsub_rn(1.0, d[kDynEmaDecay]));
+  return true;
+}
 
 // Optional tensors are null pointers.
 template <typename W>
@@ -69,7 +83,8 @@ __device__ __forceinline__ void step_one(const Ptrs<W>& t, const Scalars& s, int
 
 // Elements [0, head) and [head + 4 * nvec, n) one by one; [head, head + 4 * nvec) four at a time (16-byte aligned).
 template <typename W>
-__global__ void adamw_ema_kernel(Ptrs<W> t, Scalars s, int64_t n, int64_t head, int64_t nvec) {
+__global__ void adamw_ema_kernel(Ptrs<W> t, Scalars s, const double* dynamic, int64_t n, int64_t head, int64_t nvec) {
+  if (dynamic != nullptr && !read_dynamic(dynamic, s)) return;
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = tid; i < head; i += stride) step_one(t, s, i);
   for (int64_t i = head + kVec * nvec + tid; i < n; i += stride) step_one(t, s, i);
@@ -132,7 +147,8 @@ void launch(const AdamWTensors& t, const Scalars& s) {
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_ema_kernel<W>, kThreads, 0));
   const int64_t fill = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * std::max(per_sm, 1);
   const auto blocks = unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, fill));
-  adamw_ema_kernel<W><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p, s, n, head, nvec);
+  const double* dynamic = t.scalars.defined() ? t.scalars.data_ptr<double>() : nullptr;
+  adamw_ema_kernel<W><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p, s, dynamic, n, head, nvec);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -153,12 +169,16 @@ void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
     TORCH_CHECK(!x->defined() || x->scalar_type() == at::kFloat,
                 "adamw_ema: the CUDA kernel keeps param and optimizer state in float32, got ", x->scalar_type());
   TORCH_CHECK(!t.decay_mask.defined() || t.decay_mask.scalar_type() == at::kBool, "adamw_ema: decay_mask must be bool");
+  TORCH_CHECK(!t.scalars.defined() || (t.scalars.numel() == kDynCount && t.scalars.scalar_type() == at::kDouble &&
+                                       t.scalars.is_contiguous() && t.scalars.device() == param.device()),
+              "adamw_ema: scalars must be a contiguous float64 [", int64_t(kDynCount), "] on ", param.device());
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
 
   Scalars k;
   k.clip = float(s.clip_scale);
   k.weight_decay = s.weight_decay != 0;
+  k.decay_rate = s.weight_decay;
   k.keep = float(1 - s.lr * s.weight_decay);
   k.one_minus_beta1 = float(1 - s.beta1);
   k.beta2 = float(s.beta2);

@@ -28,15 +28,16 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
-__device__ __forceinline__ float gelu_tanh(float u) {
-  const float th = tanhf(kSqrt2OverPi * (u + kGeluCoeff * u * u * u));
-  return 0.5f * u * (1.f + th);
-}
+// One tanh for both: the backward's GELU output (with_gelu) has the forward kernel's bits.
+__device__ __forceinline__ float gelu_tanh_th(float u) { return tanhf(kSqrt2OverPi * (u + kGeluCoeff * (u * u) * u)); }
 
-__device__ __forceinline__ float gelu_tanh_grad(float u) {
-  const float u2 = u * u;
-  const float th = tanhf(kSqrt2OverPi * (u + kGeluCoeff * u2 * u));
-  return 0.5f * (1.f + th) + 0.5f * u * (1.f - th * th) * kSqrt2OverPi * (1.f + 3.f * kGeluCoeff * u2);
+__device__ __forceinline__ float gelu_tanh(float u) { return 0.5f * u * (1.f + gelu_tanh_th(u)); }
+
+// gelu_tanh'(u), and *g = gelu_tanh(u)
+__device__ __forceinline__ float gelu_tanh_grad(float u, float* g) {
+  const float th = gelu_tanh_th(u);
+  *g = 0.5f * u * (1.f + th);
+  return 0.5f * (1.f + th) + 0.5f * u * (1.f - th * th) * kSqrt2OverPi * (1.f + 3.f * kGeluCoeff * (u * u));
 }
 
 // g [M, K] = gelu_tanh(a [M, K] + bias [K]); requires K % V == 0 and 16-byte aligned a, g when V > 1.
@@ -65,13 +66,14 @@ __global__ void bias_gelu_kernel(const T* __restrict__ a, const B* __restrict__ 
   }
 }
 
-// da [M, K] = dg * gelu_tanh'(a + bias); partial [gridDim.y, K] = sum of da over the rows of each blockIdx.y.
+// da [M, K] = dg * gelu_tanh'(a + bias); partial [gridDim.y, K] = sum of da over the rows of each blockIdx.y; and,
+// when g is not null, g [M, K] = gelu_tanh(a + bias).
 // dg and da may be one buffer (reuse_dg): each element is read, then written, by the same thread, so they are not
 // __restrict__.
 template <typename T, typename B, int V>
 __global__ void bias_gelu_backward_kernel(const T* dg, const T* __restrict__ a,
-                                          const B* __restrict__ bias, T* da, float* __restrict__ partial,
-                                          int64_t M, int64_t K) {
+                                          const B* __restrict__ bias, T* da, T* __restrict__ g,
+                                          float* __restrict__ partial, int64_t M, int64_t K) {
   extern __shared__ float smem[];  // [blockDim.y, blockDim.x * V]
   const int64_t col = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   const bool active = col < K;  // inactive threads still reach __syncthreads
@@ -95,14 +97,17 @@ __global__ void bias_gelu_backward_kernel(const T* dg, const T* __restrict__ a,
 #pragma unroll
       for (int u = 0; u < kRows; ++u)
         if (row + u * step < M) {
-          Vec<T, V> y;
+          Vec<T, V> y, out;
 #pragma unroll
           for (int j = 0; j < V; ++j) {
-            const float v = static_cast<float>(d[u].v[j]) * gelu_tanh_grad(static_cast<float>(x[u].v[j]) + b[j]);
+            float gj;
+            const float v = static_cast<float>(d[u].v[j]) * gelu_tanh_grad(static_cast<float>(x[u].v[j]) + b[j], &gj);
             y.v[j] = static_cast<T>(v);
+            out.v[j] = static_cast<T>(gj);
             acc[j] += v;  // the fp32 value, not the rounded one: dbias is the sum of exact da
           }
           *reinterpret_cast<Vec<T, V>*>(da + (row + u * step) * K + col) = y;
+          if (g != nullptr) *reinterpret_cast<Vec<T, V>*>(g + (row + u * step) * K + col) = out;
         }
     }
   }
@@ -215,15 +220,16 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
 }
 
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
-                                 bool reuse_dg) {
+                                 bool reuse_dg, bool with_gelu) {
   check_inputs(a, bias, "bias_gelu_backward");
   TORCH_CHECK(dg.sizes() == a.sizes() && dg.scalar_type() == a.scalar_type() && dg.device() == a.device() &&
                   dg.is_contiguous(),
               "bias_gelu_backward: dg must be a contiguous ", a.scalar_type(), " ", a.sizes(), " on ", a.device());
   const c10::cuda::CUDAGuard guard(a.device());
   at::Tensor da = reuse_dg ? dg : at::empty_like(a, at::MemoryFormat::Contiguous);
+  at::Tensor gout = with_gelu ? at::empty_like(a, at::MemoryFormat::Contiguous) : at::Tensor();
   const int64_t K = a.size(-1), M = K == 0 ? 0 : a.numel() / K;
-  if (M == 0) return {da, at::zeros_like(bias)};
+  if (M == 0) return {da, at::zeros_like(bias), gout};
   at::Tensor dbias = at::empty_like(bias);
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_types(a, bias, "bias_gelu_backward", [&](auto t, auto b) {
@@ -232,24 +238,25 @@ BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, cons
     constexpr int V = 16 / sizeof(T);
     const T *pdg = dg.data_ptr<T>(), *pa = a.data_ptr<T>();
     T* pda = da.data_ptr<T>();
+    T* pg = with_gelu ? gout.data_ptr<T>() : nullptr;
     const B* pb = bias.data_ptr<B>();
-    const bool vec = K % V == 0 && aligned16(pdg) && aligned16(pa) && aligned16(pda);
+    const bool vec = K % V == 0 && aligned16(pdg) && aligned16(pa) && aligned16(pda) && (!pg || aligned16(pg));
     const Launch l = vec ? launch_shape(bias_gelu_backward_kernel<T, B, V>, M, K, V, true)
                          : launch_shape(bias_gelu_backward_kernel<T, B, 1>, M, K, 1, true);
     at::Tensor partial = at::empty({int64_t(l.grid.y), K}, a.options().dtype(at::kFloat));
     const size_t shared = size_t(l.block.x) * l.block.y * (vec ? V : 1) * sizeof(float);
     if (vec)
       bias_gelu_backward_kernel<T, B, V>
-          <<<l.grid, l.block, shared, stream>>>(pdg, pa, pb, pda, partial.data_ptr<float>(), M, K);
+          <<<l.grid, l.block, shared, stream>>>(pdg, pa, pb, pda, pg, partial.data_ptr<float>(), M, K);
     else
       bias_gelu_backward_kernel<T, B, 1>
-          <<<l.grid, l.block, shared, stream>>>(pdg, pa, pb, pda, partial.data_ptr<float>(), M, K);
+          <<<l.grid, l.block, shared, stream>>>(pdg, pa, pb, pda, pg, partial.data_ptr<float>(), M, K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sum_partials_kernel<B><<<unsigned((K + 31) / 32), dim3(32, kSumLanes), 0, stream>>>(
         partial.data_ptr<float>(), dbias.data_ptr<B>(), int64_t(l.grid.y), K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {da, dbias};
+  return {da, dbias, gout};
 }
 
 }  // namespace opendit::kernels::cuda_impl

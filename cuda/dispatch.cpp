@@ -99,14 +99,14 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
 }
 
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
-                                 bool reuse_dg) {
+                                 bool reuse_dg, bool with_gelu) {
   TORCH_CHECK(a.dim() >= 1 && a.is_contiguous(), "bias_gelu_backward: a must be contiguous, got ", a.sizes());
   check_same(dg, a, "bias_gelu_backward: dg");
   TORCH_CHECK(dg.scalar_type() == a.scalar_type(), "bias_gelu_backward: dg and a differ in dtype");
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == a.size(-1) && bias.is_contiguous() && bias.device() == a.device(),
               "bias_gelu_backward: bias must be a contiguous [", a.size(-1), "] on ", a.device());
   return route(fused_available(a) && fused_available(bias), cuda_impl::bias_gelu_backward,
-               reference::bias_gelu_backward, dg, a, bias, reuse_dg);
+               reference::bias_gelu_backward, dg, a, bias, reuse_dg, with_gelu);
 }
 
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
@@ -123,6 +123,10 @@ void adamw_ema(const AdamWTensors& t, const AdamWScalars& s) {
     TORCH_CHECK(!x->defined() || x->scalar_type() == p.scalar_type(), "adamw_ema: optimizer state must be ",
                 p.scalar_type(), " like param, got ", x->scalar_type());
   TORCH_CHECK(!t.decay_mask.defined() || t.decay_mask.scalar_type() == at::kBool, "adamw_ema: decay_mask must be bool");
+  TORCH_CHECK(!t.scalars.defined() || (t.scalars.dim() == 1 && t.scalars.numel() == kDynCount &&
+                                       t.scalars.scalar_type() == at::kDouble && t.scalars.is_contiguous() &&
+                                       t.scalars.device() == p.device()),
+              "adamw_ema: scalars must be a contiguous float64 [", int64_t(kDynCount), "] on ", p.device());
   at::NoGradGuard no_grad;
   route(p.is_cuda() && p.scalar_type() == at::kFloat, cuda_impl::adamw_ema, reference::adamw_ema, t, s);
 }

@@ -12,7 +12,7 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
 GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
-                                 bool reuse_dg = false);
+                                 bool reuse_dg = false, bool with_gelu = false);
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
 at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                            double eps, bool silu);

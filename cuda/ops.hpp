@@ -43,12 +43,14 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 
 // da = dg * gelu_tanh'(a + bias) (a's dtype, a's shape); dbias = sum over all rows of da [K] in bias's dtype.
 // reuse_dg: the caller gives dg up, and the kernel may write da over it (one [..., K] buffer less at the peak of
-// the MLP's backward); the reference ignores it.
+// the MLP's backward); the reference ignores it. with_gelu: g = gelu_tanh(a + bias) too, in the same pass (the
+// MLP's backward needs the GELU output for fc2's weight gradient: one read of a instead of two).
 struct BiasGeluGrads {
   at::Tensor da, dbias;
+  at::Tensor g;  // with_gelu only
 };
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
-                                 bool reuse_dg = false);
+                                 bool reuse_dg = false, bool with_gelu = false);
 
 // ---- d. AdamW + EMA in one pass ----------------------------------------------------------------------------------
 // Over flat 1-D tensors of one length n on one device, in torch.optim.AdamW's order of operations:
@@ -66,8 +68,13 @@ struct AdamWScalars {
   double bias_correction2_sqrt = 1.0;  // sqrt(1 - beta2^step)
   double clip_scale = 1.0, ema_decay = 0.9999;
 };
+// scalars (optional, so that a CUDA graph can replay updates whose scalars change every step): float64 [6] on
+// param's device, {lr, step_size, bias_correction2_sqrt, ema_decay, clip_scale, skip}; read on the device in place of
+// those fields of AdamWScalars (beta1, beta2, eps, weight_decay stay), and skip != 0 leaves every tensor untouched.
+enum AdamWDynamic : int64_t { kDynLr, kDynStepSize, kDynBc2Sqrt, kDynEmaDecay, kDynClip, kDynSkip, kDynCount };
 struct AdamWTensors {
   at::Tensor param, grad, exp_avg, exp_avg_sq, ema, decay_mask, working;
+  at::Tensor scalars;
 };
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
 
@@ -136,7 +143,7 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
 GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
-                                 bool reuse_dg = false);  // reuse_dg ignored
+                                 bool reuse_dg = false, bool with_gelu = false);  // reuse_dg ignored
 void adamw_ema(const AdamWTensors& t, const AdamWScalars& s);
 LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias);

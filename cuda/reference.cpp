@@ -58,10 +58,13 @@ at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {
   return at::gelu(a.to(dt) + bias.to(dt), "tanh").to(a.scalar_type());
 }
 
-BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias, bool) {
+BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias, bool,
+                                 bool with_gelu) {
   const auto dt = opmath(a);
-  at::Tensor da = at::gelu_backward(dg.to(dt), a.to(dt) + bias.to(dt), "tanh");
-  return {da.to(a.scalar_type()), da.reshape({-1, a.size(-1)}).sum(0).to(bias.scalar_type())};
+  const at::Tensor u = a.to(dt) + bias.to(dt);
+  at::Tensor da = at::gelu_backward(dg.to(dt), u, "tanh");
+  return {da.to(a.scalar_type()), da.reshape({-1, a.size(-1)}).sum(0).to(bias.scalar_type()),
+          with_gelu ? at::gelu(u, "tanh").to(a.scalar_type()) : at::Tensor()};
 }
 
 // The GEMMs with epilogues (cuda/gemm_epilogue.cpp): torch's linear, then the elementwise part.
@@ -82,8 +85,16 @@ void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tens
   if (db.defined()) accumulate ? db.add_(g.db.to(db.scalar_type())) : db.copy_(g.db);
 }
 
-void adamw_ema(const AdamWTensors& all, const AdamWScalars& s) {
+void adamw_ema(const AdamWTensors& all, const AdamWScalars& host) {
   at::NoGradGuard no_grad;
+  AdamWScalars s = host;
+  if (all.scalars.defined()) {  // the device's values (a host read: this definition is not for CUDA graphs)
+    const at::Tensor c = all.scalars.to(at::kCPU);
+    const double* d = c.data_ptr<double>();
+    if (d[kDynSkip] != 0) return;
+    s.lr = d[kDynLr], s.step_size = d[kDynStepSize], s.bias_correction2_sqrt = d[kDynBc2Sqrt];
+    s.ema_decay = d[kDynEmaDecay], s.clip_scale = d[kDynClip];
+  }
   // Slices of a few MiB keep the temporaries (scaled gradient, denominator) small and in cache.
   const int64_t n = all.param.numel(), chunk = int64_t(1) << 20;
   for (int64_t b = 0; b < n; b += chunk) {

@@ -201,7 +201,7 @@ void run_kernel_bench(const KernelBenchArgs& a) {
     const int64_t n = kDitXlParams;
     at::Tensor param = at::randn({n}, fopts) * 0.02;
     kernels::AdamWTensors t{param, at::randn({n}, fopts), at::zeros({n}, fopts), at::zeros({n}, fopts),
-                            param.clone(), {}, param.to(at::kBFloat16)};
+                            param.clone(), {}, param.to(at::kBFloat16), {}};
     kernels::AdamWScalars s;
     // read param, grad, exp_avg, exp_avg_sq, ema; write param, exp_avg, exp_avg_sq, ema, working
     const double bytes = 9.0 * n * f32 + 2.0 * n;

@@ -114,6 +114,9 @@ const Schema& base_schema() {
         {"train.checkpoint_blocks", Type::Int, int64_t{0}, "Recompute the activations of only the first K blocks "
          "in backward (memory traded for time one block at a time; `activation_checkpointing = true` means all).",
          0, 1e6, {}},
+        {"train.cuda_graph", Type::Bool, true, "On one GPU (a world of one rank), replay each optimizer step as one "
+         "CUDA graph after two eager warm-up steps (the same kernels without the host's launch gaps); the CPU and "
+         "runs of more ranks step eagerly.", -inf, inf, {}},
         {"train.profile_step", Type::Int, int64_t{0}, "Profile this step (counted from 1) with the torch profiler: a "
          "per-op GPU/CPU time table on stdout and profile.json in the run folder; 0 = off.", 0, 1e12, {}},
         {"train.ema_decay", Type::Float, 0.9999, "EMA decay per optimizer step.", 0, 1, {}},

@@ -7,14 +7,12 @@
 #include <mutex>
 
 #ifdef OPENDIT_WITH_CUDA
-#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include "core/cuda_graph.hpp"
 #include "core/error.hpp"
 
 namespace opendit::sample {
@@ -22,43 +20,6 @@ namespace opendit::sample {
 namespace {
 
 #ifdef OPENDIT_WITH_CUDA
-// at::cuda::CUDAGraph plus the cleanup after a failed capture that it leaves to the caller: when an op inside the
-// capture throws (a host sync, a copy from pageable memory), the stream stays in capture mode and the caching
-// allocators keep routing its allocations to the graph's private pool.
-class Graph : public at::cuda::CUDAGraph {
- public:
-  // Call after an exception between capture_begin() and the end of capture_end().
-  void abandon_capture() noexcept {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(capture_stream_.stream(), &status) == cudaSuccess &&
-        status != cudaStreamCaptureStatusNone) {
-      cudaGraph_t partial = nullptr;
-      if (cudaStreamEndCapture(capture_stream_.stream(), &partial) == cudaSuccess && partial != nullptr)
-        cudaGraphDestroy(partial);
-    }
-    (void)cudaGetLastError();  // capture errors are not sticky: clear it, so that no later launch check sees it
-    // capture_end() got past the pool bookkeeping (the destructor releases the pool then), or no pool was opened.
-    if (capture_ended_ || (mempool_id_.first == 0 && mempool_id_.second == 0)) return;
-    // Each may already be done, depending on where capture_end() threw; then it throws, and that is fine.
-    try {
-      c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_);
-    } catch (...) {
-    }
-    try {
-      at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(mempool_id_);
-    } catch (...) {
-    }
-    try {
-      c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_);
-    } catch (...) {
-    }
-    try {
-      at::getHostAllocator(at::kCUDA)->release_pool(mempool_id_);
-    } catch (...) {
-    }
-  }
-};
-
 std::atomic<bool> warned{false};  // the capture-failure warning, once per process
 #endif
 
@@ -72,7 +33,7 @@ struct CudaGraphDenoiser::State {
   std::string failure;
   int captures = 0;
 #ifdef OPENDIT_WITH_CUDA
-  std::unique_ptr<Graph> graph;
+  std::unique_ptr<CapturedGraph> graph;
   at::Tensor static_x, static_t, static_out;  // the graph's inputs and output, at fixed addresses
 
   bool matches(const at::Tensor& x, const at::Tensor& t) const {
@@ -100,24 +61,12 @@ struct CudaGraphDenoiser::State {
     {
       c10::cuda::CUDAStreamGuard on_side(side);
       for (int i = 0; i < warmup; ++i) fn(static_x, static_t);
-      auto g = std::make_unique<Graph>();
-      try {
-        g->capture_begin();
-        static_out = fn(static_x, static_t);
-        g->capture_end();
+      auto g = std::make_unique<CapturedGraph>();
+      error = g->capture([&] { static_out = fn(static_x, static_t); });
+      if (error.empty())
         graph = std::move(g);
-      } catch (const c10::Error& e) {
-        error = e.what_without_backtrace();
-      } catch (const std::exception& e) {
-        error = e.what();
-      } catch (...) {
-        error = "unknown exception";
-      }
-      if (!graph) {
+      else
         static_out = at::Tensor();
-        g->abandon_capture();
-        if (error.empty()) error = "no graph";
-      }
     }
     c10::cuda::CUDAEvent done;
     done.record(side);

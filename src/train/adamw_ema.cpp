@@ -21,10 +21,7 @@ void check(const at::Tensor& t, const at::Tensor& like, const char* role, bool m
     throw std::invalid_argument(cat("adamw_ema_step: ", role, " is ", t.scalar_type(), ", expected float32"));
 }
 
-}  // namespace
-
-void adamw_ema_step(const AdamWShard& shard, const AdamWConfig& cfg, int64_t step, double clip_scale,
-                    double ema_decay) {
+void check_shard(const AdamWShard& shard) {
   const at::Tensor& p = shard.param;
   if (!p.defined() || !shard.grad.defined() || !shard.exp_avg.defined() || !shard.exp_avg_sq.defined())
     throw std::invalid_argument("adamw_ema_step: param, grad, exp_avg and exp_avg_sq are required");
@@ -37,16 +34,45 @@ void adamw_ema_step(const AdamWShard& shard, const AdamWConfig& cfg, int64_t ste
   check(shard.working, p, "working", false);
   if (shard.decay_mask.defined() && shard.decay_mask.scalar_type() != at::kBool)
     throw std::invalid_argument("adamw_ema_step: decay_mask must be bool");
-  if (step < 1) throw std::invalid_argument(cat("adamw_ema_step: step ", step, " < 1"));
+}
+
+kernels::AdamWScalars fixed_scalars(const AdamWConfig& cfg) {
   kernels::AdamWScalars k;
   k.lr = cfg.lr, k.beta1 = cfg.beta1, k.beta2 = cfg.beta2, k.eps = cfg.eps, k.weight_decay = cfg.weight_decay;
-  k.step_size = cfg.lr / (1 - std::pow(cfg.beta1, double(step)));
-  k.bias_correction2_sqrt = std::pow(1 - std::pow(cfg.beta2, double(step)), 0.5);
-  k.clip_scale = clip_scale, k.ema_decay = ema_decay;
-  // One fused pass on the GPU; the ATen definition (cuda/reference.cpp) elsewhere.
+  return k;
+}
+
+// One fused pass on the GPU; the ATen definition (cuda/reference.cpp) elsewhere.
+void run(const AdamWShard& shard, const kernels::AdamWScalars& k, const at::Tensor& scalars) {
   kernels::adamw_ema({shard.param, shard.grad, shard.exp_avg, shard.exp_avg_sq, shard.ema, shard.decay_mask,
-                      shard.working},
+                      shard.working, scalars},
                      k);
+}
+
+}  // namespace
+
+std::array<double, 4> adamw_step_scalars(const AdamWConfig& cfg, int64_t step, double ema_decay) {
+  if (step < 1) throw std::invalid_argument(cat("adamw_ema_step: step ", step, " < 1"));
+  return {cfg.lr, cfg.lr / (1 - std::pow(cfg.beta1, double(step))),
+          std::pow(1 - std::pow(cfg.beta2, double(step)), 0.5), ema_decay};
+}
+
+void adamw_ema_step(const AdamWShard& shard, const AdamWConfig& cfg, int64_t step, double clip_scale,
+                    double ema_decay) {
+  check_shard(shard);
+  const std::array<double, 4> v = adamw_step_scalars(cfg, step, ema_decay);
+  kernels::AdamWScalars k = fixed_scalars(cfg);
+  k.step_size = v[1], k.bias_correction2_sqrt = v[2], k.ema_decay = v[3], k.clip_scale = clip_scale;
+  run(shard, k, at::Tensor());
+}
+
+void adamw_ema_step(const AdamWShard& shard, const AdamWConfig& cfg, const at::Tensor& scalars) {
+  check_shard(shard);
+  if (!scalars.defined() || scalars.dim() != 1 || scalars.numel() != kernels::kDynCount ||
+      scalars.scalar_type() != at::kDouble || scalars.device() != shard.param.device())
+    throw std::invalid_argument(cat("adamw_ema_step: scalars must be a float64 [", int64_t(kernels::kDynCount),
+                                    "] on ", shard.param.device().str()));
+  run(shard, fixed_scalars(cfg), scalars.contiguous());
 }
 
 double clip_scale_for(double total_norm, double max_norm) {

@@ -13,6 +13,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <array>
+
 namespace opendit::train {
 
 struct AdamWConfig {
@@ -34,6 +36,15 @@ struct AdamWShard {
 // (clip_scale_for() below, 1 without clipping). Throws std::invalid_argument on mismatched tensors.
 void adamw_ema_step(const AdamWShard& shard, const AdamWConfig& cfg, int64_t step, double clip_scale,
                     double ema_decay);
+
+// The same with the step's scalars on the device (cuda/ops.hpp, AdamWDynamic: float64 [6] {lr, step_size,
+// bias_correction2_sqrt, ema_decay, clip_scale, skip}; cfg.lr is not read), so that a CUDA graph can replay it: no
+// host value of the update changes from step to step. skip != 0 leaves the shard untouched.
+void adamw_ema_step(const AdamWShard& shard, const AdamWConfig& cfg, const at::Tensor& scalars);
+
+// The host's part of those scalars for update number `step` (from 1): {lr, lr / (1 - beta1^step),
+// sqrt(1 - beta2^step), ema_decay}, exactly as the other overload derives them.
+std::array<double, 4> adamw_step_scalars(const AdamWConfig& cfg, int64_t step, double ema_decay);
 
 // torch.nn.utils.clip_grad_norm_'s factor: min(max_norm / (total_norm + 1e-6), 1); 1 when max_norm <= 0 (off).
 double clip_scale_for(double total_norm, double max_norm);

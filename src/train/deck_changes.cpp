@@ -17,6 +17,7 @@ bool harmless_on_resume(const std::string& key) {
                                           "train.max_nonfinite_steps",
                                           "train.activation_checkpointing",
                                           "train.checkpoint_blocks",
+                                          "train.cuda_graph",
                                           "data.prefetch",
                                           "data.verify",
                                           "model.attention",

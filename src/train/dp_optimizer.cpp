@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "core/error.hpp"
+#include "cuda/ops.hpp"
 
 namespace opendit::train {
 
@@ -78,22 +79,27 @@ at::Tensor DataParallelOptimizer::grad_range() {
   return params_.grad().narrow(0, range_.begin, range_.size());
 }
 
-double DataParallelOptimizer::global_grad_norm() { return global_grad_norm_and(at::Tensor()).first; }
-
-std::pair<double, double> DataParallelOptimizer::global_grad_norm_and(const at::Tensor& extra) {
-  // Per-rank norm in float32 (torch's own reduction), squared and summed over the group in float64 on the device
-  // (the square of a float32 is exact in float64, so one rank's norm comes back unchanged).
-  at::Tensor sum_sq = at::linalg_vector_norm(grad_range(), 2).to(at::kDouble).square().reshape({1});
-  if (sharded()) comm_.all_reduce(sum_sq, parallel::ReduceOp::Sum);
-  const at::Tensor more = extra.defined() ? extra.detach().to(sum_sq.device(), at::kDouble).reshape({1})
-                                          : at::zeros({1}, sum_sq.options());
-  const at::Tensor host = at::cat({sum_sq, more}).cpu();  // [2]
-  const double* v = host.data_ptr<double>();
-  return {std::sqrt(v[0]), v[1]};
+double DataParallelOptimizer::global_grad_norm() {
+  return std::sqrt(grad_stats(at::Tensor()).cpu().data_ptr<double>()[0]);
 }
 
-void DataParallelOptimizer::update(double clip_scale) {
-  ++step_;
+at::Tensor DataParallelOptimizer::grad_stats(const at::Tensor& loss) {
+  // Per-rank norm in float32 (torch's own reduction), squared and summed over the group in float64 on the device
+  // (the square of a float32 is exact in float64, so one rank's norm comes back unchanged).
+  const at::Tensor sum_sq = at::linalg_vector_norm(grad_range(), 2).to(at::kDouble).square().reshape({1});
+  const at::Tensor more = loss.defined() ? loss.detach().to(sum_sq.device(), at::kDouble).reshape({1})
+                                         : at::zeros({1}, sum_sq.options());
+  at::Tensor stats = at::cat({sum_sq, more});  // [2]
+  if (comm_.size() > 1) {
+    if (sharded())
+      comm_.all_reduce(stats, parallel::ReduceOp::Sum);
+    else  // ddp: every rank holds the whole averaged gradient already
+      comm_.all_reduce(stats.narrow(0, 1, 1), parallel::ReduceOp::Sum);
+  }
+  return stats;
+}
+
+AdamWShard DataParallelOptimizer::shard() {
   AdamWShard s;
   s.param = params_.data().narrow(0, range_.begin, range_.size());
   s.grad = grad_range();
@@ -102,11 +108,38 @@ void DataParallelOptimizer::update(double clip_scale) {
   s.ema = ema_;
   s.decay_mask = decay_mask_;
   if (params_.working().defined()) s.working = params_.working().narrow(0, range_.begin, range_.size());
-  adamw_ema_step(s, opts_.adamw, step_, clip_scale, opts_.ema_decay);
+  return s;
+}
+
+void DataParallelOptimizer::update(double clip_scale) {
+  ++step_;
+  adamw_ema_step(shard(), opts_.adamw, step_, clip_scale, opts_.ema_decay);
+}
+
+void DataParallelOptimizer::stage_update() {
+  const std::array<double, 4> v = adamw_step_scalars(opts_.adamw, step_ + 1, opts_.ema_decay);
+  const at::Device device = params_.data().device();
+  if (!scalars_.defined()) scalars_ = at::zeros({kernels::kDynCount}, at::TensorOptions(at::kDouble).device(device));
+  at::Tensor host = at::tensor(at::ArrayRef<double>(v.data(), v.size()), at::kDouble);
+  if (device.is_cuda()) host = host.pin_memory();
+  scalars_.narrow(0, kernels::kDynLr, 4).copy_(host, /*non_blocking=*/true);
+}
+
+void DataParallelOptimizer::update(const at::Tensor& stats) {
+  if (!scalars_.defined()) throw std::logic_error("DataParallelOptimizer::update(stats) before stage_update()");
+  at::NoGradGuard no_grad;
+  const at::Tensor norm_sq = stats.narrow(0, 0, 1), loss = stats.narrow(0, 1, 1);
+  // clip_scale_for() on the device, in the same float64 operations.
+  at::Tensor clip = at::ones_like(norm_sq);
+  if (opts_.max_grad_norm > 0)
+    clip = at::full_like(norm_sq, opts_.max_grad_norm).div_(norm_sq.sqrt().add_(1e-6)).clamp_max_(1.0);
+  scalars_.narrow(0, kernels::kDynClip, 1).copy_(clip);
+  scalars_.narrow(0, kernels::kDynSkip, 1).copy_((at::isfinite(norm_sq) & at::isfinite(loss)).logical_not());
+  adamw_ema_step(shard(), opts_.adamw, scalars_);
 }
 
 void DataParallelOptimizer::gather_params() {
-  if (!sharded()) return;
+  if (!sharded() || comm_.size() == 1) return;  // one rank: the update wrote the whole buffer
   // In place: this rank's shard already sits at its offset of the buffer. With a working copy only that is
   // gathered (half the bytes); data() outside the own shard is then stale, gather_full_master() assembles it.
   const at::Tensor& full = params_.working().defined() ? params_.working() : params_.data();

@@ -51,10 +51,18 @@ class DataParallelOptimizer {
   // The phases of step().
   void reduce_grads();             // ddp/zero1: params.grad() averaged in place; zero2: own shard into grad_shard
   double global_grad_norm();       // collective for zero1/zero2
-  // The same, and `extra` (a scalar on the device, e.g. the step's loss; may be undefined: 0) in one
-  // device-to-host read: the step's only synchronisation.
-  std::pair<double, double> global_grad_norm_and(const at::Tensor& extra);
+  // Collective, device work only: float64 [2] on the device, {the squared global gradient norm, `loss` summed over
+  // the group} (loss: a scalar on the device, e.g. the step's loss; undefined: 0). The trainer reads it once per step.
+  at::Tensor grad_stats(const at::Tensor& loss);
   void update(double clip_scale);  // AdamW + EMA over state_range(); advances step_count()
+  // The update as device work only, so that a CUDA graph can replay it. stage_update() copies the host's scalars of
+  // update step_count() + 1 (lr, bias corrections, EMA decay) to the device (outside a graph: they change every
+  // step); update(stats) derives the clip factor from grad_stats() on the device and skips the update altogether
+  // (parameters, moments and EMA untouched) when the norm or the loss is not finite; commit_update() advances
+  // step_count() once the host has read the stats and knows whether the update was applied.
+  void stage_update();
+  void update(const at::Tensor& stats);
+  void commit_update(bool applied) { step_ += applied ? 1 : 0; }
   void gather_params();            // zero1/zero2: the updated shards into params.data(), or working() if any
 
   // Collective: the whole EMA / master weights [padded] on every rank, for export.
@@ -75,6 +83,7 @@ class DataParallelOptimizer {
  private:
   bool sharded() const { return opts_.strategy != DpStrategy::Ddp; }
   at::Tensor grad_range();  // the averaged gradient over state_range()
+  AdamWShard shard();       // what the update reads and writes
   at::Tensor gather(const at::Tensor& shard);
 
   FlatParams& params_;
@@ -82,6 +91,7 @@ class DataParallelOptimizer {
   DataParallelOptions opts_;
   FlatRange range_;
   at::Tensor exp_avg_, exp_avg_sq_, ema_, decay_mask_, grad_shard_;
+  at::Tensor scalars_;  // float64 [kernels::kDynCount] on the device: update(stats)'s per-step scalars
   int64_t step_ = 0;
 };
 

@@ -4,6 +4,8 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include <algorithm>
+
 #include "core/error.hpp"
 #include "models/layers/grad_sink.hpp"
 
@@ -125,6 +127,11 @@ void FlatParams::gather_grads() {
 
 void FlatParams::clear_grads() {
   for (const auto& [name, slot] : slots_) slot->mutable_grad().reset();
+}
+
+void FlatParams::restart_step() {
+  clear_grads();
+  std::fill(fresh_.begin(), fresh_.end(), char(1));
 }
 
 }  // namespace opendit::train

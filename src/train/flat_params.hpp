@@ -53,6 +53,7 @@ class FlatParams {
   void stream_grads();
   void gather_grads();  // completes grad() for the step: slots' .grad() copied, zeros where none arrived
   void clear_grads();   // drops every slot's .grad()
+  void restart_step();  // a step abandoned half-way (a failed CUDA graph capture): the next starts afresh
   void absorb_grad(size_t entry, const at::Tensor& param);  // the hook's work (public for the hook object)
 
  private:

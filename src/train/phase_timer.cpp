@@ -33,7 +33,7 @@ double PhaseTimer::total() const {
 std::string PhaseTimer::report(const parallel::ProcessGroup& group) {
   switch_to(current_);  // account for the time up to now
   static const char* names[kPhases] = {"data wait", "forward", "backward", "communication", "optimizer",
-                                       "checkpoint", "other"};
+                                       "graph replay", "checkpoint", "other"};
   const std::vector<double> mine(total_.begin(), total_.end());
   const std::vector<double> mn = group.all_reduce(mine, parallel::ReduceOp::Min);
   const std::vector<double> mx = group.all_reduce(mine, parallel::ReduceOp::Max);
@@ -44,6 +44,7 @@ std::string PhaseTimer::report(const parallel::ProcessGroup& group) {
   std::string out = "phase             min (s)     avg (s)     max (s)   % total\n";
   char line[128];
   for (int i = 0; i < kPhases; ++i) {
+    if (i == static_cast<int>(Phase::Graph) && sum[i] == 0) continue;  // eager runs: no replays
     double avg = sum[i] / size;
     std::snprintf(line, sizeof line, "%-14s %10.3f  %10.3f  %10.3f   %6.1f%%\n", names[i], mn[i], avg, mx[i],
                   all > 0 ? 100 * avg / all : 0.0);

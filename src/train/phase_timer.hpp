@@ -10,8 +10,9 @@
 
 namespace opendit::train {
 
-enum class Phase { Data, Forward, Backward, Comm, Optimizer, Checkpoint, Other };
-constexpr int kPhases = 7;
+// Graph: a whole step replayed as one CUDA graph (forward, backward, communication and optimizer inseparable).
+enum class Phase { Data, Forward, Backward, Comm, Optimizer, Graph, Checkpoint, Other };
+constexpr int kPhases = 8;
 
 class PhaseTimer {
  public:

@@ -31,6 +31,7 @@ TrainSettings train_settings_from(const config::Deck& deck, int dp_size) {
   s.activation_checkpointing = deck.get_bool("train.activation_checkpointing");
   s.checkpoint_blocks = deck.get_int("train.checkpoint_blocks");
   s.profile_step = deck.get_int("train.profile_step");
+  s.cuda_graph = deck.get_bool("train.cuda_graph");
   s.lr_schedule = deck.get_string("train.lr_schedule");
   s.warmup_steps = deck.get_int("train.warmup_steps");
   s.min_lr = deck.get_float("train.min_lr");

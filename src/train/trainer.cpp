@@ -196,110 +196,11 @@ void Trainer::build() {
     if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index());
   });
   timer_->set_enabled(false);  // phases are timed (device-synchronized) on log steps only
+  // One GPU: each step a CUDA graph (train/step_graph.hpp). Collectives are not captured: more ranks step eagerly.
+  if (s_.cuda_graph && ctx_.gpu() && mesh.world_size() == 1)
+    graph_ = std::make_unique<StepGraph>([this](const std::vector<MicroBatch>& in) { return device_step(in); },
+                                         ctx_.device());
   window_start_ = run_start_ = std::chrono::steady_clock::now();
-}
-
-void Trainer::profile_begin() {
-  // train.profile_step: rank 0 records this one step op by op (the device drained before and after).
-  if (ctx_.mesh().rank() != 0 || step_ + 1 != s_.profile_step) return;
-  if (ctx_.gpu()) at::detail::getCUDAHooks().deviceSynchronize(ctx_.device().index());
-  profiler_ = std::make_unique<OpProfiler>();
-  profiler_->start(ctx_.gpu());
-}
-
-void Trainer::profile_end(int64_t step_number) {
-  if (!profiler_) return;
-  profiler_->stop();
-  const std::string table = profiler_->table(30);
-  std::printf("\nprofile of step %lld (rank 0, %s):\n%s\n", (long long)step_number,
-              ctx_.gpu() ? "GPU kernels" : "CPU ops", table.c_str());
-  std::ofstream(s_.run_dir() + "/profile.txt") << table;
-  profiler_->write_json(s_.run_dir() + "/profile.json");
-  profiler_.reset();
-}
-
-bool Trainer::step() {
-  const parallel::Mesh& mesh = ctx_.mesh();
-  const int dp = mesh.dp_size(), dp_rank = mesh.coord().dp_rank;
-  const bool gpu = ctx_.gpu();
-  const at::Device device = ctx_.device();
-  const int64_t micro_global = s_.global_batch / s_.accumulation, local = micro_global / dp;
-  opt_->set_lr(s_.lr_at(step_));
-  // Phase timing synchronizes the device at every switch: only on log steps, so that other steps run unhindered.
-  timer_->set_enabled((step_ + 1) % s_.log_every == 0);
-  profile_begin();
-  // Each step's randomness (about 2 ms of CPU randn at batch 64) is drawn one step ahead on a worker thread, so
-  // that the host keeps the GPU fed. Pinned, so that its copies to the GPU do not stall the host.
-  auto draw = [this, gpu](int64_t st) {
-    StepRandom r = draw_step(s_.seed, st, s_.global_batch, model_->sample_shape(), diffusion_->num_timesteps(),
-                             cond_spec_.dropout, dataset_->has_posterior());
-    if (gpu) r.noise = r.noise.pin_memory();
-    if (gpu && r.eps.defined()) r.eps = r.eps.pin_memory();
-    return r;
-  };
-  StepRandom rnd = next_random_.valid() ? next_random_.get() : draw(step_);
-  if (step_ + 1 < s_.steps) next_random_ = std::async(std::launch::async, draw, step_ + 1);
-  auto upload = [&](const at::Tensor& t) {
-    return !t.defined() ? t : gpu ? t.pin_memory().to(device, /*non_blocking=*/true) : t;
-  };
-  at::Tensor loss_sum;  // on the device: read once per step
-  for (int64_t m = 0; m < s_.accumulation; ++m) {
-    timer_->switch_to(Phase::Data);
-    io::LatentBatch batch = loader_->next();
-    const int64_t first = m * micro_global + int64_t(dp_rank) * local;  // this slice's place in the global batch
-    at::Tensor x0 = batch.latents.to(device, /*non_blocking=*/true);
-    if (batch.logvar.defined())  // a fresh draw from the stored posterior (DiT's latent_dist.sample() * 0.18215)
-      x0 = io::posterior_sample(x0, batch.logvar.to(device, /*non_blocking=*/true), upload(rnd.eps.narrow(0, first, local)));
-    models::Condition cond;
-    if (cond_spec_.kind == models::ConditionKind::Labels) cond.labels = batch.labels;
-    else cond.text = batch.text_emb, cond.text_mask = batch.text_mask;
-    cond = model_->drop_condition(cond, rnd.drop.narrow(0, first, local));
-    cond = {upload(cond.labels), upload(cond.text), upload(cond.text_mask)};
-    at::Tensor t = upload(rnd.t.narrow(0, first, local));
-    at::Tensor noise = upload(rnd.noise.narrow(0, first, local));
-    timer_->switch_to(Phase::Forward);
-    diffusion::Denoiser net = [&](const at::Tensor& xt, const at::Tensor& tt) {
-      return model_->forward(xt.to(compute_), tt.to(at::kFloat), cond).to(at::kFloat);  // loss terms in fp32
-    };
-    at::Tensor loss = diffusion_->training_losses(net, x0, t, noise).loss.mean() / double(s_.accumulation);
-    timer_->switch_to(Phase::Backward);
-    // Every rank of an sp group computed the same loss: each backpropagates 1/sp of it, and the group's gradients
-    // are summed below (models/layers/seq_parallel.hpp).
-    (mesh.sp_size() > 1 ? loss / double(mesh.sp_size()) : loss).backward();
-    loss_sum = m == 0 ? loss.detach() : loss_sum + loss.detach();
-  }
-  timer_->switch_to(Phase::Comm);
-  params_->gather_grads();  // most gradients were streamed into the flat buffer during backward
-  if (mesh.sp_size() > 1) ctx_.sp().all_reduce(params_->grad(), parallel::ReduceOp::Sum);
-  opt_->reduce_grads();
-  // The loss is read with the gradient norm: one wait for the device per step, after the whole backward.
-  const auto [norm, step_loss] = opt_->global_grad_norm_and(loss_sum);
-  const double loss_avg = mesh.dp().all_reduce(step_loss, parallel::ReduceOp::Sum) / dp;
-  ++step_;
-  if (!std::isfinite(norm) || !std::isfinite(loss_avg)) {
-    ++skipped_total_;
-    profiler_.reset();
-    if (mesh.rank() == 0)
-      std::fprintf(stderr, "\nwarning: step %lld: non-finite loss (%g) or gradient norm (%g): step skipped\n",
-                   (long long)step_, loss_avg, norm);
-    // The loss and the norm are reduced over the group: every rank decides alike.
-    if (++skipped_in_a_row_ >= s_.max_nonfinite)
-      throw CollectiveError(cat(skipped_in_a_row_, " consecutive steps had a non-finite loss or gradient (last at step ",
-                                step_, "): lower train.lr, enable train.grad_clip, or check the data"));
-    return false;
-  }
-  skipped_in_a_row_ = 0;
-  timer_->switch_to(Phase::Optimizer);
-  opt_->set_ema_decay((opt_->step_count() + 1) % s_.ema_every == 0 ? s_.dp.ema_decay : 1.0);
-  opt_->update(clip_scale_for(norm, s_.dp.max_grad_norm));
-  timer_->switch_to(Phase::Comm);
-  opt_->gather_params();
-  timer_->switch_to(Phase::Other);
-  profile_end(step_);
-  window_loss_ += loss_avg;
-  ++window_steps_;
-  last_norm_ = norm;
-  return true;
 }
 
 void Trainer::log() {

@@ -36,6 +36,7 @@
 #include "train/phase_timer.hpp"
 #include "train/run_folder.hpp"
 #include "train/settings.hpp"
+#include "train/step_graph.hpp"
 
 namespace opendit::train {
 
@@ -106,6 +107,12 @@ class Trainer {
   void agree_on_write(const std::string& error);  // collective over the world: a writer's error stops every rank  // rank 0: the collectives of the dp and sp groups per step
   void profile_begin();
   void profile_end(int64_t step_number);
+  // A step in three parts (train/trainer_step.cpp): this rank's micro-batches on the host (pinned on GPU); the
+  // device work (forward, backward, gradient reduction, the update; capturable as a CUDA graph), which returns the
+  // step's stats (DataParallelOptimizer::grad_stats); the host's reading of those stats.
+  std::vector<MicroBatch> load_inputs(const StepRandom& rnd);
+  at::Tensor device_step(const std::vector<MicroBatch>& in);
+  at::Tensor graph_step(const std::vector<MicroBatch>& host);  // undefined: run this step eagerly
 
   config::Deck deck_;
   const parallel::ParallelContext& ctx_;
@@ -132,6 +139,8 @@ class Trainer {
   std::chrono::steady_clock::time_point window_start_, run_start_;
   std::future<StepRandom> next_random_;
   std::unique_ptr<PhaseTimer> timer_;
+  std::unique_ptr<StepGraph> graph_;  // train.cuda_graph on one GPU; dropped if its capture fails
+  int64_t eager_steps_ = 0;           // run by this process: the graph is captured after kGraphWarmup of them
   std::array<parallel::CollectiveCounts, 2> traffic_{};  // dp, sp: the training loop's, for the closing table
   std::unique_ptr<OpProfiler> profiler_;
   std::ofstream metrics_;

@@ -73,6 +73,13 @@ void check_bias_gelu(const GeluCase& c, int64_t offset = 0) {
   ASSERT_EQ(got.dbias.sizes(), bias.sizes());
   EXPECT_LE(rel(got.da, want.da), tol);
   EXPECT_LE(rel(got.dbias, want.dbias), tolerance(c.bias_dtype));
+  EXPECT_FALSE(got.g.defined());
+  // with_gelu: the same gradients, and the forward's output from the same pass (bit for bit the forward kernel's).
+  auto both = kernels::cuda_impl::bias_gelu_backward(dg, a, bias, /*reuse_dg=*/false, /*with_gelu=*/true);
+  EXPECT_TRUE(at::equal(both.da, got.da));
+  EXPECT_TRUE(at::equal(both.dbias, got.dbias));
+  ASSERT_TRUE(both.g.defined());
+  EXPECT_TRUE(at::equal(both.g, g));
 }
 #endif
 

@@ -67,6 +67,10 @@ TEST(ReferenceOps, BiasGeluMatchesTorchGeluAndAutograd) {
     auto g = kernels::bias_gelu_backward(dg, a.detach(), bias.detach());
     EXPECT_LT(rel(g.da, grad_of(plain, dg, a)), 1e-12);
     EXPECT_LT(rel(g.dbias, grad_of(plain, dg, bias)), 1e-12);
+    EXPECT_FALSE(g.g.defined());
+    auto both = kernels::bias_gelu_backward(dg, a.detach(), bias.detach(), false, /*with_gelu=*/true);
+    EXPECT_TRUE(at::equal(both.da, g.da));
+    EXPECT_LT(rel(both.g, plain), 1e-14);
   }
 }
 

@@ -2,9 +2,16 @@
 // on the flat layout: several steps, clipped and unclipped, with and without (masked) weight decay.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 
+#ifdef OPENDIT_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "core/cuda_graph.hpp"
 #include "support/ref_data.hpp"
 #include "train/adamw_ema.hpp"
 #include "train/flat_params.hpp"
@@ -134,3 +141,84 @@ TEST(AdamWEma, RejectsMismatchedTensors) {
   EXPECT_DOUBLE_EQ(clip_scale_for(10.0, 0.0), 1.0);
   EXPECT_DOUBLE_EQ(clip_scale_for(0.5, 1.0), 1.0);
 }
+
+namespace {
+
+AdamWShard random_shard(int64_t n, const at::Device& device, uint64_t seed) {
+  at::manual_seed(seed);
+  const auto o = at::TensorOptions(at::kFloat).device(device);
+  AdamWShard s;
+  s.param = at::randn({n}, o), s.grad = at::randn({n}, o), s.exp_avg = at::randn({n}, o) * 0.1;
+  s.exp_avg_sq = at::rand({n}, o) * 0.01, s.ema = at::randn({n}, o), s.decay_mask = at::rand({n}, o) > 0.5;
+  s.working = s.param.to(at::kBFloat16);
+  return s;
+}
+
+AdamWShard clone(const AdamWShard& s) {
+  return {s.param.clone(), s.grad, s.exp_avg.clone(), s.exp_avg_sq.clone(), s.ema.clone(), s.decay_mask,
+          s.working.clone()};
+}
+
+bool same(const AdamWShard& a, const AdamWShard& b) {
+  return at::equal(a.param, b.param) && at::equal(a.exp_avg, b.exp_avg) && at::equal(a.exp_avg_sq, b.exp_avg_sq) &&
+         at::equal(a.ema, b.ema) && at::equal(a.working, b.working);
+}
+
+// The device scalars of update `step`: {lr, step_size, bc2_sqrt, ema_decay, clip, skip}.
+at::Tensor device_scalars(const AdamWConfig& cfg, int64_t step, double clip, double ema_decay, bool skip,
+                          const at::Device& device) {
+  const std::array<double, 4> v = adamw_step_scalars(cfg, step, ema_decay);
+  return at::tensor({v[0], v[1], v[2], v[3], clip, skip ? 1.0 : 0.0}, at::kDouble).to(device);
+}
+
+}  // namespace
+
+// The scalars read from a device tensor (what a CUDA graph replays) give the same bits as the host's, on the CPU and,
+// with a GPU, in the kernel; skip leaves everything as it was.
+TEST(AdamWEma, DeviceScalarsUpdateLikeHostScalars) {
+  std::vector<at::Device> devices = {at::kCPU};
+  if (at::hasCUDA()) devices.emplace_back(at::kCUDA, 0);
+  AdamWConfig cfg;
+  cfg.weight_decay = 0.05, cfg.lr = 3e-4;
+  for (const at::Device& device : devices) {
+    SCOPED_TRACE(device.str());
+    const int64_t n = 4099;  // an odd length: the kernel's unaligned tail too
+    AdamWShard host = random_shard(n, device, 3), dev = clone(host), skipped = clone(host);
+    for (int64_t step = 1; step <= 3; ++step) {
+      adamw_ema_step(host, cfg, step, 0.7, 0.99);
+      adamw_ema_step(dev, cfg, device_scalars(cfg, step, 0.7, 0.99, false, device));
+      ASSERT_TRUE(same(host, dev)) << "step " << step;
+    }
+    const AdamWShard before = clone(skipped);
+    adamw_ema_step(skipped, cfg, device_scalars(cfg, 1, 0.7, 0.99, true, device));
+    EXPECT_TRUE(same(skipped, before));
+    EXPECT_THROW(adamw_ema_step(dev, cfg, at::zeros({5}, at::TensorOptions(at::kDouble).device(device))),
+                 std::invalid_argument);
+    EXPECT_THROW(adamw_ema_step(dev, cfg, at::zeros({6}, at::TensorOptions(at::kFloat).device(device))),
+                 std::invalid_argument);
+  }
+}
+
+#ifdef OPENDIT_WITH_CUDA
+// One captured update replayed with new scalars staged before each replay equals the eager updates.
+TEST(AdamWEma, GraphReplaysWithStagedScalars) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  const at::Device gpu(at::kCUDA, 0);
+  AdamWConfig cfg;
+  cfg.weight_decay = 0.05, cfg.lr = 3e-4;
+  AdamWShard eager = random_shard(1 << 16, gpu, 4), graphed = clone(eager);
+  at::Tensor scalars = device_scalars(cfg, 1, 1.0, 0.9, false, gpu);
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, 0);
+  c10::cuda::CUDAStreamGuard on_side(side);
+  CapturedGraph graph;
+  ASSERT_EQ(graph.capture([&] { adamw_ema_step(graphed, cfg, scalars); }), "");
+  for (int64_t step = 1; step <= 4; ++step) {
+    const double clip = step == 2 ? 0.25 : 1.0, decay = step == 3 ? 1.0 : 0.9;
+    adamw_ema_step(eager, cfg, step, clip, decay);
+    scalars.copy_(device_scalars(cfg, step, clip, decay, false, at::kCPU));
+    graph.replay();
+    side.synchronize();
+    ASSERT_TRUE(same(eager, graphed)) << "step " << step;
+  }
+}
+#endif

@@ -6,6 +6,7 @@
 // summation order (whole buffer vs shards), which may move the clip factor by an ulp: 1e-6 relative covers it.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -93,7 +94,21 @@ Result single_process_reference(const FlatLayout& layout, const DataParallelOpti
   return r;
 }
 
-Result run_strategy(MpiCommunicator& comm, DpStrategy strategy, at::ScalarType working, Model& m) {
+// The trainer's way through a step: device work only (the clip factor from grad_stats() on the device), then the
+// host's read of the stats. Returns the norm, as step() does.
+double device_path_step(DataParallelOptimizer& opt, const at::Tensor& loss) {
+  opt.reduce_grads();
+  opt.stage_update();
+  const at::Tensor stats = opt.grad_stats(loss);
+  opt.update(stats);
+  opt.gather_params();
+  const at::Tensor host = stats.cpu();
+  opt.commit_update(std::isfinite(host[0].item<double>()) && std::isfinite(host[1].item<double>()));
+  return std::sqrt(host[0].item<double>());
+}
+
+Result run_strategy(MpiCommunicator& comm, DpStrategy strategy, at::ScalarType working, Model& m,
+                    bool device_path = false) {
   const int p = comm.size(), me = comm.rank();
   FlatParams flat(m.slots, p, me, 16, decay_matrices());
   if (working != at::kFloat) flat.use_working_copy(working);
@@ -103,7 +118,7 @@ Result run_strategy(MpiCommunicator& comm, DpStrategy strategy, at::ScalarType w
   for (int k = 0; k < kSteps; ++k) {
     at::Tensor g = global_grad(flat.layout(), padded, k, 0), d = global_grad(flat.layout(), padded, k, 500);
     flat.grad().copy_(g + (me - (p - 1) / 2.0) * d);
-    r.norms.push_back(opt.step().grad_norm);
+    r.norms.push_back(device_path ? device_path_step(opt, at::ones({}, at::kFloat)) : opt.step().grad_norm);
   }
   EXPECT_EQ(opt.step_count(), kSteps);
   EXPECT_EQ(opt.state_range().size(), strategy == DpStrategy::Ddp ? padded : padded / p);
@@ -139,8 +154,13 @@ TEST_P(Strategies, MatchOneProcessWithTheGlobalGradient) {
   Result ref = single_process_reference(layout, options(GetParam()));
   for (at::ScalarType working : {at::kFloat, at::kBFloat16}) {
     SCOPED_TRACE(std::string(dp_strategy_name(GetParam())) + " working " + c10::toString(working));
-    Model m(7);
+    Model m(7), m_dev(7);
     Result got = run_strategy(comm, GetParam(), working, m);
+    // The device-decided update (stage_update, grad_stats, update(stats), commit_update) is the same arithmetic.
+    Result dev = run_strategy(comm, GetParam(), working, m_dev, /*device_path=*/true);
+    EXPECT_TRUE(at::equal(dev.master, got.master));
+    EXPECT_TRUE(at::equal(dev.ema, got.ema));
+    EXPECT_EQ(dev.norms, got.norms);
     for (int k = 0; k < kSteps; ++k) EXPECT_NEAR(got.norms[k], ref.norms[k], 1e-6 * ref.norms[k]) << "step " << k;
     const double e_master = rel(got.master, ref.master), e_ema = rel(got.ema, ref.ema);
     EXPECT_LE(e_master, 1e-6);
@@ -171,4 +191,28 @@ TEST(DpStrategy, NamesParse) {
   EXPECT_EQ(parse_dp_strategy("zero1"), DpStrategy::Zero1);
   EXPECT_EQ(std::string(dp_strategy_name(parse_dp_strategy("ddp"))), "ddp");
   EXPECT_THROW(parse_dp_strategy("zero3"), Error);
+}
+
+// grad_stats sums the loss over the group, and a non-finite loss on one rank skips the update on every rank: no
+// parameter, moment or EMA changes, and the step count stays.
+TEST_P(Strategies, NonFiniteLossOnOneRankSkipsEverywhere) {
+  MpiCommunicator comm(ProcessGroup::world());
+  Model m(7);
+  FlatParams flat(m.slots, comm.size(), comm.rank(), 16, decay_matrices());
+  DataParallelOptimizer opt(flat, comm, options(GetParam()));
+  flat.grad().copy_(global_grad(flat.layout(), flat.data().numel(), 0, 0));
+  const at::Tensor loss = at::full({}, comm.rank() + 1.0, at::kFloat);
+  EXPECT_EQ(device_path_step(opt, loss), device_path_step(opt, loss));  // two applied steps, norm unchanged
+  const at::Tensor stats = opt.grad_stats(loss);
+  EXPECT_EQ(stats[1].item<double>(), comm.size() * (comm.size() + 1) / 2.0);
+  ASSERT_EQ(opt.step_count(), 2);
+  const at::Tensor before = opt.gather_full_master(), ema = opt.gather_full_ema(), m1 = opt.exp_avg().clone();
+  const at::Tensor bad = comm.rank() == 0 ? at::full({}, NAN, at::kFloat) : loss;
+  const double norm = device_path_step(opt, bad);
+  EXPECT_TRUE(std::isfinite(norm));
+  EXPECT_EQ(opt.step_count(), 2);
+  EXPECT_TRUE(at::equal(opt.gather_full_master(), before));
+  EXPECT_TRUE(at::equal(opt.gather_full_ema(), ema));
+  EXPECT_TRUE(at::equal(opt.exp_avg(), m1));
+  EXPECT_THROW(DataParallelOptimizer(flat, comm, options(GetParam())).update(stats), std::logic_error);
 }

@@ -315,6 +315,45 @@ class TrainTest(unittest.TestCase):
         self.assertLessEqual(err, 1e-3, f"{lc} vs {lg}")
         self.assertLessEqual(dl, 1e-3, f"{lc} vs {lg}")
 
+    # One GPU replays each step as a CUDA graph after two eager steps (train.cuda_graph, on by default): the same
+    # kernels on the same inputs. Two micro-batches and clipping go through the graph; a run resumed after step 4
+    # warms up and captures again.
+    @unittest.skipUnless(torch.cuda.is_available(), "no GPU: the GPU training checks are skipped")
+    def test_gpu_cuda_graph_steps_equal_eager_steps(self):
+        """one GPU: CUDA-graph steps = eager steps (bf16, 2 micro-batches; resumed across a capture too)"""
+        sets = ("parallel.device=cuda", "train.precision=bf16", "train.accumulation=2", "train.steps=8",
+                "train.checkpoint_every=4")
+        rc_e, out_e = train(self.tmp, "gpu_eager", 1, *sets, "train.cuda_graph=false")
+        rc_g, out_g = train(self.tmp, "gpu_graph", 1, *sets)
+        rc_r1, out_r1 = train(self.tmp, "gpu_graph_resumed", 1, *sets[:-2], "train.steps=4")
+        rc_r2, out_r2 = train(self.tmp, "gpu_graph_resumed", 1, *sets, resume="auto")
+        detail = (out_e + out_g + out_r1 + out_r2)[-3000:]
+        self.assertEqual((rc_e, rc_g, rc_r1, rc_r2), (0, 0, 0, 0), detail)
+        self.assertIn("step 3: captured as a CUDA graph", out_g, detail)
+        self.assertIn("step 7: captured as a CUDA graph", out_r2, detail)
+        self.assertNotIn("captured", out_e, detail)
+        self.assertIn("graph replay", out_g, detail)  # the phase table's row
+        eager = {w: weights(self.tmp, "gpu_eager", w) for w in ("model", "ema")}
+        for name in ("gpu_graph", "gpu_graph_resumed"):
+            got = {w: weights(self.tmp, name, w) for w in ("model", "ema")}
+            err = max(rel_norm(got[w], eager[w]) for w in got)
+            print(f"{name} vs gpu_eager: weights {err:.2e} in norm (<= 1e-6), bit-identical tensors: "
+                  f"{sum(len(eager[w]) - len(differing(got[w], eager[w])) for w in got)} of "
+                  f"{sum(len(eager[w]) for w in got)}", flush=True)
+            self.assertLessEqual(err, 1e-6, detail)
+        le, lg = losses(self.tmp, "gpu_eager"), losses(self.tmp, "gpu_graph")
+        self.assertLessEqual(max(abs(a - b) / a for a, b in zip(le, lg)), 1e-5, f"{le} vs {lg}")
+
+    @unittest.skipUnless(torch.cuda.is_available(), "no GPU: the GPU training checks are skipped")
+    def test_gpu_cuda_graph_skips_non_finite_steps(self):
+        """one GPU: non-finite steps are skipped inside the CUDA graph too, then a clear stop"""
+        rc, out = train(self.tmp, "gpu_nan", 1, "data.path=" + self.nan_data, "parallel.device=cuda",
+                        "train.max_nonfinite_steps=5", timeout=120)
+        self.assertNotEqual(rc, 0, out[-1500:])
+        self.assertIn("step 3: captured as a CUDA graph", out, out[-1500:])
+        self.assertEqual(out.count("step skipped"), 5, out[-1500:])
+        self.assertIn("5 consecutive steps", out, out[-1500:])
+
 
 if __name__ == "__main__":
     if len(sys.argv) < 4:

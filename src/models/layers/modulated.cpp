@@ -68,10 +68,11 @@ struct NormModulateMlp : torch::autograd::Function<NormModulateMlp> {
                      &rstd = s[7], &pre = s[8];                                     // pre [N*T, M]: fc1 + bias
     const at::Tensor dout = rows(grad_out[0].contiguous());                        // [N*T, D]
     const at::Tensor& zero = zero_bias(pre.size(1), pre.options());
-    // The GELU output is recomputed (a temporary, freed before da exists): dw2 [D, M] and db2 [D] in one GEMM.
-    auto wg2 = linear_param_grads(dout, kernels::bias_gelu(pre, zero), w2, b2);
-    // da is written over dg (a temporary): one [N*T, M] buffer less at the peak of backward.
-    auto bg = kernels::bias_gelu_backward(dout.mm(w2), pre, zero, /*reuse_dg=*/true);  // da [N*T, M], db1 [M]
+    // One pass over pre gives da (written over dg, a temporary) and the GELU output again, which fc2's weight
+    // gradient reads and which is freed before the fc1 GEMMs.
+    auto bg = kernels::bias_gelu_backward(dout.mm(w2), pre, zero, /*reuse_dg=*/true, /*with_gelu=*/true);
+    auto wg2 = linear_param_grads(dout, bg.g, w2, b2);                              // dw2 [D, M], db2 [D]
+    bg.g = at::Tensor();                                                            // da [N*T, M], db1 [M] stay
     const at::Tensor h = kernels::norm_modulate(x, shift, scale, ctx->saved_data["eps"].toDouble()).y;
     auto wg1 = linear_param_grads(bg.da, rows(h), w1, at::Tensor());                // dw1 [M, D]
     at::Tensor dh = bg.da.mm(w1).view(x.sizes());                                   // [N, T, D]
