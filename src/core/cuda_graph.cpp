@@ -31,22 +31,16 @@ class Graph : public at::cuda::CUDAGraph {
     // capture_end() got past the pool bookkeeping (the destructor releases the pool then), or no pool was opened.
     if (capture_ended_ || (mempool_id_.first == 0 && mempool_id_.second == 0)) return;
     // Each may already be done, depending on where capture_end() threw; then it throws, and that is fine.
-    try {
-      c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_);
-    } catch (...) {
-    }
-    try {
-      at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(mempool_id_);
-    } catch (...) {
-    }
-    try {
-      c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_);
-    } catch (...) {
-    }
-    try {
-      at::getHostAllocator(at::kCUDA)->release_pool(mempool_id_);
-    } catch (...) {
-    }
+    auto quietly = [](auto&& undo) {
+      try {
+        undo();
+      } catch (...) {
+      }
+    };
+    quietly([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_); });
+    quietly([&] { at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(mempool_id_); });
+    quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_); });
+    quietly([&] { at::getHostAllocator(at::kCUDA)->release_pool(mempool_id_); });
   }
 };
 

@@ -27,7 +27,8 @@ void each_field(Mine& a, const MicroBatch& b, F f) {
 namespace {
 
 c10::Stream pool_stream(const at::Device& device) {
-  if (!device.is_cuda()) throw std::invalid_argument(cat("StepGraph: CUDA graphs need a CUDA device, not ", device.str()));
+  if (!device.is_cuda())
+    throw std::invalid_argument(cat("StepGraph: CUDA graphs need a CUDA device, not ", device.str()));
 #ifdef OPENDIT_WITH_CUDA
   return c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());
 #else
@@ -78,16 +79,15 @@ bool StepGraph::fits(const std::vector<MicroBatch>& in) const {
 at::Tensor StepGraph::run(const std::vector<MicroBatch>& in) {
   if (!graph_.captured()) {
     if (!failure_.empty()) return {};
-    const at::Device device = device_;
     inputs_.assign(in.size(), MicroBatch{});
     for (size_t m = 0; m < in.size(); ++m)
       each_field(inputs_[m], in[m], [&](at::Tensor& mine, const at::Tensor& theirs) {
-        if (theirs.defined()) mine = at::empty(theirs.sizes(), at::TensorOptions(theirs.scalar_type()).device(device));
+        if (theirs.defined()) mine = at::empty(theirs.sizes(), at::TensorOptions(theirs.scalar_type()).device(device_));
       });
 #ifdef OPENDIT_WITH_CUDA
     // The eager steps before left their activations cached in the allocator's general pool; the graph gets a pool
     // of its own. Released first, peak memory stays that of one step.
-    at::detail::getCUDAHooks().deviceSynchronize(device.index());
+    at::detail::getCUDAHooks().deviceSynchronize(device_.index());
     c10::cuda::CUDACachingAllocator::emptyCache();
 #endif
     failure_ = graph_.capture([&] { stats_ = fn_(inputs_); });

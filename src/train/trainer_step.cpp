@@ -142,8 +142,10 @@ bool Trainer::step() {
   opt_->stage_update();  // this update's lr, bias corrections and EMA decay, to the device
   at::Tensor stats = graph_step(inputs);
   if (!stats.defined()) {
-    if (graph_ && graph_->failure().empty()) ++eager_steps_;  // a warm-up step
-    if (graph_ && !graph_->failure().empty()) on_graph_stream.reset(), graph_.reset();
+    if (graph_ && graph_->failure().empty())
+      ++eager_steps_;  // a warm-up step (or one whose inputs do not fit the graph)
+    else if (graph_)   // the capture failed: eager from now on, on the default stream
+      on_graph_stream.reset(), graph_.reset();
     std::vector<MicroBatch> dev;
     for (const MicroBatch& b : inputs) dev.push_back(upload(b, ctx_.device()));
     stats = device_step(dev);
