@@ -36,6 +36,14 @@ void check_per_sample(const at::Tensor& v, const at::Tensor& tokens, const char*
   TORCH_CHECK(v.device() == tokens.device(), what, " is on ", v.device(), ", the tokens on ", tokens.device());
 }
 
+// An optional [D] vector matching tokens [N, T, D].
+void check_bias(const at::Tensor& b, const at::Tensor& tokens, const char* what) {
+  if (!b.defined()) return;
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == tokens.size(2) && b.is_contiguous() && b.device() == tokens.device(),
+              what, " must be a contiguous [", tokens.size(2), "] on ", tokens.device(), ", got ", b.sizes(), " on ",
+              b.device());
+}
+
 void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
   TORCH_CHECK(a.sizes() == b.sizes() && a.device() == b.device() && a.is_contiguous(), what, " must be contiguous ",
               b.sizes(), " on ", b.device(), ", got ", a.sizes(), " on ", a.device());
@@ -61,7 +69,7 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const a
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale) {
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres) {
   check_tokens(x, "norm_modulate_backward: x");
   check_same(dy, x, "norm_modulate_backward: dy");
   TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "norm_modulate_backward: dy and x differ in dtype");
@@ -69,25 +77,32 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
                   rstd.is_contiguous(),
               "norm_modulate_backward: mean and rstd must be contiguous [N, T]");
   check_per_sample(scale, x, "norm_modulate_backward: scale");
+  if (dres.defined()) {
+    check_same(dres, x, "norm_modulate_backward: dres");
+    TORCH_CHECK(dres.scalar_type() == x.scalar_type(), "norm_modulate_backward: dres and x differ in dtype");
+  }
   return route(fused_available(x), cuda_impl::norm_modulate_backward, reference::norm_modulate_backward, dy, x, mean,
-               rstd, scale);
+               rstd, scale, dres);
 }
 
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& bias) {
   check_tokens(x, "gated_residual: x");
   check_same(y, x, "gated_residual: y");
   TORCH_CHECK(y.scalar_type() == x.scalar_type(), "gated_residual: x and y differ in dtype");
   check_per_sample(gate, x, "gated_residual: gate");
-  return route(fused_available(x), cuda_impl::gated_residual, reference::gated_residual, x, y, gate);
+  check_bias(bias, x, "gated_residual: bias");
+  return route(fused_available(x), cuda_impl::gated_residual, reference::gated_residual, x, y, gate, bias);
 }
 
-GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate) {
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate,
+                                           const at::Tensor& bias) {
   check_tokens(y, "gated_residual_backward: y");
   check_same(dout, y, "gated_residual_backward: dout");
   TORCH_CHECK(dout.scalar_type() == y.scalar_type(), "gated_residual_backward: dout and y differ in dtype");
   check_per_sample(gate, y, "gated_residual_backward: gate");
+  check_bias(bias, y, "gated_residual_backward: bias");
   return route(fused_available(y), cuda_impl::gated_residual_backward, reference::gated_residual_backward, dout, y,
-               gate);
+               gate, bias);
 }
 
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias) {

@@ -7,9 +7,10 @@
 namespace opendit::kernels::cuda_impl {
 NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale);
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
-GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres);
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& bias);
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate,
+                                           const at::Tensor& bias);
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
                                  bool reuse_dg = false, bool with_gelu = false);

@@ -85,14 +85,15 @@ __global__ void __launch_bounds__(kMaxTeam)
   }
 }
 
-// dx = rstd * (g - mean_D(g) - xhat * mean_D(g * xhat)), g = dy * (1 + scale[n]), xhat = (x - mean) * rstd; and
-// the partial sums over this block's tokens part[0, n, c] = sum dy, part[1, n, c] = sum dy * xhat ([2, N, chunks, D]).
+// dx = rstd * (g - mean_D(g) - xhat * mean_D(g * xhat)) (+ dres when given), g = dy * (1 + scale[n]),
+// xhat = (x - mean) * rstd; and the partial sums over this block's tokens part[0, n, c] = sum dy,
+// part[1, n, c] = sum dy * xhat ([2, N, chunks, D]).
 template <typename A, typename P, int VEC, int PER>
 __global__ void __launch_bounds__(kMaxTeam)
     norm_modulate_backward_kernel(const A* __restrict__ dy, const A* __restrict__ x, const float* __restrict__ mean,
                                   const float* __restrict__ rstd, const P* __restrict__ scale, int64_t scale_stride,
-                                  A* __restrict__ dx, float* __restrict__ part, int64_t N, int64_t T, int64_t D,
-                                  int64_t chunks, int64_t rows) {
+                                  const A* __restrict__ dres, A* __restrict__ dx, float* __restrict__ part, int64_t N,
+                                  int64_t T, int64_t D, int64_t chunks, int64_t rows) {
   __shared__ Two buf[64];
   int flip = 0;
   const int64_t n = blockIdx.x / chunks, c = blockIdx.x % chunks, t0 = c * rows, t1 = min(T, t0 + rows);
@@ -141,9 +142,10 @@ __global__ void __launch_bounds__(kMaxTeam)
     for (int j = 0; j < PER; ++j) {
       const int64_t col = (threadIdx.x + int64_t(j) * blockDim.x) * VEC;
       if (col < nvec * VEC) {
-        float o[VEC];
+        float o[VEC], res[VEC] = {};
+        if (dres) load<A, VEC>(dres + row * D + col, res);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) o[k] = r * (g[j][k] - ga - xh[j][k] * gb);
+        for (int k = 0; k < VEC; ++k) o[k] = r * (g[j][k] - ga - xh[j][k] * gb) + res[k];
         store<A, VEC>(dx + row * D + col, o);
       }
     }
@@ -214,15 +216,16 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 
 // The same backward in the warp-per-row layout: block b covers tokens [t0, t0 + rows) of sample b / chunks, warp w
 // the tokens t0 + w, t0 + w + kRowWarps, ...; each lane sums dy and dy * xhat of its columns in its warp's shared
-// memory slots, and block_column_sums adds the warps' sums into part [2, N, chunks, D]. Dynamic shared memory:
+// memory slots, and block_column_sums adds the warps' sums into part [2, N, chunks, D]; dx gets dres (when given)
+// added before rounding. Dynamic shared memory:
 // warp_sums_bytes(2, NV, VEC).
 template <typename A, typename P, int VEC, int NV>
 __global__ void __launch_bounds__(kRowWarps * 32)
     norm_modulate_backward_warp_kernel(const A* __restrict__ dy, const A* __restrict__ x,
                                        const float* __restrict__ mean, const float* __restrict__ rstd,
-                                       const P* __restrict__ scale, int64_t scale_stride, A* __restrict__ dx,
-                                       float* __restrict__ part, int64_t N, int64_t T, int64_t D, int64_t chunks,
-                                       int64_t rows) {
+                                       const P* __restrict__ scale, int64_t scale_stride,
+                                       const A* __restrict__ dres, A* __restrict__ dx, float* __restrict__ part,
+                                       int64_t N, int64_t T, int64_t D, int64_t chunks, int64_t rows) {
   extern __shared__ float sums_buf[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = blockIdx.x / chunks, c = blockIdx.x % chunks, t0 = c * rows, t1 = min(T, t0 + rows);
@@ -270,11 +273,14 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     for (int j = 0; j < NV; ++j) {
       const int64_t v = lane + 32 * j;
       if (v < nvec) {
-        float o[VEC];
+        // The residual's gradient is read only here, not held through the row's reductions: registers bound how
+        // many rows are in flight.
+        float o[VEC], res[VEC] = {};
+        if (dres) load<A, VEC>(dres + row * D + v * VEC, res);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const float d = to_float(rd[j].v[k]), xh = (to_float(rx[j].v[k]) - mu) * r;
-          o[k] = r * (d * (1.0f + to_float(sc[j].v[k])) - ga - xh * gb);
+          o[k] = r * (d * (1.0f + to_float(sc[j].v[k])) - ga - xh * gb) + res[k];
         }
         store<A, VEC>(dx + row * D + v * VEC, o);
       }
@@ -325,7 +331,7 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, cons
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale_in) {
+                                         const at::Tensor& rstd, const at::Tensor& scale_in, const at::Tensor& dres) {
   TORCH_CHECK(
       x.is_cuda() && x.dim() == 3 && x.is_contiguous() && dy.is_contiguous() && dy.scalar_type() == x.scalar_type(),
       "norm_modulate_backward: x and dy must be contiguous CUDA [N, T, D] of one dtype");
@@ -352,7 +358,8 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
     kernel<<<grid_of(N * ch.count), threads, smem, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),
         rstd.data_ptr<float>(), reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale),
-        reinterpret_cast<A*>(dx.data_ptr()), part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
+        dres.defined() ? reinterpret_cast<const A*>(dres.data_ptr()) : nullptr, reinterpret_cast<A*>(dx.data_ptr()),
+        part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   auto warp = [&](auto types, auto vec, auto nv, size_t smem) {
@@ -367,8 +374,9 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
     launch(types, norm_modulate_backward_kernel<A, P, decltype(vec)::value, decltype(per)::value>, threads, 0);
   };
   // Packed rows of at most 12 x 32 packs whose 2 sums fit shared memory: one warp a row, else the row teams.
-  if (!launch_rows(x, scale, {{x, D}, {dy, D}, {scale, row_stride(scale)}}, 2, warp, team))
-    return reference::norm_modulate_backward(dy, x, mean, rstd, scale_in);
+  const at::Tensor& res_view = dres.defined() ? dres : dy;  // read in dy's packs: its alignment counts too
+  if (!launch_rows(x, scale, {{x, D}, {dy, D}, {res_view, D}, {scale, row_stride(scale)}}, 2, warp, team))
+    return reference::norm_modulate_backward(dy, x, mean, rstd, scale_in, dres);
   NormModulateGrads out{dx, {}, {}};
   finish_sums(part, scale_in.scalar_type(), &out.dshift, &out.dscale);
   return out;

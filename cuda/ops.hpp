@@ -20,21 +20,29 @@ struct NormModulate {
 NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 
 // dx [N, T, D] (x's dtype); dshift = sum_t dy, dscale = sum_t dy * xhat, both [N, D] in shift's dtype.
+// dres (optional, [N, T, D] in x's dtype): the gradient that reaches x by the block's residual path, added to dx in
+// float32 before dx is rounded (one pass, where autograd would add the two gradients in a separate one).
 struct NormModulateGrads {
   at::Tensor dx, dshift, dscale;
 };
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale);
+                                         const at::Tensor& rstd, const at::Tensor& scale,
+                                         const at::Tensor& dres = {});
 
 // ---- b. gated residual -------------------------------------------------------------------------------------------
-// out = x + gate * y; x, y [N, T, D] contiguous; gate [N, D] with unit stride along D.
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+// out = x + gate * (y + bias); x, y [N, T, D] contiguous; gate [N, D] with unit stride along D; bias [D] optional
+// (the bias of the projection that made y, added here instead of by its GEMM, so that its gradient comes from the
+// sums this backward makes anyway rather than from a reduction of dy of its own).
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
+                          const at::Tensor& bias = {});
 
-// dy = dout * gate [N, T, D]; dgate = sum_t dout * y [N, D] in gate's dtype. (dx is dout itself.)
+// dy = dout * gate [N, T, D]; dgate = sum_t dout * (y + bias) [N, D] in gate's dtype; with a bias,
+// dbias = sum_n gate[n] * sum_t dout [D] in float32 (float64 for float64 tokens). (dx is dout itself.)
 struct GatedResidualGrads {
-  at::Tensor dy, dgate;
+  at::Tensor dy, dgate, dbias;
 };
-GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate,
+                                           const at::Tensor& bias = {});
 
 // ---- c. bias + GELU (tanh approximation) -------------------------------------------------------------------------
 // g = gelu_tanh(a + bias): a [..., K] contiguous, bias [K].
@@ -138,9 +146,10 @@ at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::
 at::Tensor gated_gelu(const at::Tensor& ab);
 NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale);
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
-GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate);
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres);
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& bias);
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate,
+                                           const at::Tensor& bias);
 at::Tensor bias_gelu(const at::Tensor& a, const at::Tensor& bias);
 BiasGeluGrads bias_gelu_backward(const at::Tensor& dg, const at::Tensor& a, const at::Tensor& bias,
                                  bool reuse_dg = false, bool with_gelu = false);  // reuse_dg ignored

@@ -30,26 +30,38 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const a
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale) {
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres) {
   const auto dt = opmath(x);
   const int64_t D = x.size(-1);
   at::Tensor xf = x.to(dt), dyf = dy.to(dt), m = mean.to(dt).unsqueeze(-1), r = rstd.to(dt).unsqueeze(-1);
   at::Tensor dxhat = dyf * (1 + per_sample(scale, dt));                                   // [N, T, D]
   // dx = rstd (dxhat - mean_D(dxhat) - xhat mean_D(dxhat xhat)): LayerNorm's own backward.
   at::Tensor dx = std::get<0>(at::native_layer_norm_backward(dxhat, xf, {D}, m, r, {}, {}, {true, false, false}));
+  if (dres.defined()) dx = dx + dres.to(dt);
   at::Tensor xhat = (xf - m) * r;
   return {dx.to(x.scalar_type()), dyf.sum(1).to(scale.scalar_type()), (dyf * xhat).sum(1).to(scale.scalar_type())};
 }
 
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+namespace {
+// y + bias in the compute dtype (y alone without a bias).
+at::Tensor biased(const at::Tensor& y, const at::Tensor& bias, at::ScalarType dt) {
+  return bias.defined() ? y.to(dt) + bias.to(dt) : y.to(dt);
+}
+}  // namespace
+
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& bias) {
   const auto dt = opmath(x);
-  return at::addcmul(x.to(dt), per_sample(gate, dt), y.to(dt)).to(x.scalar_type());
+  return at::addcmul(x.to(dt), per_sample(gate, dt), biased(y, bias, dt)).to(x.scalar_type());
 }
 
-GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate) {
+GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate,
+                                           const at::Tensor& bias) {
   const auto dt = opmath(dout);
   at::Tensor d = dout.to(dt);
-  return {(d * per_sample(gate, dt)).to(y.scalar_type()), (d * y.to(dt)).sum(1).to(gate.scalar_type())};
+  GatedResidualGrads g{(d * per_sample(gate, dt)).to(y.scalar_type()),
+                       (d * biased(y, bias, dt)).sum(1).to(gate.scalar_type()), {}};
+  if (bias.defined()) g.dbias = (gate.to(dt) * d.sum(1)).sum(0);  // sum_n gate[n] * sum_t dout
+  return g;
 }
 
 // gelu_tanh(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))): torch's GELU with approximate = "tanh".

@@ -181,11 +181,22 @@ void run_kernel_bench(const KernelBenchArgs& a) {
     r.op("norm_modulate.bwd", dt, shape, 3 * NTD * e + 2 * NT * f32 + 3 * ND * e,
          median_ms([&] { kernels::norm_modulate_backward(dy, x, nm.mean, nm.rstd, scale); }, a.warmup, a.iters),
          fused);
-    at::Tensor y = at::randn_like(x);
+    // With the residual's gradient added to dx (what a DiT block's backward runs): one more read.
+    at::Tensor dres = at::randn_like(x);
+    r.op("norm_modulate.bwd+res", dt, shape, 4 * NTD * e + 2 * NT * f32 + 3 * ND * e,
+         median_ms([&] { kernels::norm_modulate_backward(dy, x, nm.mean, nm.rstd, scale, dres); }, a.warmup,
+                   a.iters),
+         fused);
+    at::Tensor y = at::randn_like(x), pbias = at::randn({D}, opts);
     r.op("gated_residual.fwd", dt, shape, 3 * NTD * e + ND * e,
          median_ms([&] { kernels::gated_residual(x, y, gate); }, a.warmup, a.iters), fused);
     r.op("gated_residual.bwd", dt, shape, 3 * NTD * e + 2 * ND * e,
          median_ms([&] { kernels::gated_residual_backward(dy, y, gate); }, a.warmup, a.iters), fused);
+    // With the projection's bias (DiT's proj and fc2): its gradient from the same pass.
+    r.op("gated_residual.fwd+bias", dt, shape, 3 * NTD * e + ND * e + D * e,
+         median_ms([&] { kernels::gated_residual(x, y, gate, pbias); }, a.warmup, a.iters), fused);
+    r.op("gated_residual.bwd+bias", dt, shape, 3 * NTD * e + 2 * ND * e + D * e,
+         median_ms([&] { kernels::gated_residual_backward(dy, y, gate, pbias); }, a.warmup, a.iters), fused);
   }
   {
     at::Tensor h = at::randn({N, T, K}, opts), bias = at::randn({K}, opts), dg = at::randn_like(h);

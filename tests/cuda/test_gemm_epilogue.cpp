@@ -12,6 +12,7 @@
 #include "cuda/ops.hpp"
 #include "models/layers/grad_sink.hpp"
 #include "models/layers/linear.hpp"
+#include "models/layers/modulated.hpp"
 #ifdef OPENDIT_WITH_CUDA
 #include "cuda/launch.hpp"
 #endif
@@ -93,6 +94,47 @@ TEST(GemmEpilogue, GradSinksReceiveLinearGradientsInsteadOfAutograd) {
   // Without sinks the gradients come back through autograd as before.
   models::layers::linear(x, w, b).square().sum().backward();
   EXPECT_LT(rel(w.grad() * 2, w2.grad()), 1e-6);
+}
+
+// The layout of a DiT block's fused pieces: a bias-less linear whose bias the gated residual adds, the residual
+// stream passed through the modulated projection. Its value and every gradient equal the plain composition's; the
+// weight and bias gradients land in their sinks (two micro-batches, the bias from the gated residual's sums), and
+// the pass-through is x's own storage.
+TEST(GemmEpilogue, BiasInGatedResidualAndResidualPassThroughMatchThePlainBlock) {
+  at::manual_seed(8);
+  const auto f64o = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor x = at::randn({2, 3, 6}, f64o).requires_grad_(), ada = at::randn({2, 18}, f64o).requires_grad_();
+  at::Tensor w = at::randn({6, 6}, f64o).requires_grad_(), b = at::randn({6}, f64o).requires_grad_();
+  at::Tensor qw = at::randn({6, 6}, f64o).requires_grad_(), qb = at::randn({6}, f64o).requires_grad_();
+  auto chunk = [&](int k) { return ada.narrow(1, 6 * k, 6); };
+  auto fused = [&] {
+    models::layers::Branch br = models::layers::norm_modulate_linear_res(x, chunk(0), chunk(1), qw, qb, 1e-6);
+    EXPECT_EQ(br.res.data_ptr(), x.data_ptr());
+    return models::layers::gated_residual(br.res, models::layers::linear(br.out, w, {}), chunk(2), b);
+  };
+  auto plain = [&] {
+    at::Tensor h = at::layer_norm(x, {6}, {}, {}, 1e-6) * (1 + chunk(1).unsqueeze(1)) + chunk(0).unsqueeze(1);
+    return x + chunk(2).unsqueeze(1) * at::linear(at::linear(h, qw, qb), w, b);
+  };
+  at::Tensor out = fused(), want = plain();
+  EXPECT_LT(rel(out, want), 1e-12);
+  at::Tensor dout = at::randn_like(want);
+  const std::vector<at::Tensor> wrt = {x, ada, w, b, qw, qb};
+  auto got = torch::autograd::grad({out}, wrt, {dout});
+  auto ref = torch::autograd::grad({want}, wrt, {dout});
+  for (size_t i = 0; i < wrt.size(); ++i) EXPECT_LT(rel(got[i], ref[i]), 1e-10) << "gradient " << i;
+  // With sinks: nothing through autograd, two micro-batches accumulated in float32.
+  at::Tensor dw = at::full({6, 6}, 3.0), db = at::full({6}, 3.0);
+  char fresh_w = 1, fresh_b = 1;
+  models::layers::set_grad_sink(w, {dw, &fresh_w});
+  models::layers::set_grad_sink(b, {db, &fresh_b});
+  for (int micro = 0; micro < 2; ++micro) (fused() * dout).sum().backward();
+  models::layers::remove_grad_sink(w);
+  models::layers::remove_grad_sink(b);
+  EXPECT_FALSE(w.grad().defined());
+  EXPECT_FALSE(b.grad().defined());
+  EXPECT_LT(rel(dw, ref[2] * 2), 1e-6);
+  EXPECT_LT(rel(db, ref[3] * 2), 1e-6);
 }
 
 TEST(GemmEpilogue, ShapeChecksNameTheArgument) {

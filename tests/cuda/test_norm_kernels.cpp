@@ -48,9 +48,9 @@ std::string describe(const Shape& s, at::ScalarType t) {
 at::TensorOptions on_gpu(at::ScalarType t = at::kFloat) { return at::TensorOptions().device(at::kCUDA).dtype(t); }
 
 // Tokens x [N, T, D] (mean 1, std 3) and the adaLN output [N, 6D] whose column chunks 0, 1, 2 serve as shift, scale
-// and gate: rows strided by 6D, as in the model.
+// and gate: rows strided by 6D, as in the model; bias [D] (a projection's bias for gated_residual) is chunk 3 of row 0.
 struct Inputs {
-  at::Tensor x, ada, shift, scale, gate;
+  at::Tensor x, ada, shift, scale, gate, bias;
 };
 Inputs make_inputs(const Shape& s, at::ScalarType act, at::ScalarType par, uint64_t seed) {
   at::manual_seed(seed);
@@ -60,6 +60,7 @@ Inputs make_inputs(const Shape& s, at::ScalarType act, at::ScalarType par, uint6
   in.shift = in.ada.narrow(1, 0, s.D);
   in.scale = in.ada.narrow(1, s.D, s.D);
   in.gate = in.ada.narrow(1, 2 * s.D, s.D);
+  in.bias = in.ada.select(0, 0).narrow(0, 3 * s.D, s.D);
   return in;
 }
 
@@ -79,30 +80,46 @@ void check_norm_modulate(const Inputs& in, double tol) {
   EXPECT_LE(rel(got.rstd, want.rstd), 1e-5);
 
   at::Tensor dy = at::randn(in.x.sizes(), on_gpu()).to(in.x.scalar_type());
-  auto g = fused::norm_modulate_backward(dy, in.x, got.mean, got.rstd, in.scale);
-  auto gw = ref::norm_modulate_backward(f64(dy), f64(in.x), want.mean, want.rstd, f64(in.scale));
-  ASSERT_EQ(g.dx.scalar_type(), in.x.scalar_type());
-  ASSERT_EQ(g.dshift.scalar_type(), in.scale.scalar_type());
-  ASSERT_EQ(g.dscale.sizes(), in.scale.sizes());
-  EXPECT_LE(rel(g.dx, gw.dx), tol);
-  EXPECT_LE(rel(g.dshift, gw.dshift), tol);
-  EXPECT_LE(rel(g.dscale, gw.dscale), tol);
+  // Without and with a residual gradient added to dx.
+  for (const at::Tensor& dres : {at::Tensor(), at::randn(in.x.sizes(), on_gpu()).to(in.x.scalar_type())}) {
+    SCOPED_TRACE(dres.defined() ? "with dres" : "without dres");
+    auto g = fused::norm_modulate_backward(dy, in.x, got.mean, got.rstd, in.scale, dres);
+    auto gw = ref::norm_modulate_backward(f64(dy), f64(in.x), want.mean, want.rstd, f64(in.scale),
+                                          dres.defined() ? f64(dres) : dres);
+    ASSERT_EQ(g.dx.scalar_type(), in.x.scalar_type());
+    ASSERT_EQ(g.dshift.scalar_type(), in.scale.scalar_type());
+    ASSERT_EQ(g.dscale.sizes(), in.scale.sizes());
+    EXPECT_LE(rel(g.dx, gw.dx), tol);
+    EXPECT_LE(rel(g.dshift, gw.dshift), tol);
+    EXPECT_LE(rel(g.dscale, gw.dscale), tol);
+  }
 }
 
+// Without and with the projection's bias.
 void check_gated_residual(const Inputs& in, double tol) {
   at::Tensor y = at::randn(in.x.sizes(), on_gpu()).to(in.x.scalar_type());
-  at::Tensor out = fused::gated_residual(in.x, y, in.gate);
-  ASSERT_EQ(out.scalar_type(), in.x.scalar_type());
-  EXPECT_LE(rel(out, ref::gated_residual(f64(in.x), f64(y), f64(in.gate))), tol);
-
   at::Tensor dout = at::randn(in.x.sizes(), on_gpu()).to(in.x.scalar_type());
-  auto g = fused::gated_residual_backward(dout, y, in.gate);
-  auto gw = ref::gated_residual_backward(f64(dout), f64(y), f64(in.gate));
-  ASSERT_EQ(g.dy.scalar_type(), in.x.scalar_type());
-  ASSERT_EQ(g.dgate.scalar_type(), in.gate.scalar_type());
-  ASSERT_EQ(g.dgate.sizes(), in.gate.sizes());
-  EXPECT_LE(rel(g.dy, gw.dy), tol);
-  EXPECT_LE(rel(g.dgate, gw.dgate), tol);
+  for (const at::Tensor& bias : {at::Tensor(), in.bias}) {
+    SCOPED_TRACE(bias.defined() ? "with bias" : "without bias");
+    const at::Tensor bias64 = bias.defined() ? f64(bias) : bias;
+    at::Tensor out = fused::gated_residual(in.x, y, in.gate, bias);
+    ASSERT_EQ(out.scalar_type(), in.x.scalar_type());
+    EXPECT_LE(rel(out, ref::gated_residual(f64(in.x), f64(y), f64(in.gate), bias64)), tol);
+
+    auto g = fused::gated_residual_backward(dout, y, in.gate, bias);
+    auto gw = ref::gated_residual_backward(f64(dout), f64(y), f64(in.gate), bias64);
+    ASSERT_EQ(g.dy.scalar_type(), in.x.scalar_type());
+    ASSERT_EQ(g.dgate.scalar_type(), in.gate.scalar_type());
+    ASSERT_EQ(g.dgate.sizes(), in.gate.sizes());
+    EXPECT_LE(rel(g.dy, gw.dy), tol);
+    EXPECT_LE(rel(g.dgate, gw.dgate), tol);
+    ASSERT_EQ(g.dbias.defined(), bias.defined());
+    if (bias.defined()) {
+      ASSERT_EQ(g.dbias.scalar_type(), at::kFloat);
+      ASSERT_EQ(g.dbias.sizes(), bias.sizes());
+      EXPECT_LE(rel(g.dbias, gw.dbias), tol);
+    }
+  }
 }
 #endif
 
@@ -156,6 +173,7 @@ TEST(NormKernels, MisalignedTensorsMatchDefinition) {
     in.shift = in.ada.narrow(1, 1, s.D);
     in.scale = in.ada.narrow(1, 1 + s.D, s.D);
     in.gate = in.ada.narrow(1, 1 + 2 * s.D, s.D);
+    in.bias = in.ada.select(0, 0).narrow(0, 1 + 3 * s.D, s.D);
     ASSERT_NE(reinterpret_cast<uintptr_t>(in.x.data_ptr()) % 16, 0u);
     check_norm_modulate(in, tolerance(t));
     check_gated_residual(in, tolerance(t));
@@ -191,11 +209,11 @@ TEST(NormKernels, TokenSumsArePerSample) {
   at::Tensor shift = ada.narrow(1, 0, s.D), scale = ada.narrow(1, s.D, s.D), gate = ada.narrow(1, 2 * s.D, s.D);
 
   auto f = fused::norm_modulate(x, shift, scale, kEps);
-  auto g = fused::norm_modulate_backward(dy, x, f.mean, f.rstd, scale);
+  auto g = fused::norm_modulate_backward(dy, x, f.mean, f.rstd, scale, {});
   auto w = ref::norm_modulate(f64(x), f64(shift), f64(scale), kEps);
-  auto gw = ref::norm_modulate_backward(f64(dy), f64(x), w.mean, w.rstd, f64(scale));
-  auto r = fused::gated_residual_backward(dy, x, gate);
-  auto rw = ref::gated_residual_backward(f64(dy), f64(x), f64(gate));
+  auto gw = ref::norm_modulate_backward(f64(dy), f64(x), w.mean, w.rstd, f64(scale), {});
+  auto r = fused::gated_residual_backward(dy, x, gate, {});
+  auto rw = ref::gated_residual_backward(f64(dy), f64(x), f64(gate), {});
   for (int64_t n = 0; n < s.N; ++n) {
     SCOPED_TRACE("sample " + std::to_string(n));
     EXPECT_LE(rel(g.dshift[n], gw.dshift[n]), 1e-5);

@@ -41,6 +41,12 @@ TEST(ReferenceOps, NormModulateMatchesLayerNormAndAutograd) {
     at::Tensor dada = grad_of(plain, dy, ada);
     EXPECT_LT(rel(g.dshift, dada.narrow(1, 0, s.D)), 1e-12);
     if (s.D > 1) EXPECT_LT(rel(g.dscale, dada.narrow(1, s.D, s.D)), 1e-10);
+    // x also feeding a residual path: dres (that path's gradient) joins dx, as autograd's sum of the two would.
+    at::Tensor both = plain + 2 * x;
+    at::Tensor dres = 2 * dy;
+    auto gr = kernels::norm_modulate_backward(dy, x.detach(), got.mean, got.rstd, scale.detach(), dres);
+    EXPECT_LT(rel(gr.dx, grad_of(both, dy, x)), 1e-10);
+    EXPECT_TRUE(at::equal(gr.dshift, g.dshift));
   }
 }
 
@@ -54,6 +60,15 @@ TEST(ReferenceOps, GatedResidualMatchesAutograd) {
     auto g = kernels::gated_residual_backward(dout, y.detach(), gate.detach());
     EXPECT_LT(rel(g.dy, grad_of(plain, dout, y)), 1e-14);
     EXPECT_LT(rel(g.dgate, grad_of(plain, dout, gate)), 1e-12);
+    EXPECT_FALSE(g.dbias.defined());
+    // With the projection's bias: x + gate * (y + bias).
+    at::Tensor bias = at::randn({s.D}, f64).requires_grad_();
+    at::Tensor biased = x + gate.unsqueeze(1) * (y + bias);
+    EXPECT_LT(rel(kernels::gated_residual(x, y.detach(), gate.detach(), bias.detach()), biased), 1e-14);
+    auto gb = kernels::gated_residual_backward(dout, y.detach(), gate.detach(), bias.detach());
+    EXPECT_LT(rel(gb.dy, grad_of(biased, dout, y)), 1e-14);
+    EXPECT_LT(rel(gb.dgate, grad_of(biased, dout, gate)), 1e-12);
+    EXPECT_LT(rel(gb.dbias, grad_of(biased, dout, bias)), 1e-12);
   }
 }
 
@@ -99,6 +114,13 @@ TEST(ReferenceOps, ShapeChecksNameTheProblem) {
   EXPECT_NE(msg([&] { kernels::gated_residual(x, x.transpose(1, 2).contiguous(), at::randn({2, 8})); }).find("y"),
             std::string::npos);
   EXPECT_NE(msg([&] { kernels::bias_gelu(x, at::randn({7})); }).find("bias"), std::string::npos);
+  EXPECT_NE(msg([&] { kernels::gated_residual(x, x, at::randn({2, 8}), at::randn({7})); }).find("bias"),
+            std::string::npos);
+  EXPECT_NE(msg([&] {
+              auto nm = kernels::norm_modulate(x, at::randn({2, 8}), at::randn({2, 8}), 1e-6);
+              kernels::norm_modulate_backward(x, x, nm.mean, nm.rstd, at::randn({2, 8}), at::randn({2, 4, 7}));
+            }).find("dres"),
+            std::string::npos);
   EXPECT_NE(msg([&] { kernels::norm_modulate(x.transpose(1, 2), at::randn({2, 4}), at::randn({2, 4}), 1e-6); })
                 .find("contiguous"),
             std::string::npos);

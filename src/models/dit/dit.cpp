@@ -80,11 +80,14 @@ DiT::Block DiT::Block::from(const std::vector<at::Tensor>& t, size_t i) {
 at::Tensor DiT::Block::forward(const at::Tensor& x, const at::Tensor& silu_c, int64_t heads, int64_t tokens,
                                const layers::SeqParallel& sp) const {
   auto mod = ada(silu_c).chunk(6, 1);  // shift, scale, gate for attention, then for the MLP: 6 x [N, D]
+  // The residual stream passes through the fused projections (their LayerNorm backward adds its gradient), and the
+  // output projections' biases are added by the gated residuals (whose backward sums their gradients).
+  at::Tensor res;
   at::Tensor a = layers::projected_self_attention(x, mod[0], mod[1], qkv.w, qkv.b, heads,
-                                                  sp.on() ? tokens : -1, sp);               // [N, T, D]
-  at::Tensor out = layers::gated_residual(x, proj(a), mod[2]);
-  at::Tensor m = layers::norm_modulate_mlp(out, mod[3], mod[4], fc1.w, fc1.b, fc2.w, fc2.b, 1e-6);
-  return layers::gated_residual(out, m, mod[5]);                                            // [N, T, D]
+                                                  sp.on() ? tokens : -1, sp, &res);          // [N, T, D]
+  at::Tensor out = layers::gated_residual(res, layers::linear(a, proj.w, {}), mod[2], proj.b);
+  layers::Branch m = layers::norm_modulate_mlp_res(out, mod[3], mod[4], fc1.w, fc1.b, fc2.w, {}, 1e-6);
+  return layers::gated_residual(m.res, m.out, mod[5], fc2.b);                              // [N, T, D]
 }
 
 at::Tensor DiT::forward(const at::Tensor& x, const at::Tensor& t, const Condition& cond) const {

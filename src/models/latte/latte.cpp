@@ -113,8 +113,11 @@ at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
   auto m = [&](int64_t j) { return mod.select(1, j); };
   // to_q, to_k, to_v packed into one GEMM (their gradients flow back through the cat).
   const at::Tensor w = at::cat({q.w, k.w, v.w}), bias = at::cat({q.b, k.b, v.b});
-  at::Tensor a = layers::projected_self_attention(x, m(0), m(1), w, bias, heads, valid, sp);
-  at::Tensor h = layers::gated_residual(x, o(a), m(2));
+  // The residual passes through the fused projections (their LayerNorm backward adds its gradient); the gated
+  // residuals add the output projections' biases (and sum their gradients).
+  at::Tensor res;
+  at::Tensor a = layers::projected_self_attention(x, m(0), m(1), w, bias, heads, valid, sp, &res);
+  at::Tensor h = layers::gated_residual(res, layers::linear(a, o.w, {}), m(2), o.b);
   if (cross) {
     // Cross-attention on the un-normalised x (PixArt's ada_norm_single block), no gate; each sample's frames
     // (groups of rows of x) attend to that sample's caption.
@@ -123,8 +126,8 @@ at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
     const at::Tensor c = layers::cross_attention(q2(h).view({N, rows * Lq, D}), kv, mask, heads, groups);
     h = h + o2(c.view({B, Lq, D}));
   }
-  at::Tensor f = layers::norm_modulate_mlp(h, m(3), m(4), fc1.w, fc1.b, fc2.w, fc2.b, 1e-6);
-  return layers::gated_residual(h, f, m(5));
+  layers::Branch f = layers::norm_modulate_mlp_res(h, m(3), m(4), fc1.w, fc1.b, fc2.w, {}, 1e-6);
+  return layers::gated_residual(f.res, f.out, m(5), fc2.b);
 }
 
 at::Tensor Latte::run_block(const Block& b, bool recompute, const at::Tensor& x_in, const at::Tensor& t0,

@@ -35,6 +35,17 @@ const GradSink* find_grad_sink(const at::Tensor& param) {
   return it == sinks().end() ? nullptr : &it->second;  // entries stay put until removed (unordered_map nodes)
 }
 
+at::Tensor param_grad(const at::Tensor& param, const at::Tensor& grad) {
+  const GradSink* sink = find_grad_sink(param);
+  if (!sink || sink->dest.device() != grad.device()) return grad.to(param.scalar_type());
+  if (*sink->fresh)
+    sink->dest.copy_(grad.view(sink->dest.sizes()));
+  else
+    sink->dest.add_(grad.view(sink->dest.sizes()));
+  *sink->fresh = 0;
+  return {};
+}
+
 kernels::LinearGrads linear_param_grads(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
                                         const at::Tensor& b) {
   const GradSink* sw = find_grad_sink(w);

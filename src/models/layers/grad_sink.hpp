@@ -21,6 +21,11 @@ const GradSink* find_grad_sink(const at::Tensor& param);  // nullptr: none
 
 // The weight and bias gradients of y = x w^T + b, dy [M, O], x [M, K], b [O] or undefined: written into the sinks of
 // w and b when they have them (then returned undefined), else returned (dw [O, K], db [O] in dy's dtype).
+// A parameter's gradient computed in float32 (or wider) by some other backward (a bias added in gated_residual):
+// written into (or, after the step's first, added to) the parameter's sink when it has one on grad's device, and
+// then returned undefined; else returned in the parameter's dtype.
+at::Tensor param_grad(const at::Tensor& param, const at::Tensor& grad);
+
 kernels::LinearGrads linear_param_grads(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
                                         const at::Tensor& b);
 

@@ -18,9 +18,9 @@ inline at::TensorOptions param_options(bool meta) {
   return at::TensorOptions(at::kFloat).device(meta ? at::kMeta : at::kCPU);
 }
 
-// x @ w^T + b for x [..., in], w [out, in], b [out] (undefined: at::linear as it is). The forward is at::linear;
-// the backward takes the bias gradient from the weight-gradient GEMM's epilogue (cuda/ops.hpp linear_wgrad) instead
-// of a separate sum, and writes into the parameters' gradient sinks when they have them (grad_sink.hpp).
+// x @ w^T + b for x [..., in], w [out, in], b [out] or undefined (no bias). The forward is at::linear; the backward
+// takes the bias gradient from the weight-gradient GEMM's epilogue (cuda/ops.hpp linear_wgrad) instead of a
+// separate sum, and writes into the parameters' gradient sinks when they have them (grad_sink.hpp).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 
 // weight [out, in], bias [out].

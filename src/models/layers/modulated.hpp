@@ -21,10 +21,25 @@ at::Tensor norm_modulate_mlp(const at::Tensor& x, const at::Tensor& shift, const
                              const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                              double eps);
 
+// The same two with the block's residual stream passed through: out as above, and res, x itself (a view) for the
+// caller's gated_residual in place of x. The gradient that reaches res is added to dx inside the LayerNorm backward,
+// so the two gradients of x (through the branch, along the residual) never meet in a separate addition.
+struct Branch {
+  at::Tensor out, res;
+};
+Branch norm_modulate_linear_res(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
+                                const at::Tensor& w, const at::Tensor& b, double eps);
+Branch norm_modulate_mlp_res(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
+                             const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                             double eps);
+
 // LN(x) * (1 + scale) + shift on ATen ops (the input of a projection made elsewhere: fastseq) -> [N, T, D].
 at::Tensor norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 
-// x + gate * y, y [N, T, D].
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+// x + gate * (y + bias), y [N, T, D], bias [D] optional: the bias of the projection that made y (which then runs
+// without one), whose gradient comes from this backward's sums instead of a reduction of its own; with a gradient
+// sink it is written there in float32.
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
+                          const at::Tensor& bias = {});
 
 }  // namespace opendit::models::layers

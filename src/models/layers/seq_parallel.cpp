@@ -217,9 +217,16 @@ at::Tensor fastseq_attention(const at::Tensor& x, const at::Tensor& w, const at:
 
 at::Tensor projected_self_attention(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
                                     const at::Tensor& w, const at::Tensor& b, int64_t heads, int64_t valid,
-                                    const SeqParallel& sp) {
+                                    const SeqParallel& sp, at::Tensor* residual) {
   const bool norm = shift.defined();
-  auto project = [&] { return norm ? norm_modulate_linear(x, shift, scale, w, b, 1e-6) : linear(x, w, b); };
+  if (residual) *residual = x;  // fastseq, or no norm: the residual reads x itself
+  auto project = [&] {
+    if (!norm) return linear(x, w, b);
+    if (!residual) return norm_modulate_linear(x, shift, scale, w, b, 1e-6);
+    Branch br = norm_modulate_linear_res(x, shift, scale, w, b, 1e-6);
+    *residual = br.res;
+    return br.out;
+  };
   if (!sp.on()) return self_attention(project(), heads, valid);
   TORCH_CHECK(sp.mode != SpMode::Dsp, "projected_self_attention: dsp attention is local (pass sp off)");
   if (sp.mode == SpMode::Ulysses) return ulysses_attention(project(), heads, valid, sp);

@@ -62,9 +62,11 @@ at::Tensor fastseq_attention(const at::Tensor& x, const at::Tensor& w, const at:
 // The self-attention of a block: q, k, v = x' w^T + b with x' = LN(x) (1 + scale) + shift (shift undefined: x' = x),
 // x [N, T', D] -> [N, T', D] before the output projection. sp off: the sequence is local (T' = T; the fused
 // norm_modulate_linear); ulysses / fastseq: T' = T/P, this rank's shard of a sequence spread over the group.
-// valid: the real sequence length (padding keys hidden), -1: all.
+// valid: the real sequence length (padding keys hidden), -1: all. residual (optional): set to what the caller's
+// residual path reads in place of x (norm_modulate_linear_res's pass-through where the fused projection runs, so
+// that the residual's gradient joins dx in its LayerNorm backward; else x).
 at::Tensor projected_self_attention(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
                                     const at::Tensor& w, const at::Tensor& b, int64_t heads, int64_t valid,
-                                    const SeqParallel& sp);
+                                    const SeqParallel& sp, at::Tensor* residual = nullptr);
 
 }  // namespace opendit::models::layers

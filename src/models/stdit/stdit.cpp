@@ -114,9 +114,12 @@ at::Tensor STDiT::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
   const at::Tensor mod = table.unsqueeze(0) + t0.view({N, 6, D});
   auto m = [&](int64_t k) { return mod.select(1, k); };
   // Spatial attention, per frame (always local: a rank holds whole frames).
-  at::Tensor sq = layers::norm_modulate_linear(x, m(0), m(1), qkv.w, qkv.b, 1e-6);           // [N, T S, 3 D]
-  at::Tensor a = layers::self_attention(sq.view({N * T, S, 3 * D}), heads, S > l.s ? l.s : -1).view({N, T * S, D});
-  at::Tensor h = layers::gated_residual(x, proj(a), m(2));
+  // The residual stream passes through the fused projections (their LayerNorm backward adds its gradient); the
+  // gated residuals add the output projections' biases (and sum their gradients).
+  layers::Branch sq = layers::norm_modulate_linear_res(x, m(0), m(1), qkv.w, qkv.b, 1e-6);   // [N, T S, 3 D]
+  at::Tensor a =
+      layers::self_attention(sq.out.view({N * T, S, 3 * D}), heads, S > l.s ? l.s : -1).view({N, T * S, D});
+  at::Tensor h = layers::gated_residual(sq.res, layers::linear(a, proj.w, {}), m(2), proj.b);
   // Temporal attention, per spatial position, on the un-normalised x (the temporal table in block 0 only).
   at::Tensor back;  // [N, T S, D]
   if (l.sp.on() && l.sp.mode == layers::SpMode::Dsp) {
@@ -125,21 +128,21 @@ at::Tensor STDiT::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
     at::Tensor xt = layers::sp_all_to_all(h.view({N, T, S, D}), 2, 1, l.sp).transpose(1, 2);  // [N, Sl, Tp, D]
     if (tpe.defined()) xt = xt + tpe.view({1, 1, Tp, D});
     at::Tensor at_ = layers::self_attention(tqkv(xt.reshape({N * Sl, Tp, D})), heads, Tp > l.t ? l.t : -1);
-    back = layers::sp_all_to_all(tproj(at_).view({N, Sl, Tp, D}).transpose(1, 2), 1, 2, l.sp)
+    back = layers::sp_all_to_all(layers::linear(at_, tproj.w, {}).view({N, Sl, Tp, D}).transpose(1, 2), 1, 2, l.sp)
                .reshape({N, T * S, D});
   } else {
     at::Tensor xt = h.view({N, T, S, D}).transpose(1, 2);                                    // [N, S, T, D]
     if (tpe.defined()) xt = xt + tpe.view({1, 1, T, D});
     at::Tensor at_ = layers::projected_self_attention(xt.reshape({N * S, T, D}), {}, {}, tqkv.w, tqkv.b, heads,
                                                       l.sp.on() ? l.t : -1, l.sp);          // [N S, T, D]
-    back = tproj(at_).view({N, S, T, D}).transpose(1, 2).reshape({N, T * S, D});
+    back = layers::linear(at_, tproj.w, {}).view({N, S, T, D}).transpose(1, 2).reshape({N, T * S, D});
   }
-  h = layers::gated_residual(h, back, m(2));
+  h = layers::gated_residual(h, back, m(2), tproj.b);  // back: tproj without its bias (per channel: any layout)
   // Cross-attention to the caption: no norm, no gate.
   h = h + cproj(layers::cross_attention(q(h), kv(y), mask, heads, /*groups=*/T));  // frames as groups
   // MLP.
-  at::Tensor mlp = layers::norm_modulate_mlp(h, m(3), m(4), fc1.w, fc1.b, fc2.w, fc2.b, 1e-6);
-  return layers::gated_residual(h, mlp, m(5));                                               // [N, T S, D]
+  layers::Branch mlp = layers::norm_modulate_mlp_res(h, m(3), m(4), fc1.w, fc1.b, fc2.w, {}, 1e-6);
+  return layers::gated_residual(mlp.res, mlp.out, m(5), fc2.b);                             // [N, T S, D]
 }
 
 at::Tensor STDiT::forward(const at::Tensor& x, const at::Tensor& t, const Condition& cond) const {
