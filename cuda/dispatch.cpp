@@ -2,6 +2,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda/ops.hpp"
 #if defined(OPENDIT_WITH_CUDA)
@@ -189,6 +190,68 @@ at::Tensor gated_gelu(const at::Tensor& ab) {
   const bool fused = fused_available(ab) && F % (ab.scalar_type() == at::kBFloat16 ? 8 : 4) == 0 &&
                      reinterpret_cast<uintptr_t>(ab.data_ptr()) % 16 == 0;
   return route(fused, cuda_impl::gated_gelu, reference::gated_gelu, ab);
+}
+
+
+namespace {
+// qkv [N, T, 3, H, hd] contiguous, floating point.
+void check_packed_qkv(const at::Tensor& qkv, const char* op) {
+  TORCH_CHECK(qkv.dim() == 5, op, ": qkv must be [N, T, 3, H, hd] (5-D), got ", qkv.sizes());
+  TORCH_CHECK(qkv.size(2) == 3, op, ": qkv's third dimension must be 3 (q, k, v), got ", qkv.sizes());
+  TORCH_CHECK(qkv.is_contiguous(), op, ": qkv must be contiguous");
+  TORCH_CHECK(at::isFloatingType(qkv.scalar_type()), op, ": qkv must be floating point, got ", qkv.scalar_type());
+  TORCH_CHECK(qkv.numel() > 0, op, ": qkv is empty: ", qkv.sizes());
+}
+
+// cuDNN's fused attention: 16-bit CUDA tensors, hd a multiple of 8 up to 128, 16-byte aligned q, k, v.
+bool cudnn_attention_shape(const at::Tensor& qkv) {
+#if defined(OPENDIT_WITH_CUDA)
+  const int64_t hd = qkv.size(4);
+  return qkv.is_cuda() && (qkv.scalar_type() == at::kBFloat16 || qkv.scalar_type() == at::kHalf) &&
+         hd % 8 == 0 && hd <= 128 && reinterpret_cast<uintptr_t>(qkv.data_ptr()) % 16 == 0;
+#else
+  (void)qkv;
+  return false;
+#endif
+}
+}  // namespace
+
+PackedAttention packed_attention(const at::Tensor& qkv) {
+  check_packed_qkv(qkv, "packed_attention");
+  return route(cudnn_attention_shape(qkv), cuda_impl::packed_attention, reference::packed_attention, qkv);
+}
+
+at::Tensor packed_attention_backward(const at::Tensor& dout_in, const at::Tensor& qkv, const at::Tensor& out,
+                                     const at::Tensor& stats) {
+  check_packed_qkv(qkv, "packed_attention_backward");
+  const int64_t N = qkv.size(0), T = qkv.size(1), H = qkv.size(3), hd = qkv.size(4);
+  const std::vector<int64_t> o_shape = {N, T, H, hd};
+  TORCH_CHECK(dout_in.sizes() == o_shape && dout_in.device() == qkv.device(),
+              "packed_attention_backward: dout must be ", at::IntArrayRef(o_shape), " on ", qkv.device(), ", got ",
+              dout_in.sizes(), " on ", dout_in.device());
+  TORCH_CHECK(dout_in.scalar_type() == qkv.scalar_type(), "packed_attention_backward: dout and qkv differ in dtype (",
+              dout_in.scalar_type(), " vs ", qkv.scalar_type(), ")");
+  check_same(out, dout_in, "packed_attention_backward: out");
+  TORCH_CHECK(out.scalar_type() == qkv.scalar_type(), "packed_attention_backward: out and qkv differ in dtype");
+  const std::vector<int64_t> s_shape = {N, H, T};
+  const auto s_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(stats.sizes() == s_shape && stats.is_contiguous() && stats.device() == qkv.device() &&
+                  stats.scalar_type() == s_type,
+              "packed_attention_backward: stats must be a contiguous ", s_type, " ", at::IntArrayRef(s_shape),
+              " on ", qkv.device(), ", got ", stats.scalar_type(), " ", stats.sizes());
+  const at::Tensor dout = dout_in.contiguous();
+  return route(cudnn_attention_shape(qkv) && reinterpret_cast<uintptr_t>(dout.data_ptr()) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0,
+               cuda_impl::packed_attention_backward, reference::packed_attention_backward, dout, qkv, out, stats);
+}
+
+bool packed_attention_uses_cudnn(const at::Tensor& qkv) {
+  check_packed_qkv(qkv, "packed_attention_uses_cudnn");
+#if defined(OPENDIT_WITH_CUDA)
+  return cudnn_attention_shape(qkv) && cuda_impl::packed_attention_builds(qkv);
+#else
+  return false;
+#endif
 }
 
 }  // namespace opendit::kernels

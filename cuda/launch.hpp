@@ -24,4 +24,9 @@ LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias);
 void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
                        bool accumulate);
+// cuda/packed_attention.cpp: cuDNN graphs, the definition where cuDNN declines the shape.
+PackedAttention packed_attention(const at::Tensor& qkv);
+at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                     const at::Tensor& stats);
+bool packed_attention_builds(const at::Tensor& qkv);  // both graphs of qkv's shape build (cached)
 }  // namespace opendit::kernels::cuda_impl

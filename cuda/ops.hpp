@@ -137,6 +137,27 @@ void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tens
 // benchmarks check that the fast path ran).
 int64_t gemm_epilogue_fallbacks();
 
+// ---- i. self-attention on the packed qkv projection (cuDNN's fused attention on a GPU) ----------------------------
+// qkv [N, T, 3, H, hd] contiguous (the qkv linear's output [N, T, 3 D] viewed per head) -> out [N, T, H, hd]
+// contiguous in qkv's dtype, out = softmax(q k^T hd^-1/2) v per sample and head (no mask), and stats [N, H, T]
+// = logsumexp over keys of q k^T hd^-1/2 (natural log), float32 (float64 for float64 qkv): what the backward needs.
+// On a GPU, bfloat16/float16 qkv with hd a multiple of 8 up to 128 runs cuDNN's fused attention (the frontend graph
+// API), reading q, k, v in place; other cases, and shapes cuDNN declines (said once on stderr), run the definition.
+struct PackedAttention {
+  at::Tensor out, stats;
+};
+PackedAttention packed_attention(const at::Tensor& qkv);
+
+// dout [N, T, H, hd] in qkv's dtype (made contiguous), with qkv, out and stats of the forward -> dqkv
+// [N, T, 3, H, hd] contiguous in qkv's dtype: dq, dk, dv written by cuDNN straight into their slices of one buffer
+// (no stack of three separate gradients for the qkv linear's backward).
+at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                     const at::Tensor& stats);
+
+// True when packed_attention (and its backward) on this qkv runs cuDNN: builds and caches the cuDNN graphs for its
+// shape if needed, so call it outside CUDA graph capture. False without CUDA.
+bool packed_attention_uses_cudnn(const at::Tensor& qkv);
+
 // ---- references (ATen ops; any device and float dtype) -----------------------------------------------------------
 namespace reference {
 at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
@@ -158,6 +179,9 @@ LinearGelu linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 LinearGrads linear_wgrad(const at::Tensor& dy, const at::Tensor& x, bool bias);
 void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& db,
                        bool accumulate);
+PackedAttention packed_attention(const at::Tensor& qkv);
+at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                     const at::Tensor& stats);
 }  // namespace reference
 
 // True when the call would run a fused CUDA kernel (for benchmarks and tests that must know).

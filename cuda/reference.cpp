@@ -5,6 +5,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "cuda/ops.hpp"
 
@@ -95,6 +96,42 @@ void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tens
   const auto g = linear_wgrad(dy, x, db.defined());
   accumulate ? dw.add_(g.dw.to(dw.scalar_type())) : dw.copy_(g.dw);
   if (db.defined()) accumulate ? db.add_(g.db.to(db.scalar_type())) : db.copy_(g.db);
+}
+
+// Attention on the packed projection, in the compute dtype: q, k, v [N, H, T, hd] views of qkv [N, T, 3, H, hd].
+namespace {
+struct Heads {
+  at::Tensor q, k, v;
+  double scale;
+};
+Heads split_heads(const at::Tensor& qkv, at::ScalarType dt) {
+  const at::Tensor x = qkv.to(dt).transpose(1, 3);  // [N, H, 3, T, hd]
+  return {x.select(2, 0), x.select(2, 1), x.select(2, 2), 1.0 / std::sqrt(double(qkv.size(4)))};
+}
+}  // namespace
+
+PackedAttention packed_attention(const at::Tensor& qkv) {
+  const auto dt = opmath(qkv);
+  const Heads h = split_heads(qkv, dt);
+  const at::Tensor s = at::matmul(h.q, h.k.transpose(-2, -1)) * h.scale;  // [N, H, T, T]
+  const at::Tensor lse = at::logsumexp(s, -1, /*keepdim=*/true);          // [N, H, T, 1]
+  const at::Tensor o = at::matmul((s - lse).exp(), h.v);                   // [N, H, T, hd]
+  return {o.transpose(1, 2).contiguous().to(qkv.scalar_type()), lse.squeeze(-1)};
+}
+
+// dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ = dS K scale, dK = dS^T Q scale (P recomputed).
+at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                     const at::Tensor&) {
+  const auto dt = opmath(qkv);
+  const Heads h = split_heads(qkv, dt);
+  const at::Tensor d_o = dout.to(dt).transpose(1, 2), o = out.to(dt).transpose(1, 2);  // [N, H, T, hd]
+  const at::Tensor p = at::softmax(at::matmul(h.q, h.k.transpose(-2, -1)) * h.scale, -1);  // [N, H, T, T]
+  const at::Tensor dv = at::matmul(p.transpose(-2, -1), d_o);
+  const at::Tensor dp = at::matmul(d_o, h.v.transpose(-2, -1));
+  const at::Tensor ds = p * (dp - (d_o * o).sum(-1, /*keepdim=*/true));
+  const at::Tensor dq = at::matmul(ds, h.k) * h.scale, dk = at::matmul(ds.transpose(-2, -1), h.q) * h.scale;
+  // [N, 3, H, T, hd] -> [N, T, 3, H, hd]
+  return at::stack({dq, dk, dv}, 1).permute({0, 3, 1, 2, 4}).contiguous().to(qkv.scalar_type());
 }
 
 void adamw_ema(const AdamWTensors& all, const AdamWScalars& host) {

@@ -19,6 +19,10 @@ TEST_APT_PACKAGES=(slurm-wlm munge)
 # pip name[:import name]
 # (the video demo: h5py for the digits, PyAV for the clips, transformers and sentencepiece for its tiny T5)
 DEMO_PIP_PACKAGES=(numpy safetensors scikit-learn:sklearn matplotlib h5py av transformers sentencepiece)
+# CUDA builds (nvcc present): the cuDNN frontend's header-only C++ API (the wheel puts it in site-packages/include),
+# used by the fused self-attention (cuda/packed_attention.cpp). Installed with --no-deps: the headers need none of
+# its Python dependencies (the CUTLASS DSL, about 0.5 GB).
+CUDA_PIP_PACKAGES=(nvidia-cudnn-frontend==1.32.0:cudnn)
 TEST_PIP_PACKAGES=(numpy h5py diffusers transformers sentencepiece protobuf:google.protobuf beautifulsoup4:bs4 ftfy av safetensors scikit-learn:sklearn matplotlib)
 
 want_test=0
@@ -67,6 +71,19 @@ else
   say "installing torch==$TORCH_VERSION into .venv/ (first time: about 3 GB download)"
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
   PY=.venv/bin/python
+fi
+
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  for spec in "${CUDA_PIP_PACKAGES[@]}"; do
+    p=${spec%%:*} mod=${spec#*:}
+    "$PY" -c "import $mod" 2>/dev/null && continue
+    if [ "$PY" = .venv/bin/python ]; then
+      say "installing $p (CUDA build)"
+      .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "$p"
+    else
+      say "warning: $PY lacks $p (not ours to install into): CMake then looks in OPENDIT_EXTRA_INCLUDE_DIRS"
+    fi
+  done
 fi
 
 pip_wanted=()
