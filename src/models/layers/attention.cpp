@@ -2,16 +2,51 @@
 
 #include <ATen/Context.h>
 #include <ATen/SDPBackend.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "core/error.hpp"
+#include "cuda/ops.hpp"
 
 namespace opendit::models::layers {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Whether the attention setting lets self_attention train through kernels::packed_attention (cuDNN): "auto" and
+// "cudnn" do; an explicit other backend keeps at::scaled_dot_product_attention.
+std::atomic<bool> packed_cudnn_allowed{true};
+
+// Self-attention on the packed qkv [N, T, 3, H, hd] whose backward hands the qkv linear one packed gradient
+// (kernels::packed_attention_backward) -> [N, T, H, hd].
+struct PackedAttentionFn : torch::autograd::Function<PackedAttentionFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv) {
+    auto r = kernels::packed_attention(qkv);
+    ctx->save_for_backward({qkv, r.out, r.stats});
+    return r.out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto s = ctx->get_saved_variables();
+    return {kernels::packed_attention_backward(grad_out[0].contiguous(), s[0], s[1], s[2])};
+  }
+};
+
+}  // namespace
 
 at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid) {
   const int64_t N = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / 3, hd = D / heads;
+  // Training on the GPU without a mask: the packed op, whose backward writes dq, dk, dv into one [N, T, 3 D]
+  // gradient (the path below stacks three separate ones). Its cuDNN graphs are built on the first (eager) call.
+  if (qkv.is_cuda() && (valid < 0 || valid == T) && packed_cudnn_allowed.load() && at::GradMode::is_enabled() &&
+      qkv.requires_grad()) {
+    const at::Tensor packed = qkv.contiguous().view({N, T, 3, heads, hd});
+    if (kernels::packed_attention_uses_cudnn(packed)) return PackedAttentionFn::apply(packed).view({N, T, D});
+  }
   // unbind (not indexing): its backward stacks dq, dk, dv straight into one contiguous [N, T, 3, H, hd] gradient,
   // where three index backwards would each zero-fill and copy a full-size buffer and then be summed.
   auto q_k_v = qkv.view({N, T, 3, heads, hd}).unbind(2);                                   // 3 x [N, T, H, hd]
@@ -56,6 +91,7 @@ void set_attention_backend(const std::string& name) {
     order.erase(std::find(order.begin(), order.end(), first));
     order.insert(order.begin(), first);
   }
+  packed_cudnn_allowed.store(order.front() == B::cudnn_attention);
   std::vector<int64_t> ids;
   for (B b : order) ids.push_back(static_cast<int64_t>(b));
   auto& ctx = at::globalContext();

@@ -12,6 +12,9 @@ namespace opendit::models::layers {
 // v; within each, head h at channels [h hd, (h + 1) hd)) -> [N, T, D], heads concatenated, before the output
 // projection. Scale hd^-1/2. valid >= 0: only the first `valid` tokens are keys (the rest are sequence-parallel
 // padding; a mask then goes to the kernel), -1: every token.
+// When it trains on the GPU (grad mode, qkv requiring grad) without a mask, in bfloat16/float16 with a head dim cuDNN
+// takes, and the attention setting is "auto" or "cudnn", it runs kernels::packed_attention (cuDNN through its
+// frontend), whose backward writes the packed [N, T, 3 D] gradient directly; otherwise at::scaled_dot_product_attention.
 at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid = -1);
 
 // Cross-attention of queries q [N, T, D] to keys and values kv [N, L, 2 D] (k, then v: the packed kv linear),
@@ -29,7 +32,8 @@ at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& kv, const at::
 // "auto": cuDNN, then flash, memory-efficient, math (on the H100 at head dim 72 and 256 tokens cuDNN's forward is
 // the fastest); "cudnn" | "flash" | "efficient" | "math": that one first, the rest in the auto order after it.
 // torch takes the first backend in the order that supports the inputs (dtype, head dim, mask, ...), so every
-// choice still runs everywhere. Throws opendit::Error for an unknown name.
+// choice still runs everywhere. Also decides whether self_attention may train through kernels::packed_attention
+// ("auto", "cudnn"; the default before any call) or not (the others). Throws opendit::Error for an unknown name.
 void set_attention_backend(const std::string& name);
 
 }  // namespace opendit::models::layers
