@@ -20,7 +20,9 @@ using namespace token_rows;
 // Block b covers packs [b * kUnroll * blockDim.x, (b + 1) * kUnroll * blockDim.x): every thread issues the loads of
 // its kUnroll packs (coalesced, blockDim.x apart) before any arithmetic, so 2 * kUnroll 16-byte loads are in flight.
 constexpr int kUnroll = 4;
-template <typename A, typename P, int VEC>
+// I: the index type of the row/column arithmetic, 32-bit where the element count allows (a 64-bit division is a
+// long instruction sequence, two per pack: with them this kernel ran at 68% of copy bandwidth, without at 80%).
+template <typename A, typename P, int VEC, typename I>
 __global__ void gated_residual_kernel(const A* __restrict__ x, const A* __restrict__ y, const P* __restrict__ gate,
                                       int64_t gate_stride, const P* __restrict__ bias, A* __restrict__ out, int64_t T,
                                       int64_t D, int64_t packs) {
@@ -38,7 +40,7 @@ __global__ void gated_residual_kernel(const A* __restrict__ x, const A* __restri
   for (int u = 0; u < kUnroll; ++u) {
     const int64_t p = base + int64_t(u) * blockDim.x;
     if (p < packs) {
-      const int64_t e = p * VEC, row = e / D, d = e - row * D, n = row / T;
+      const I e = I(p) * VEC, row = e / I(D), d = e - row * I(D), n = row / I(T);
       float g[VEC], b[VEC] = {}, o[VEC];
       load<P, VEC>(gate + n * gate_stride + d, g);
       if (bias) load<P, VEC>(bias + d, b);
@@ -224,12 +226,18 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
     constexpr int VEC = decltype(vec)::value;
     const int64_t packs = x.numel() / VEC;
     const int threads = 256;
-    gated_residual_kernel<A, P, VEC><<<grid_of((packs + kUnroll * threads - 1) / (kUnroll * threads)), threads, 0,
-                                       at::cuda::getCurrentCUDAStream()>>>(
-        reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
-        reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), static_cast<const P*>(ptr_or_null(bias)),
-        reinterpret_cast<A*>(out.data_ptr()), T, D, packs);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto run = [&](auto kernel) {
+      kernel<<<grid_of((packs + kUnroll * threads - 1) / (kUnroll * threads)), threads, 0,
+               at::cuda::getCurrentCUDAStream()>>>(
+          reinterpret_cast<const A*>(x.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),
+          reinterpret_cast<const P*>(gate.data_ptr()), row_stride(gate), static_cast<const P*>(ptr_or_null(bias)),
+          reinterpret_cast<A*>(out.data_ptr()), T, D, packs);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (x.numel() < (int64_t(1) << 32))
+      run(gated_residual_kernel<A, P, VEC, uint32_t>);
+    else
+      run(gated_residual_kernel<A, P, VEC, int64_t>);
   });
   return out;
 }
@@ -252,7 +260,7 @@ GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Ten
   auto launch = [&](auto types, auto kernel, int threads, size_t smem) {
     using A = typename decltype(types)::Act;
     using P = typename decltype(types)::Par;
-    const Chunks ch = chunks_for(kernel, threads, N, T, 1);
+    const Chunks ch = chunks_for(kernel, threads, N, T, 1, smem);
     part = at::empty({with_bias ? 2 : 1, N, ch.count, D}, y.options().dtype(at::kFloat));
     kernel<<<grid_of(N * ch.count), threads, smem, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const A*>(dout.data_ptr()), reinterpret_cast<const A*>(y.data_ptr()),

@@ -353,7 +353,7 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
   auto launch = [&](auto types, auto kernel, int threads, size_t smem) {
     using A = typename decltype(types)::Act;
     using P = typename decltype(types)::Par;
-    const Chunks ch = chunks_for(kernel, threads, N, T, 1);
+    const Chunks ch = chunks_for(kernel, threads, N, T, 1, smem);
     part = at::empty({2, N, ch.count, D}, x.options().dtype(at::kFloat));
     kernel<<<grid_of(N * ch.count), threads, smem, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),

@@ -271,16 +271,18 @@ bool launch_rows(const at::Tensor& x, const at::Tensor& param, std::initializer_
 
 // Resident blocks of `kernel` per SM at `threads` per block on the current device (cached: the query costs
 // microseconds, and a process launches a handful of (kernel, width) pairs).
+// smem: the launch's dynamic shared memory (the warp kernels' column sums), which can bound residency too.
 template <typename Kernel>
-int blocks_per_sm(Kernel kernel, int threads) {
+int blocks_per_sm(Kernel kernel, int threads, size_t smem = 0) {
   static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, int>, int> cache;
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), threads, int(at::cuda::current_device()));
+  static std::map<std::tuple<const void*, int, size_t, int>, int> cache;
+  const auto key =
+      std::make_tuple(reinterpret_cast<const void*>(kernel), threads, smem, int(at::cuda::current_device()));
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
   return cache[key] = std::max(blocks, 1);
 }
 
@@ -290,9 +292,9 @@ struct Chunks {
   int64_t count, rows;  // chunks per sample, tokens per chunk (the last may have fewer)
 };
 template <typename Kernel>
-Chunks chunks_for(Kernel kernel, int threads, int64_t N, int64_t T, int waves) {
+Chunks chunks_for(Kernel kernel, int threads, int64_t N, int64_t T, int waves, size_t smem = 0) {
   const int64_t wave =
-      int64_t(blocks_per_sm(kernel, threads)) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+      int64_t(blocks_per_sm(kernel, threads, smem)) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t want = std::min<int64_t>(T, std::max<int64_t>(1, waves * wave / N));
   const int64_t rows = (T + want - 1) / want;
   return {(T + rows - 1) / rows, rows};

@@ -40,10 +40,11 @@ struct PackedAttentionFn : torch::autograd::Function<PackedAttentionFn> {
 
 at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid) {
   const int64_t N = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / 3, hd = D / heads;
-  // Training on the GPU without a mask: the packed op, whose backward writes dq, dk, dv into one [N, T, 3 D]
-  // gradient (the path below stacks three separate ones). Its cuDNN graphs are built on the first (eager) call.
-  if (qkv.is_cuda() && (valid < 0 || valid == T) && packed_cudnn_allowed.load() && at::GradMode::is_enabled() &&
-      qkv.requires_grad()) {
+  // On the GPU without a mask: the packed op, whose backward writes dq, dk, dv into one [N, T, 3 D] gradient (the
+  // path below stacks three separate ones). Forwards without autograd take it too, so that a recomputed block
+  // (activation checkpointing) repeats its first forward bit for bit. Its cuDNN graphs are built on the first
+  // (eager) call.
+  if (qkv.is_cuda() && (valid < 0 || valid == T) && packed_cudnn_allowed.load()) {
     const at::Tensor packed = qkv.contiguous().view({N, T, 3, heads, hd});
     if (kernels::packed_attention_uses_cudnn(packed)) return PackedAttentionFn::apply(packed).view({N, T, D});
   }

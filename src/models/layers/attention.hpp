@@ -12,9 +12,10 @@ namespace opendit::models::layers {
 // v; within each, head h at channels [h hd, (h + 1) hd)) -> [N, T, D], heads concatenated, before the output
 // projection. Scale hd^-1/2. valid >= 0: only the first `valid` tokens are keys (the rest are sequence-parallel
 // padding; a mask then goes to the kernel), -1: every token.
-// When it trains on the GPU (grad mode, qkv requiring grad) without a mask, in bfloat16/float16 with a head dim cuDNN
-// takes, and the attention setting is "auto" or "cudnn", it runs kernels::packed_attention (cuDNN through its
-// frontend), whose backward writes the packed [N, T, 3 D] gradient directly; otherwise at::scaled_dot_product_attention.
+// On the GPU without a mask, in bfloat16/float16 with a head dim cuDNN takes, and with the attention setting "auto"
+// or "cudnn", it runs kernels::packed_attention (cuDNN through its frontend; with or without autograd, so a
+// recomputed block repeats its forward), whose backward writes the packed [N, T, 3 D] gradient directly; otherwise
+// at::scaled_dot_product_attention.
 at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid = -1);
 
 // Cross-attention of queries q [N, T, D] to keys and values kv [N, L, 2 D] (k, then v: the packed kv linear),
