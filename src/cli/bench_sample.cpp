@@ -18,6 +18,7 @@
 
 #include "cli/app.hpp"
 #include "core/error.hpp"
+#include "core/op_profiler.hpp"
 #include "models/registry.hpp"
 #include "sample/plan.hpp"
 #include "sample/sampler.hpp"
@@ -29,6 +30,7 @@ namespace {
 struct SampleBenchArgs {
   DeckArgs deck;
   int images = 8;
+  int profile = 0;  // steps recorded op by op after the warm-up (0: none)
   double cfg = 4.0;
   std::string steps = "250", dtype = "bf16", graph = "on", device = "auto";
 };
@@ -114,9 +116,17 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
   };
   sync();
   StepClock clock(gpu);
+  // --profile N: steps 3 .. N + 2 (the graph captured and replaying) recorded op by op.
+  OpProfiler profiler;
+  const int profile_first = 3, profile_last = profile_first + a.profile - 1;
   const auto t0 = std::chrono::steady_clock::now();
   clock.mark();
-  at::Tensor x = sampler.run(noise, cond, gen, [&](int, int) { clock.mark(); }, null);
+  at::Tensor x = sampler.run(noise, cond, gen, [&](int done, int) {
+    clock.mark();
+    if (a.profile > 0 && done == profile_first - 1) profiler.start(gpu);
+    if (profiler.running() && done == profile_last) profiler.stop();
+  }, null);
+  if (profiler.running()) profiler.stop();  // the loop was shorter than asked
   sync();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!at::isfinite(x).all().item<bool>()) throw Error("bench sample: the samples contain NaN or Inf");
@@ -133,6 +143,14 @@ void run_sample_bench(const SampleBenchArgs& a, MpiRuntime& mpi) {
               deck.get_string("model.preset").c_str(), a.dtype.c_str(), a.images, a.cfg, graph.c_str(),
               a.steps.c_str(), (long long)sampler.diffusion().num_timesteps(), gpu ? "cuda" : "cpu",
               at::get_num_threads(), median, timed.front(), first_ms, total_s, a.images / total_s);
+  if (a.profile > 0 && int(ms.size()) < profile_first) {
+    std::printf("\nno profile: the loop ran %d steps, fewer than the %d before the first recorded one\n",
+                int(ms.size()), profile_first);
+  } else if (a.profile > 0) {
+    const int recorded = std::min(profile_last, int(ms.size())) - profile_first + 1;
+    std::printf("\nprofile of steps %d..%d (%d steps summed; the profiler's own sync slows those steps):\n%s\n",
+                profile_first, profile_first + recorded - 1, recorded, profiler.table(30).c_str());
+  }
 }
 
 }  // namespace
@@ -153,6 +171,10 @@ void add_bench_sample(CLI::App& bench, MpiRuntime& mpi) {
   cmd->add_option("--graph", a->graph, "On a GPU: replay each step's network call as a CUDA graph (on) or not")
       ->check(CLI::IsMember({"on", "off"}))
       ->default_str("on");
+  cmd->add_option("--profile", a->profile, "Record this many steps (from step 3, the graph replaying) op by op and "
+                                           "print where their time went")
+      ->check(CLI::Range(0, 100000))
+      ->default_val(0);
   cmd->add_option("--device", a->device, "auto (GPU if visible), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->default_str("auto");

@@ -32,7 +32,9 @@ const Schema& base_schema() {
          -inf, inf, {"latent", "pixel"}},
         {"model.attention", Type::Choice, std::string("auto"), "GPU attention kernel of "
          "scaled_dot_product_attention: `auto` tries cuDNN, then flash, memory-efficient and math, taking the first "
-         "that supports the inputs; a named backend is tried first, the others stay as fallbacks.", -inf, inf,
+         "that supports the inputs; a named backend is tried first, the others stay as fallbacks. With `auto` or "
+         "`cudnn`, self-attention without a mask in bf16/fp16 runs cuDNN's fused attention on the packed q/k/v "
+         "projection instead (its backward writes the packed gradient).", -inf, inf,
          {"auto", "cudnn", "flash", "efficient", "math"}},
         {"diffusion.num_steps", Type::Int, int64_t{1000}, "Diffusion steps T of training.", 1, 100000, {}},
         {"diffusion.schedule", Type::Choice, std::string("linear"), "Noise schedule: `linear` betas (scaled by "

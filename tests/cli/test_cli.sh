@@ -101,8 +101,11 @@ check "bench sample: exits 0" test "$rc_bsample" -eq 0
 check "bench sample: one BENCH line" test "$(count bsample '^BENCH sample ')" -eq 1
 check "bench sample: the settings" has bsample "preset=custom dtype=fp32 images=2 cfg=4 graph=off steps=3 loop_steps=3"
 check "bench sample: timings" has bsample "ms_per_step=[0-9.]* min_ms=[0-9.]* first_step_ms=[0-9.]* total_s=[0-9.]* img_per_s=[0-9.]*"
-run bsample_ddim 120 "$BIN" bench sample "${TINY[@]}" --device cpu --images 1 --steps ddim4 --cfg 1 --dtype bf16
+run bsample_ddim 120 "$BIN" bench sample "${TINY[@]}" --device cpu --images 1 --steps ddim4 --cfg 1 --dtype bf16 \
+  --profile 2
 check "bench sample: DDIM, no guidance, bf16" has bsample_ddim "dtype=bf16 images=1 cfg=1 graph=off steps=ddim4 loop_steps=4"
+check "bench sample --profile 2: steps 3 and 4 op by op" has bsample_ddim "profile of steps 3..4 (2 steps summed"
+check "bench sample --profile: the op table" has bsample_ddim "op profile, CPU ops"
 run bsample_bad 30 "$BIN" bench sample "${TINY[@]}" --device cpu --images 0
 check "bench sample: --images 0 rejected" has bsample_bad "--images 0: expected >= 1"
 
