@@ -70,7 +70,8 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const a
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres) {
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres,
+                                         const at::Tensor& shift) {
   check_tokens(x, "norm_modulate_backward: x");
   check_same(dy, x, "norm_modulate_backward: dy");
   TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "norm_modulate_backward: dy and x differ in dtype");
@@ -82,8 +83,12 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
     check_same(dres, x, "norm_modulate_backward: dres");
     TORCH_CHECK(dres.scalar_type() == x.scalar_type(), "norm_modulate_backward: dres and x differ in dtype");
   }
+  if (shift.defined()) {
+    check_per_sample(shift, x, "norm_modulate_backward: shift");
+    TORCH_CHECK(shift.scalar_type() == scale.scalar_type(), "norm_modulate_backward: shift and scale differ in dtype");
+  }
   return route(fused_available(x), cuda_impl::norm_modulate_backward, reference::norm_modulate_backward, dy, x, mean,
-               rstd, scale, dres);
+               rstd, scale, dres, shift);
 }
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& bias) {

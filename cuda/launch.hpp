@@ -7,7 +7,8 @@
 namespace opendit::kernels::cuda_impl {
 NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres);
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres,
+                                         const at::Tensor& shift);
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& bias);
 GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate,
                                            const at::Tensor& bias);

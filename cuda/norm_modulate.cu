@@ -92,7 +92,8 @@ template <typename A, typename P, int VEC, int PER>
 __global__ void __launch_bounds__(kMaxTeam)
     norm_modulate_backward_kernel(const A* __restrict__ dy, const A* __restrict__ x, const float* __restrict__ mean,
                                   const float* __restrict__ rstd, const P* __restrict__ scale, int64_t scale_stride,
-                                  const A* __restrict__ dres, A* __restrict__ dx, float* __restrict__ part, int64_t N,
+                                  const P* __restrict__ shift, int64_t shift_stride, const A* __restrict__ dres,
+                                  A* __restrict__ dx, A* __restrict__ h, float* __restrict__ part, int64_t N,
                                   int64_t T, int64_t D, int64_t chunks, int64_t rows) {
   __shared__ Two buf[64];
   int flip = 0;
@@ -147,6 +148,13 @@ __global__ void __launch_bounds__(kMaxTeam)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) o[k] = r * (g[j][k] - ga - xh[j][k] * gb) + res[k];
         store<A, VEC>(dx + row * D + col, o);
+        if (h) {  // the forward's y: x-hat (1 + scale) + shift, as norm_modulate_kernel computes it
+          float sh[VEC];
+          load<P, VEC>(shift + n * shift_stride + col, sh);
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) o[k] = xh[j][k] * sc1[j][k] + sh[k];
+          store<A, VEC>(h + row * D + col, o);
+        }
       }
     }
   }
@@ -224,8 +232,10 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     norm_modulate_backward_warp_kernel(const A* __restrict__ dy, const A* __restrict__ x,
                                        const float* __restrict__ mean, const float* __restrict__ rstd,
                                        const P* __restrict__ scale, int64_t scale_stride,
-                                       const A* __restrict__ dres, A* __restrict__ dx, float* __restrict__ part,
-                                       int64_t N, int64_t T, int64_t D, int64_t chunks, int64_t rows) {
+                                       const P* __restrict__ shift, int64_t shift_stride,
+                                       const A* __restrict__ dres, A* __restrict__ dx, A* __restrict__ h,
+                                       float* __restrict__ part, int64_t N, int64_t T, int64_t D, int64_t chunks,
+                                       int64_t rows) {
   extern __shared__ float sums_buf[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = blockIdx.x / chunks, c = blockIdx.x % chunks, t0 = c * rows, t1 = min(T, t0 + rows);
@@ -283,6 +293,13 @@ __global__ void __launch_bounds__(kRowWarps * 32)
           o[k] = r * (d * (1.0f + to_float(sc[j].v[k])) - ga - xh * gb) + res[k];
         }
         store<A, VEC>(dx + row * D + v * VEC, o);
+        if (h) {  // the forward's y, as norm_modulate_warp_kernel computes it (shift read here, as dres is)
+          float sh[VEC];
+          load<P, VEC>(shift + n * shift_stride + v * VEC, sh);
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) o[k] = (to_float(rx[j].v[k]) - mu) * r * (1.0f + to_float(sc[j].v[k])) + sh[k];
+          store<A, VEC>(h + row * D + v * VEC, o);
+        }
       }
     }
   }
@@ -331,7 +348,8 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift_in, cons
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale_in, const at::Tensor& dres) {
+                                         const at::Tensor& rstd, const at::Tensor& scale_in, const at::Tensor& dres,
+                                         const at::Tensor& shift_in) {
   TORCH_CHECK(
       x.is_cuda() && x.dim() == 3 && x.is_contiguous() && dy.is_contiguous() && dy.scalar_type() == x.scalar_type(),
       "norm_modulate_backward: x and dy must be contiguous CUDA [N, T, D] of one dtype");
@@ -341,10 +359,11 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), T = x.size(1), D = x.size(2);
   const at::Tensor scale = params_like(scale_in, x);
-  at::Tensor dx = at::empty_like(x);
+  const at::Tensor shift = shift_in.defined() ? params_like(shift_in, x) : at::Tensor();
+  at::Tensor dx = at::empty_like(x), h = shift.defined() ? at::empty_like(x) : at::Tensor();
   if (x.numel() == 0) {
     at::Tensor z = at::zeros({N, D}, scale_in.options());
-    return {dx, z, z.clone()};
+    return {dx, z, z.clone(), h};
   }
 
   at::Tensor part;  // [2, N, chunks, D] float32: per-chunk sums of dy and dy * xhat
@@ -358,8 +377,10 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
     kernel<<<grid_of(N * ch.count), threads, smem, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const A*>(dy.data_ptr()), reinterpret_cast<const A*>(x.data_ptr()), mean.data_ptr<float>(),
         rstd.data_ptr<float>(), reinterpret_cast<const P*>(scale.data_ptr()), row_stride(scale),
+        h.defined() ? reinterpret_cast<const P*>(shift.data_ptr()) : nullptr, h.defined() ? row_stride(shift) : 0,
         dres.defined() ? reinterpret_cast<const A*>(dres.data_ptr()) : nullptr, reinterpret_cast<A*>(dx.data_ptr()),
-        part.data_ptr<float>(), N, T, D, ch.count, ch.rows);
+        h.defined() ? reinterpret_cast<A*>(h.data_ptr()) : nullptr, part.data_ptr<float>(), N, T, D, ch.count,
+        ch.rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   auto warp = [&](auto types, auto vec, auto nv, size_t smem) {
@@ -375,9 +396,11 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
   };
   // Packed rows of at most 12 x 32 packs whose 2 sums fit shared memory: one warp a row, else the row teams.
   const at::Tensor& res_view = dres.defined() ? dres : dy;  // read in dy's packs: its alignment counts too
-  if (!launch_rows(x, scale, {{x, D}, {dy, D}, {res_view, D}, {scale, row_stride(scale)}}, 2, warp, team))
-    return reference::norm_modulate_backward(dy, x, mean, rstd, scale_in, dres);
-  NormModulateGrads out{dx, {}, {}};
+  const at::Tensor& shift_view = shift.defined() ? shift : scale;
+  if (!launch_rows(x, scale, {{x, D}, {dy, D}, {res_view, D}, {scale, row_stride(scale)},
+                              {shift_view, row_stride(shift_view)}}, 2, warp, team))
+    return reference::norm_modulate_backward(dy, x, mean, rstd, scale_in, dres, shift_in);
+  NormModulateGrads out{dx, {}, {}, h};
   finish_sums(part, scale_in.scalar_type(), &out.dshift, &out.dscale);
   return out;
 }

@@ -22,12 +22,15 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const a
 // dx [N, T, D] (x's dtype); dshift = sum_t dy, dscale = sum_t dy * xhat, both [N, D] in shift's dtype.
 // dres (optional, [N, T, D] in x's dtype): the gradient that reaches x by the block's residual path, added to dx in
 // float32 before dx is rounded (one pass, where autograd would add the two gradients in a separate one).
+// shift (optional, as norm_modulate's): also h = norm_modulate's y again, from the saved statistics and in the same
+// arithmetic (on a GPU the same bits), in x's dtype: the input of the linear after the norm, whose weight gradient
+// needs it, from the pass that reads x anyway instead of a recompute of its own.
 struct NormModulateGrads {
-  at::Tensor dx, dshift, dscale;
+  at::Tensor dx, dshift, dscale, h;
 };
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
                                          const at::Tensor& rstd, const at::Tensor& scale,
-                                         const at::Tensor& dres = {});
+                                         const at::Tensor& dres = {}, const at::Tensor& shift = {});
 
 // ---- b. gated residual -------------------------------------------------------------------------------------------
 // out = x + gate * (y + bias); x, y [N, T, D] contiguous; gate [N, D] with unit stride along D; bias [D] optional
@@ -167,7 +170,8 @@ at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::
 at::Tensor gated_gelu(const at::Tensor& ab);
 NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres);
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres,
+                                         const at::Tensor& shift);
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& bias);
 GatedResidualGrads gated_residual_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& gate,
                                            const at::Tensor& bias);

@@ -31,7 +31,8 @@ NormModulate norm_modulate(const at::Tensor& x, const at::Tensor& shift, const a
 }
 
 NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres) {
+                                         const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& dres,
+                                         const at::Tensor& shift) {
   const auto dt = opmath(x);
   const int64_t D = x.size(-1);
   at::Tensor xf = x.to(dt), dyf = dy.to(dt), m = mean.to(dt).unsqueeze(-1), r = rstd.to(dt).unsqueeze(-1);
@@ -40,7 +41,10 @@ NormModulateGrads norm_modulate_backward(const at::Tensor& dy, const at::Tensor&
   at::Tensor dx = std::get<0>(at::native_layer_norm_backward(dxhat, xf, {D}, m, r, {}, {}, {true, false, false}));
   if (dres.defined()) dx = dx + dres.to(dt);
   at::Tensor xhat = (xf - m) * r;
-  return {dx.to(x.scalar_type()), dyf.sum(1).to(scale.scalar_type()), (dyf * xhat).sum(1).to(scale.scalar_type())};
+  at::Tensor h;  // norm_modulate's y from the saved statistics
+  if (shift.defined()) h = at::addcmul(per_sample(shift, dt), xhat, 1 + per_sample(scale, dt)).to(x.scalar_type());
+  return {dx.to(x.scalar_type()), dyf.sum(1).to(scale.scalar_type()), (dyf * xhat).sum(1).to(scale.scalar_type()),
+          h};
 }
 
 namespace {

@@ -187,6 +187,12 @@ void run_kernel_bench(const KernelBenchArgs& a) {
          median_ms([&] { kernels::norm_modulate_backward(dy, x, nm.mean, nm.rstd, scale, dres); }, a.warmup,
                    a.iters),
          fused);
+    // Also writing the forward's output again (the next linear's input, for its weight gradient), which would
+    // otherwise be a recompute of its own (norm_modulate.fwd): one more write and the shift.
+    r.op("norm_modulate.bwd+res+h", dt, shape, 5 * NTD * e + 2 * NT * f32 + 4 * ND * e,
+         median_ms([&] { kernels::norm_modulate_backward(dy, x, nm.mean, nm.rstd, scale, dres, shift); }, a.warmup,
+                   a.iters),
+         fused);
     at::Tensor y = at::randn_like(x), pbias = at::randn({D}, opts);
     r.op("gated_residual.fwd", dt, shape, 3 * NTD * e + ND * e,
          median_ms([&] { kernels::gated_residual(x, y, gate); }, a.warmup, a.iters), fused);

@@ -83,9 +83,16 @@ void check_norm_modulate(const Inputs& in, double tol) {
   // Without and with a residual gradient added to dx.
   for (const at::Tensor& dres : {at::Tensor(), at::randn(in.x.sizes(), on_gpu()).to(in.x.scalar_type())}) {
     SCOPED_TRACE(dres.defined() ? "with dres" : "without dres");
-    auto g = fused::norm_modulate_backward(dy, in.x, got.mean, got.rstd, in.scale, dres);
+    // With dres, also h (the forward's output from the saved statistics): the forward kernel's bits.
+    const at::Tensor shift = dres.defined() ? in.shift : at::Tensor();
+    auto g = fused::norm_modulate_backward(dy, in.x, got.mean, got.rstd, in.scale, dres, shift);
     auto gw = ref::norm_modulate_backward(f64(dy), f64(in.x), want.mean, want.rstd, f64(in.scale),
-                                          dres.defined() ? f64(dres) : dres);
+                                          dres.defined() ? f64(dres) : dres, shift.defined() ? f64(shift) : shift);
+    ASSERT_EQ(g.h.defined(), shift.defined());
+    if (shift.defined()) {
+      EXPECT_TRUE(at::equal(g.h, got.y)) << "h differs from the forward's y by " << rel(g.h, got.y);
+      EXPECT_LE(rel(g.h, gw.h), tol);
+    }
     ASSERT_EQ(g.dx.scalar_type(), in.x.scalar_type());
     ASSERT_EQ(g.dshift.scalar_type(), in.scale.scalar_type());
     ASSERT_EQ(g.dscale.sizes(), in.scale.sizes());
@@ -209,9 +216,9 @@ TEST(NormKernels, TokenSumsArePerSample) {
   at::Tensor shift = ada.narrow(1, 0, s.D), scale = ada.narrow(1, s.D, s.D), gate = ada.narrow(1, 2 * s.D, s.D);
 
   auto f = fused::norm_modulate(x, shift, scale, kEps);
-  auto g = fused::norm_modulate_backward(dy, x, f.mean, f.rstd, scale, {});
+  auto g = fused::norm_modulate_backward(dy, x, f.mean, f.rstd, scale, {}, {});
   auto w = ref::norm_modulate(f64(x), f64(shift), f64(scale), kEps);
-  auto gw = ref::norm_modulate_backward(f64(dy), f64(x), w.mean, w.rstd, f64(scale), {});
+  auto gw = ref::norm_modulate_backward(f64(dy), f64(x), w.mean, w.rstd, f64(scale), {}, {});
   auto r = fused::gated_residual_backward(dy, x, gate, {});
   auto rw = ref::gated_residual_backward(f64(dy), f64(x), f64(gate), {});
   for (int64_t n = 0; n < s.N; ++n) {

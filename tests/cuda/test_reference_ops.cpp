@@ -47,6 +47,11 @@ TEST(ReferenceOps, NormModulateMatchesLayerNormAndAutograd) {
     auto gr = kernels::norm_modulate_backward(dy, x.detach(), got.mean, got.rstd, scale.detach(), dres);
     EXPECT_LT(rel(gr.dx, grad_of(both, dy, x)), 1e-10);
     EXPECT_TRUE(at::equal(gr.dshift, g.dshift));
+    // With the shift, the forward's output again from the saved statistics; the gradients unchanged.
+    auto gh = kernels::norm_modulate_backward(dy, x.detach(), got.mean, got.rstd, scale.detach(), dres, shift.detach());
+    EXPECT_LT(rel(gh.h, plain), 1e-12);
+    EXPECT_TRUE(at::equal(gh.dx, gr.dx));
+    EXPECT_FALSE(gr.h.defined());
   }
 }
 
@@ -120,6 +125,11 @@ TEST(ReferenceOps, ShapeChecksNameTheProblem) {
               auto nm = kernels::norm_modulate(x, at::randn({2, 8}), at::randn({2, 8}), 1e-6);
               kernels::norm_modulate_backward(x, x, nm.mean, nm.rstd, at::randn({2, 8}), at::randn({2, 4, 7}));
             }).find("dres"),
+            std::string::npos);
+  EXPECT_NE(msg([&] {
+              auto nm = kernels::norm_modulate(x, at::randn({2, 8}), at::randn({2, 8}), 1e-6);
+              kernels::norm_modulate_backward(x, x, nm.mean, nm.rstd, at::randn({2, 8}), {}, at::randn({2, 7}));
+            }).find("norm_modulate_backward: shift"),
             std::string::npos);
   EXPECT_NE(msg([&] { kernels::norm_modulate(x.transpose(1, 2), at::randn({2, 4}), at::randn({2, 4}), 1e-6); })
                 .find("contiguous"),

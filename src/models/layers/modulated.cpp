@@ -52,7 +52,6 @@ struct NormModulateLinear : torch::autograd::Function<NormModulateLinear> {
                                bool residual) {
     auto nm = kernels::norm_modulate(x, shift, scale, eps);
     ctx->save_for_backward({x, shift, scale, w, b, nm.mean, nm.rstd});
-    ctx->saved_data["eps"] = eps;
     return with_residual(at::linear(nm.y, w, b), x, residual);                      // [N, T, O]
   }
 
@@ -60,10 +59,10 @@ struct NormModulateLinear : torch::autograd::Function<NormModulateLinear> {
     auto s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &shift = s[1], &scale = s[2], &w = s[3], &b = s[4], &mean = s[5], &rstd = s[6];
     const at::Tensor dout = rows(grad_out[0].contiguous());                        // [N*T, O]
-    const at::Tensor h = kernels::norm_modulate(x, shift, scale, ctx->saved_data["eps"].toDouble()).y;
-    auto wg = linear_param_grads(dout, rows(h), w, b);                              // dw [O, D], db [O]
     at::Tensor dh = dout.mm(w).view(x.sizes());                                     // [N, T, D]
-    auto g = kernels::norm_modulate_backward(dh, x, mean, rstd, scale, residual_grad(grad_out));
+    // The norm's backward also gives its forward output h again (the linear's input, not kept from the forward).
+    auto g = kernels::norm_modulate_backward(dh, x, mean, rstd, scale, residual_grad(grad_out), shift);
+    auto wg = linear_param_grads(dout, rows(g.h), w, b);                            // dw [O, D], db [O]
     return {g.dx, g.dshift, g.dscale, wg.dw, wg.db, at::Tensor(), at::Tensor()};
   }
 };
@@ -79,7 +78,6 @@ struct NormModulateMlp : torch::autograd::Function<NormModulateMlp> {
     auto fc1 = kernels::linear_gelu(rows(nm.y), w1, b1);                            // out, pre [N*T, M]
     at::Tensor out = at::linear(fc1.out, w2, b2).view(x.sizes());                   // [N, T, D]
     ctx->save_for_backward({x, shift, scale, w1, w2, b2, nm.mean, nm.rstd, fc1.pre});
-    ctx->saved_data["eps"] = eps;
     return with_residual(std::move(out), x, residual);
   }
 
@@ -94,10 +92,9 @@ struct NormModulateMlp : torch::autograd::Function<NormModulateMlp> {
     auto bg = kernels::bias_gelu_backward(dout.mm(w2), pre, zero, /*reuse_dg=*/true, /*with_gelu=*/true);
     auto wg2 = linear_param_grads(dout, bg.g, w2, b2);                              // dw2 [D, M], db2 [D]
     bg.g = at::Tensor();                                                            // da [N*T, M], db1 [M] stay
-    const at::Tensor h = kernels::norm_modulate(x, shift, scale, ctx->saved_data["eps"].toDouble()).y;
-    auto wg1 = linear_param_grads(bg.da, rows(h), w1, at::Tensor());                // dw1 [M, D]
     at::Tensor dh = bg.da.mm(w1).view(x.sizes());                                   // [N, T, D]
-    auto g = kernels::norm_modulate_backward(dh, x, mean, rstd, scale, residual_grad(grad_out));
+    auto g = kernels::norm_modulate_backward(dh, x, mean, rstd, scale, residual_grad(grad_out), shift);
+    auto wg1 = linear_param_grads(bg.da, rows(g.h), w1, at::Tensor());              // dw1 [M, D]
     return {g.dx, g.dshift, g.dscale, wg1.dw, bg.dbias, wg2.dw, wg2.db, at::Tensor(), at::Tensor()};
   }
 };
