@@ -116,18 +116,32 @@ void DataParallelOptimizer::update(double clip_scale) {
   adamw_ema_step(shard(), opts_.adamw, step_, clip_scale, opts_.ema_decay);
 }
 
-void DataParallelOptimizer::stage_update() {
-  const std::array<double, 4> v = adamw_step_scalars(opts_.adamw, step_ + 1, opts_.ema_decay);
+void DataParallelOptimizer::stage_update(bool behind) {
+  if (ema_every_ < 1) throw std::invalid_argument(cat("DataParallelOptimizer: ema_every ", ema_every_, " < 1"));
+  auto scalars = [&](int64_t t) {
+    return adamw_step_scalars(opts_.adamw, t, t % ema_every_ == 0 ? opts_.ema_decay : 1.0);
+  };
+  const std::array<double, 4> applied = scalars(step_ + 1 + (behind ? 1 : 0)), skipped = scalars(step_ + 1);
+  const std::array<double, 8> v = {applied[0], applied[1], applied[2], applied[3],
+                                   skipped[0], skipped[1], skipped[2], skipped[3]};
   const at::Device device = params_.data().device();
-  if (!scalars_.defined()) scalars_ = at::zeros({kernels::kDynCount}, at::TensorOptions(at::kDouble).device(device));
-  at::Tensor host = at::tensor(at::ArrayRef<double>(v.data(), v.size()), at::kDouble);
+  if (!scalars_.defined()) {
+    const auto o = at::TensorOptions(at::kDouble).device(device);
+    scalars_ = at::zeros({kernels::kDynCount}, o);  // skip flag 0: "the previous update was applied"
+    staged_ = at::zeros({2, 4}, o);
+  }
+  at::Tensor host = at::tensor(at::ArrayRef<double>(v.data(), v.size()), at::kDouble).view({2, 4});
   if (device.is_cuda()) host = host.pin_memory();
-  scalars_.narrow(0, kernels::kDynLr, 4).copy_(host, /*non_blocking=*/true);
+  staged_.copy_(host, /*non_blocking=*/true);
 }
 
 void DataParallelOptimizer::update(const at::Tensor& stats) {
   if (!scalars_.defined()) throw std::logic_error("DataParallelOptimizer::update(stats) before stage_update()");
   at::NoGradGuard no_grad;
+  // This update's lr, bias corrections and EMA decay: the candidate that the previous update's skip flag (still in
+  // scalars_) selects. Without a step queued behind it, both candidates are the same.
+  const at::Tensor previous_skipped = scalars_.narrow(0, kernels::kDynSkip, 1).ne(0);
+  scalars_.narrow(0, kernels::kDynLr, 4).copy_(at::where(previous_skipped, staged_[1], staged_[0]));
   const at::Tensor norm_sq = stats.narrow(0, 0, 1), loss = stats.narrow(0, 1, 1);
   // clip_scale_for() on the device, in the same float64 operations.
   at::Tensor clip = at::ones_like(norm_sq);

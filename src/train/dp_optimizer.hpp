@@ -60,7 +60,11 @@ class DataParallelOptimizer {
   // step); update(stats) derives the clip factor from grad_stats() on the device and skips the update altogether
   // (parameters, moments and EMA untouched) when the norm or the loss is not finite; commit_update() advances
   // step_count() once the host has read the stats and knows whether the update was applied.
-  void stage_update();
+  // behind = true: the previous step is still queued, its stats unread. Its update is number step_count() + 1 if it
+  // is applied, so both candidates for this one are staged (step_count() + 2 and + 1) and update(stats) takes the
+  // one that the previous update's skip flag, on the device, selects: the host can queue a step before it has read
+  // the previous one's stats, and the result is the same as if it had waited.
+  void stage_update(bool behind = false);
   void update(const at::Tensor& stats);
   void commit_update(bool applied) { step_ += applied ? 1 : 0; }
   void gather_params();            // zero1/zero2: the updated shards into params.data(), or working() if any
@@ -79,6 +83,8 @@ class DataParallelOptimizer {
   const DataParallelOptions& options() const { return opts_; }
   void set_lr(double lr) { opts_.adamw.lr = lr; }  // the schedule's value for the next update
   void set_ema_decay(double decay) { opts_.ema_decay = decay; }  // 1 leaves the EMA as it is
+  // stage_update(): the EMA moves on updates number k * every only (train.ema_every); the decay of others is 1.
+  void set_ema_every(int64_t every) { ema_every_ = every; }
 
  private:
   bool sharded() const { return opts_.strategy != DpStrategy::Ddp; }
@@ -92,6 +98,8 @@ class DataParallelOptimizer {
   FlatRange range_;
   at::Tensor exp_avg_, exp_avg_sq_, ema_, decay_mask_, grad_shard_;
   at::Tensor scalars_;  // float64 [kernels::kDynCount] on the device: update(stats)'s per-step scalars
+  at::Tensor staged_;   // float64 [2, 4] on the device: stage_update()'s candidates (previous update applied, skipped)
+  int64_t ema_every_ = 1;
   int64_t step_ = 0;
 };
 

@@ -100,7 +100,9 @@ at::Tensor StepGraph::run(const std::vector<MicroBatch>& in) {
   if (!fits(in)) throw std::logic_error("StepGraph::run: the micro-batches differ in shape from the captured ones");
   for (size_t m = 0; m < in.size(); ++m)
     each_field(inputs_[m], in[m], [](at::Tensor& mine, const at::Tensor& theirs) {
-      if (mine.defined()) mine.copy_(theirs, /*non_blocking=*/true);
+      // From pinned memory: a copy from pageable memory may wait for the stream, and the host must not (it queues
+      // the next step while this one runs; the caching host allocator keeps the block until the copy has run).
+      if (mine.defined()) mine.copy_(theirs.is_cpu() && !theirs.is_pinned() ? theirs.pin_memory() : theirs, true);
     });
   graph_.replay();
   return stats_;

@@ -191,6 +191,7 @@ void Trainer::build() {
   }
   params_->stream_grads();  // after the working copy: hooks live on the tensors the model computes with
   opt_ = std::make_unique<DataParallelOptimizer>(*params_, ctx_.dp(), s_.dp);
+  opt_->set_ema_every(s_.ema_every);
   const at::Device device = ctx_.device();
   timer_ = std::make_unique<PhaseTimer>([device] {
     if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index());
@@ -274,20 +275,8 @@ int Trainer::run() {
   progress.update(step_);
   int64_t saved_at = -1;  // the step of this run's newest checkpoint
   int signal = 0;
-  while (step_ < s_.steps) {
-    // A signal may reach the ranks at different steps: they agree on the first step boundary where any has it.
-    // The same reduction carries a failed background checkpoint write (bit 8), thrown here on every rank.
-    const int64_t flags = ctx_.world().all_reduce(int64_t(stop.signal()) | (writer_failed_ ? 256 : 0),
-                                                  parallel::ReduceOp::Max);
-    if (flags & 256) finish_save();
-    signal = static_cast<int>(flags & 255);
-    if (signal) break;
-    bool stepped;
-    {
-      parallel::Watch watch("training step", step_ + 1);
-      stepped = step();
-    }
-    if (!stepped) continue;
+  auto after_step = [&](bool stepped) {  // a finished step: its log line, its checkpoint, the progress line
+    if (!stepped) return;
     log();
     if (!options_.no_save && (step_ % s_.checkpoint_every == 0 || step_ == s_.steps)) {
       timer_->switch_to(Phase::Checkpoint);
@@ -296,6 +285,24 @@ int Trainer::run() {
       timer_->switch_to(Phase::Other);
     }
     progress.update(step_);
+  };
+  while (step_ < s_.steps) {
+    // A signal may reach the ranks at different steps: they agree on the first step boundary where any has it.
+    // The same reduction carries a failed background checkpoint write (bit 8), thrown here on every rank.
+    const int64_t flags = ctx_.world().all_reduce(int64_t(stop.signal()) | (writer_failed_ ? 256 : 0),
+                                                  parallel::ReduceOp::Max);
+    if (flags & 256) finish_save();
+    signal = static_cast<int>(flags & 255);
+    if (signal) {
+      if (auto stepped = finish_queued()) after_step(*stepped);  // a step queued ahead is done, not lost
+      break;
+    }
+    bool stepped;
+    {
+      parallel::Watch watch("training step", step_ + 1);
+      stepped = step();
+    }
+    after_step(stepped);
   }
   if (signal) {
     if (root)
@@ -326,6 +333,9 @@ int Trainer::run() {
     std::printf("\ntime per phase over %d ranks (%lld timed steps: every train.log_every-th, device-synchronized; "
                 "checkpoints: all):\n%s",
                 ctx_.mesh().world_size(), (long long)timer_->timed_steps(), table.c_str());
+    if (queued_ahead_ > 0)
+      std::printf("%lld steps were queued on the GPU while the step before them ran (the host read each step's "
+                  "loss and gradient norm one step late)\n", (long long)queued_ahead_);
     print_traffic();
   }
   return 0;

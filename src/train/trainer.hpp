@@ -24,6 +24,8 @@
 #include <optional>
 #include <string>
 
+#include <c10/core/Event.h>
+
 #include "config/deck.hpp"
 #include "core/op_profiler.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
@@ -75,8 +77,11 @@ class Trainer {
   // run folder: called by run().
   bool resume(const std::string& how);
   // Collective: one optimizer step. Returns false when it was skipped (a non-finite loss or gradient norm);
-  // train.max_nonfinite_steps of those in a row end the run (opendit::CollectiveError).
+  // train.max_nonfinite_steps of those in a row end the run (opendit::CollectiveError). On one GPU replaying the
+  // step's graph it may leave the next step queued on the device (may_run_ahead): finish_queued() reads that one
+  // (nullopt when none is queued; else what step() would have returned) before anything that needs a quiet state.
   bool step();
+  std::optional<bool> finish_queued();
   // Rank 0: the log line and the metrics record, on log steps (every train.log_every-th and the last), over the
   // steps since the last log line (rates count from the start of run() or the last resume).
   void log();
@@ -105,7 +110,7 @@ class Trainer {
   void prepare_snapshot();      // allocates those buffers up front (pinned on GPU: seconds for a large model)
   void print_traffic() const;
   void agree_on_write(const std::string& error);  // collective over the world: a writer's error stops every rank  // rank 0: the collectives of the dp and sp groups per step
-  void profile_begin();
+  void profile_begin(int64_t index);  // index: the step's number from 0
   void profile_end(int64_t step_number);
   // A step in three parts (train/trainer_step.cpp): this rank's micro-batches on the host (pinned on GPU); the
   // device work (forward, backward, gradient reduction, the update; capturable as a CUDA graph), which returns the
@@ -113,6 +118,17 @@ class Trainer {
   std::vector<MicroBatch> load_inputs(const StepRandom& rnd);
   at::Tensor device_step(const std::vector<MicroBatch>& in);
   at::Tensor graph_step(const std::vector<MicroBatch>& host);  // undefined: run this step eagerly
+  // A step queued on the device whose stats the host has not read: index (from 0), the stats [norm², loss] on the
+  // host once `ready` (on GPU: a pinned buffer filled in queue order) has completed.
+  struct InFlight {
+    int64_t index = 0;
+    at::Tensor stats;
+    std::optional<c10::Event> ready;
+  };
+  // Queues step `index` (behind: the step before it is still queued, see DataParallelOptimizer::stage_update).
+  InFlight launch(int64_t index, bool behind);
+  bool finish(InFlight& f);  // reads its stats; step_ advances; false when the step was skipped
+  bool may_run_ahead(int64_t index) const;  // may step index + 1 be queued before step index is read?
 
   config::Deck deck_;
   const parallel::ParallelContext& ctx_;
@@ -143,6 +159,9 @@ class Trainer {
   int64_t eager_steps_ = 0;           // run by this process: the graph is captured after kGraphWarmup of them
   std::array<parallel::CollectiveCounts, 2> traffic_{};  // dp, sp: the training loop's, for the closing table
   std::unique_ptr<OpProfiler> profiler_;
+  std::optional<InFlight> in_flight_;     // the step queued ahead (step_ its index)
+  int64_t queued_ahead_ = 0;              // steps queued before the previous one's stats were read
+  std::array<at::Tensor, 2> stats_host_;  // pinned, by step parity
   std::ofstream metrics_;
   std::unique_ptr<RunFolder> folder_;
   std::unique_ptr<parallel::ProcessGroup> writer_group_;  // the dp group on a communicator of the writer thread's

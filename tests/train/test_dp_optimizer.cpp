@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -215,4 +216,49 @@ TEST_P(Strategies, NonFiniteLossOnOneRankSkipsEverywhere) {
   EXPECT_TRUE(at::equal(opt.gather_full_ema(), ema));
   EXPECT_TRUE(at::equal(opt.exp_avg(), m1));
   EXPECT_THROW(DataParallelOptimizer(flat, comm, options(GetParam())).update(stats), std::logic_error);
+}
+
+// The trainer may queue a step before it has read the previous one's stats (stage_update(behind = true)): the
+// device then picks this update's scalars by the previous update's skip flag. Against the same steps staged after
+// each read: the same bits, with a skipped step (a NaN loss) and EMA updates on every second step among them.
+TEST_P(Strategies, StagedBehindAQueuedStepEqualsStagedAfterItsRead) {
+  MpiCommunicator comm(ProcessGroup::world());
+  const double losses[] = {1.0, NAN, 1.0, 1.0, NAN, NAN, 1.0};  // step 2 skipped, then 5 and 6 in a row
+  const int steps = int(sizeof(losses) / sizeof(losses[0]));
+  struct Run {
+    at::Tensor master, ema, m1, m2;
+    int64_t count;
+  };
+  auto run = [&](bool queued) {
+    Model m(11);
+    FlatParams flat(m.slots, comm.size(), comm.rank(), 16, decay_matrices());
+    DataParallelOptimizer opt(flat, comm, options(GetParam()));
+    opt.set_ema_every(2);
+    std::optional<at::Tensor> unread;  // the previous step's stats, read only after this step is staged
+    auto read = [&](const at::Tensor& stats) {
+      const at::Tensor host = stats.cpu();
+      opt.commit_update(std::isfinite(host[0].item<double>()) && std::isfinite(host[1].item<double>()));
+    };
+    for (int k = 0; k < steps; ++k) {
+      flat.grad().copy_(global_grad(flat.layout(), flat.data().numel(), k % kSteps, 0));
+      opt.reduce_grads();
+      opt.stage_update(/*behind=*/queued && unread.has_value());
+      if (unread) read(*unread), unread.reset();
+      const at::Tensor stats = opt.grad_stats(at::full({}, losses[k], at::kFloat)).clone();
+      opt.update(stats);
+      opt.gather_params();
+      if (queued) unread = stats;
+      else read(stats);
+    }
+    if (unread) read(*unread);
+    return Run{opt.gather_full_master(), opt.gather_full_ema(), opt.exp_avg().clone(), opt.exp_avg_sq().clone(),
+               opt.step_count()};
+  };
+  const Run a = run(false), b = run(true);
+  EXPECT_EQ(a.count, 4);
+  EXPECT_EQ(b.count, 4);
+  EXPECT_TRUE(at::equal(a.master, b.master));
+  EXPECT_TRUE(at::equal(a.ema, b.ema));
+  EXPECT_TRUE(at::equal(a.m1, b.m1));
+  EXPECT_TRUE(at::equal(a.m2, b.m2));
 }

@@ -327,14 +327,18 @@ class TrainTest(unittest.TestCase):
         rc_g, out_g = train(self.tmp, "gpu_graph", 1, *sets)
         rc_r1, out_r1 = train(self.tmp, "gpu_graph_resumed", 1, *sets[:-2], "train.steps=4")
         rc_r2, out_r2 = train(self.tmp, "gpu_graph_resumed", 1, *sets, resume="auto")
-        detail = (out_e + out_g + out_r1 + out_r2)[-3000:]
-        self.assertEqual((rc_e, rc_g, rc_r1, rc_r2), (0, 0, 0, 0), detail)
+        # Untimed steps (no log line between) are queued while the step before them runs: the same bits.
+        rc_a, out_a = train(self.tmp, "gpu_graph_ahead", 1, *sets, "train.log_every=100")
+        detail = (out_e + out_g + out_r1 + out_r2 + out_a)[-3000:]
+        self.assertEqual((rc_e, rc_g, rc_r1, rc_r2, rc_a), (0, 0, 0, 0, 0), detail)
+        self.assertRegex(out_a, r"\n[1-9]\d* steps were queued on the GPU while the step before them ran", detail)
+        self.assertNotIn("steps were queued", out_g, detail)  # every step timed (log_every = 1): none ahead
         self.assertIn("step 3: captured as a CUDA graph", out_g, detail)
         self.assertIn("step 7: captured as a CUDA graph", out_r2, detail)
         self.assertNotIn("captured", out_e, detail)
         self.assertIn("graph replay", out_g, detail)  # the phase table's row
         eager = {w: weights(self.tmp, "gpu_eager", w) for w in ("model", "ema")}
-        for name in ("gpu_graph", "gpu_graph_resumed"):
+        for name in ("gpu_graph", "gpu_graph_resumed", "gpu_graph_ahead"):
             got = {w: weights(self.tmp, name, w) for w in ("model", "ema")}
             err = max(rel_norm(got[w], eager[w]) for w in got)
             print(f"{name} vs gpu_eager: weights {err:.2e} in norm (<= 1e-6), bit-identical tensors: "
@@ -346,9 +350,9 @@ class TrainTest(unittest.TestCase):
 
     @unittest.skipUnless(torch.cuda.is_available(), "no GPU: the GPU training checks are skipped")
     def test_gpu_cuda_graph_skips_non_finite_steps(self):
-        """one GPU: non-finite steps are skipped inside the CUDA graph too, then a clear stop"""
+        """one GPU: non-finite steps are skipped inside the CUDA graph too (queued ahead), then a clear stop"""
         rc, out = train(self.tmp, "gpu_nan", 1, "data.path=" + self.nan_data, "parallel.device=cuda",
-                        "train.max_nonfinite_steps=5", timeout=120)
+                        "train.max_nonfinite_steps=5", "train.log_every=100", timeout=120)
         self.assertNotEqual(rc, 0, out[-1500:])
         self.assertIn("step 3: captured as a CUDA graph", out, out[-1500:])
         self.assertEqual(out.count("step skipped"), 5, out[-1500:])
