@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training benchmark on one GPU: opendit DiT-XL/2 (bf16, zero2) at batch 32 and 64 on a synthetic latent dataset,
-# at batch 64 also without the step's CUDA graph, with K blocks recomputed (train.checkpoint_blocks) and with every
-# block recomputed, and the plain-PyTorch peer (bench/peer_pytorch_dit.py) in the same run.
+# at batch 64 also without queuing steps ahead (train.run_ahead), without the step's CUDA graph, with K blocks
+# recomputed (train.checkpoint_blocks) and with every block recomputed, and the plain-PyTorch peer
+# (bench/peer_pytorch_dit.py) in the same run.
 # usage: bench/train.sh [STEPS]                  prints BENCH/PEER lines (CKPT_BLOCKS="1 2": the K to try;
 #                                               FULL_CKPT=1: also every block recomputed)
 #        bench/train.sh 14 PROFILE_DIR         only a per-op profile of one batch-64 step of each side, written there
@@ -32,6 +33,8 @@ fi
 for b in 32 64; do
   echo "BENCH train DiT-XL/2 bf16 zero2 batch $b: $(xl $b)"
 done
+# The host reading each step's stats before it queues the next: what queuing ahead is worth.
+echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 without run-ahead (train.run_ahead = false): $(xl 64 --set train.run_ahead=false)"
 # The same step without the CUDA graph (each kernel launched from the host): what the graph is worth.
 echo "BENCH train DiT-XL/2 bf16 zero2 batch 64 eager (train.cuda_graph = false): $(xl 64 --set train.cuda_graph=false)"
 for k in ${CKPT_BLOCKS:-1 2}; do

@@ -119,6 +119,9 @@ const Schema& base_schema() {
         {"train.cuda_graph", Type::Bool, true, "On one GPU (a world of one rank), replay each optimizer step as one "
          "CUDA graph after two eager warm-up steps (the same kernels without the host's launch gaps); the CPU and "
          "runs of more ranks step eagerly.", -inf, inf, {}},
+        {"train.run_ahead", Type::Bool, true, "With the step's CUDA graph, queue the next step before reading this "
+         "one's loss and gradient norm (not across log steps, checkpoints or the profiled step), so that the GPU "
+         "does not wait while the host loads the next batch; the same results either way.", -inf, inf, {}},
         {"train.profile_step", Type::Int, int64_t{0}, "Profile this step (counted from 1) with the torch profiler: a "
          "per-op GPU/CPU time table on stdout and profile.json in the run folder; 0 = off.", 0, 1e12, {}},
         {"train.ema_decay", Type::Float, 0.9999, "EMA decay per optimizer step.", 0, 1, {}},

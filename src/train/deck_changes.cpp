@@ -18,6 +18,7 @@ bool harmless_on_resume(const std::string& key) {
                                           "train.activation_checkpointing",
                                           "train.checkpoint_blocks",
                                           "train.cuda_graph",
+                                          "train.run_ahead",
                                           "data.prefetch",
                                           "data.verify",
                                           "model.attention",

@@ -32,6 +32,7 @@ TrainSettings train_settings_from(const config::Deck& deck, int dp_size) {
   s.checkpoint_blocks = deck.get_int("train.checkpoint_blocks");
   s.profile_step = deck.get_int("train.profile_step");
   s.cuda_graph = deck.get_bool("train.cuda_graph");
+  s.run_ahead = deck.get_bool("train.run_ahead");
   s.lr_schedule = deck.get_string("train.lr_schedule");
   s.warmup_steps = deck.get_int("train.warmup_steps");
   s.min_lr = deck.get_float("train.min_lr");

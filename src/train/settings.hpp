@@ -15,7 +15,7 @@ struct TrainSettings {
   int64_t checkpoint_blocks = 0, profile_step = 0;
   int64_t ema_every = 1, checkpoint_every = 1000, keep_checkpoints = 3, max_nonfinite = 5;
   int prefetch = 4;
-  bool bf16 = true, activation_checkpointing = false, async_checkpoint = true, cuda_graph = true;
+  bool bf16 = true, activation_checkpointing = false, async_checkpoint = true, cuda_graph = true, run_ahead = true;
   std::string lr_schedule = "constant";
   double min_lr = 0;
   DataParallelOptions dp;  // strategy, AdamW, clipping, EMA

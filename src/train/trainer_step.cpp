@@ -122,7 +122,7 @@ at::Tensor Trainer::graph_step(const std::vector<MicroBatch>& host) {
 bool Trainer::may_run_ahead(int64_t index) const {
   const int64_t n = index + 1, next = index + 2;  // the step numbers (from 1) of the queued step and of the next
   auto quiet = [&](int64_t m) { return m % s_.log_every != 0 && m != s_.profile_step; };
-  return graph_ && graph_->captured() && next <= s_.steps && quiet(n) && quiet(next) &&
+  return s_.run_ahead && graph_ && graph_->captured() && next <= s_.steps && quiet(n) && quiet(next) &&
          (options_.no_save || n % s_.checkpoint_every != 0);
 }
 
