@@ -116,9 +116,10 @@ at::Tensor Trainer::graph_step(const std::vector<MicroBatch>& host) {
   return stats;
 }
 
-// Queuing step k + 1 before reading step k's stats keeps the GPU busy while the host loads the next inputs (about
-// 2 ms of a 107 ms DiT-XL/2 step on an H200 were the GPU waiting for the host). Only where nothing needs the state
-// between the two: graph replays on one GPU, neither step timed nor profiled, no checkpoint after step k.
+// Queuing step k + 1 before reading step k's stats keeps the GPU busy while the host loads the next inputs (on the
+// H200 of bench/RESULTS.md the host was quick enough that this gained nothing measurable; a slower host gains).
+// Only where nothing needs the state between the two: graph replays on one GPU, neither step timed nor profiled,
+// no checkpoint after step k.
 bool Trainer::may_run_ahead(int64_t index) const {
   const int64_t n = index + 1, next = index + 2;  // the step numbers (from 1) of the queued step and of the next
   auto quiet = [&](int64_t m) { return m % s_.log_every != 0 && m != s_.profile_step; };
