@@ -116,8 +116,12 @@ void DataParallelOptimizer::update(double clip_scale) {
   adamw_ema_step(shard(), opts_.adamw, step_, clip_scale, opts_.ema_decay);
 }
 
+void DataParallelOptimizer::set_ema_every(int64_t every) {
+  if (every < 1) throw std::invalid_argument(cat("DataParallelOptimizer: ema_every ", every, " < 1"));
+  ema_every_ = every;
+}
+
 void DataParallelOptimizer::stage_update(bool behind) {
-  if (ema_every_ < 1) throw std::invalid_argument(cat("DataParallelOptimizer: ema_every ", ema_every_, " < 1"));
   auto scalars = [&](int64_t t) {
     return adamw_step_scalars(opts_.adamw, t, t % ema_every_ == 0 ? opts_.ema_decay : 1.0);
   };

@@ -82,9 +82,8 @@ class DataParallelOptimizer {
   void set_step_count(int64_t step) { step_ = step; }
   const DataParallelOptions& options() const { return opts_; }
   void set_lr(double lr) { opts_.adamw.lr = lr; }  // the schedule's value for the next update
-  void set_ema_decay(double decay) { opts_.ema_decay = decay; }  // 1 leaves the EMA as it is
   // stage_update(): the EMA moves on updates number k * every only (train.ema_every); the decay of others is 1.
-  void set_ema_every(int64_t every) { ema_every_ = every; }
+  void set_ema_every(int64_t every);
 
  private:
   bool sharded() const { return opts_.strategy != DpStrategy::Ddp; }
