@@ -250,6 +250,52 @@ at::Tensor packed_attention_backward(const at::Tensor& dout_in, const at::Tensor
                cuda_impl::packed_attention_backward, reference::packed_attention_backward, dout, qkv, out, stats);
 }
 
+namespace {
+constexpr int64_t kShortMaxT = 64, kShortMaxHd = 128;  // cuda/short_attention.cu's shared-memory tiles
+
+// qkv [B, T, S, 3, H, hd] contiguous, floating point; valid -1 or in [1, T].
+void check_middle_qkv(const at::Tensor& qkv, int64_t valid, const char* op) {
+  TORCH_CHECK(qkv.dim() == 6 && qkv.size(3) == 3, op, ": qkv must be [B, T, S, 3, H, hd] (6-D, q, k, v third), got ",
+              qkv.sizes());
+  TORCH_CHECK(qkv.is_contiguous(), op, ": qkv must be contiguous");
+  TORCH_CHECK(at::isFloatingType(qkv.scalar_type()), op, ": qkv must be floating point, got ", qkv.scalar_type());
+  TORCH_CHECK(qkv.numel() > 0, op, ": qkv is empty: ", qkv.sizes());
+  TORCH_CHECK(valid == -1 || (valid >= 1 && valid <= qkv.size(1)), op, ": valid must be -1 or in [1, ",
+              qkv.size(1), "], got ", valid);
+}
+}  // namespace
+
+bool short_attention_fused(const at::Tensor& qkv) {
+  return fused_available(qkv) && qkv.dim() == 6 && qkv.size(1) <= kShortMaxT && qkv.size(5) <= kShortMaxHd;
+}
+
+ShortAttention short_attention(const at::Tensor& qkv, int64_t valid) {
+  check_middle_qkv(qkv, valid, "short_attention");
+  return route(short_attention_fused(qkv), cuda_impl::short_attention, reference::short_attention, qkv, valid);
+}
+
+at::Tensor short_attention_backward(const at::Tensor& dout_in, const at::Tensor& qkv, const at::Tensor& out,
+                                    const at::Tensor& stats, int64_t valid) {
+  check_middle_qkv(qkv, valid, "short_attention_backward");
+  const int64_t B = qkv.size(0), T = qkv.size(1), S = qkv.size(2), H = qkv.size(4), hd = qkv.size(5);
+  const std::vector<int64_t> o_shape = {B, T, S, H, hd};
+  TORCH_CHECK(dout_in.sizes() == o_shape && dout_in.device() == qkv.device(),
+              "short_attention_backward: dout must be ", at::IntArrayRef(o_shape), " on ", qkv.device(), ", got ",
+              dout_in.sizes(), " on ", dout_in.device());
+  TORCH_CHECK(dout_in.scalar_type() == qkv.scalar_type(), "short_attention_backward: dout and qkv differ in dtype (",
+              dout_in.scalar_type(), " vs ", qkv.scalar_type(), ")");
+  check_same(out, dout_in, "short_attention_backward: out");
+  TORCH_CHECK(out.scalar_type() == qkv.scalar_type(), "short_attention_backward: out and qkv differ in dtype");
+  const std::vector<int64_t> s_shape = {B, S, H, T};
+  const auto s_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(stats.sizes() == s_shape && stats.is_contiguous() && stats.device() == qkv.device() &&
+                  stats.scalar_type() == s_type,
+              "short_attention_backward: stats must be a contiguous ", s_type, " ", at::IntArrayRef(s_shape), " on ",
+              qkv.device(), ", got ", stats.scalar_type(), " ", stats.sizes());
+  return route(short_attention_fused(qkv), cuda_impl::short_attention_backward, reference::short_attention_backward,
+               dout_in.contiguous(), qkv, out, stats, valid);
+}
+
 bool packed_attention_uses_cudnn(const at::Tensor& qkv) {
   check_packed_qkv(qkv, "packed_attention_uses_cudnn");
 #if defined(OPENDIT_WITH_CUDA)

@@ -30,4 +30,8 @@ PackedAttention packed_attention(const at::Tensor& qkv);
 at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
                                      const at::Tensor& stats);
 bool packed_attention_builds(const at::Tensor& qkv);  // both graphs of qkv's shape build (cached)
+// cuda/short_attention.cu
+ShortAttention short_attention(const at::Tensor& qkv, int64_t valid);
+at::Tensor short_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                    const at::Tensor& stats, int64_t valid);
 }  // namespace opendit::kernels::cuda_impl

@@ -161,6 +161,29 @@ at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& q
 // shape if needed, so call it outside CUDA graph capture. False without CUDA.
 bool packed_attention_uses_cudnn(const at::Tensor& qkv);
 
+// ---- j. attention along the middle axis of a packed qkv (short sequences: STDiT's temporal attention) ----------
+// qkv [B, T, S, 3, H, hd] contiguous: the qkv linear's output [B, T S, 3 D] for tokens laid out as T frames of S
+// positions, viewed per head -> out [B, T, S, H, hd] contiguous in qkv's dtype: for each b, position s and head,
+// attention over the T entries of the middle axis, out = softmax(q k^T hd^-1/2) v, where keys t >= valid are hidden
+// (valid in [1, T]; -1: none), and stats [B, S, H, T] = logsumexp over keys of the scaled scores, float32 (float64
+// for float64 qkv). The layout is the one the linears before and after read and write, so frames need no transpose
+// copies; S = 1 is ordinary self-attention over T tokens (section i's layout).
+// On a GPU, float32/bfloat16 qkv with T <= 64 and hd <= 128 runs one kernel in which a thread block holds one
+// (b, s, head)'s T rows of q, k and v in shared memory (cuDNN's fused attention works in tiles of 64-128 queries,
+// of which a 16-frame sequence fills a small part); other cases run the definition.
+struct ShortAttention {
+  at::Tensor out, stats;
+};
+ShortAttention short_attention(const at::Tensor& qkv, int64_t valid = -1);
+
+// dout [B, T, S, H, hd] in qkv's dtype (made contiguous), with qkv, out and stats of the forward -> dqkv
+// [B, T, S, 3, H, hd] contiguous in qkv's dtype: the gradient the qkv linear needs, in one buffer.
+at::Tensor short_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                    const at::Tensor& stats, int64_t valid = -1);
+
+// True when short_attention on this qkv runs the kernel (see above); false without CUDA.
+bool short_attention_fused(const at::Tensor& qkv);
+
 // ---- references (ATen ops; any device and float dtype) -----------------------------------------------------------
 namespace reference {
 at::Tensor group_norm_silu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
@@ -186,6 +209,9 @@ void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tens
 PackedAttention packed_attention(const at::Tensor& qkv);
 at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
                                      const at::Tensor& stats);
+ShortAttention short_attention(const at::Tensor& qkv, int64_t valid);
+at::Tensor short_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                    const at::Tensor& stats, int64_t valid);
 }  // namespace reference
 
 // True when the call would run a fused CUDA kernel (for benchmarks and tests that must know).

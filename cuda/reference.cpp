@@ -102,40 +102,60 @@ void linear_wgrad_into(const at::Tensor& dy, const at::Tensor& x, const at::Tens
   if (db.defined()) accumulate ? db.add_(g.db.to(db.scalar_type())) : db.copy_(g.db);
 }
 
-// Attention on the packed projection, in the compute dtype: q, k, v [N, H, T, hd] views of qkv [N, T, 3, H, hd].
+// Attention along the middle axis, in the compute dtype: q, k, v [B, S, H, T, hd] views of qkv [B, T, S, 3, H, hd].
 namespace {
 struct Heads {
   at::Tensor q, k, v;
   double scale;
+  at::Tensor key_mask;  // [T] bool, true = hidden; undefined: every key
 };
-Heads split_heads(const at::Tensor& qkv, at::ScalarType dt) {
-  const at::Tensor x = qkv.to(dt).transpose(1, 3);  // [N, H, 3, T, hd]
-  return {x.select(2, 0), x.select(2, 1), x.select(2, 2), 1.0 / std::sqrt(double(qkv.size(4)))};
+Heads split_heads(const at::Tensor& qkv, int64_t valid, at::ScalarType dt) {
+  const at::Tensor x = qkv.to(dt).permute({0, 2, 4, 3, 1, 5});  // [B, S, H, 3, T, hd]
+  const int64_t T = qkv.size(1);
+  at::Tensor mask;
+  if (valid >= 0 && valid < T) mask = at::arange(T, qkv.options().dtype(at::kLong)) >= valid;
+  return {x.select(3, 0), x.select(3, 1), x.select(3, 2), 1.0 / std::sqrt(double(qkv.size(5))), mask};
+}
+// Scaled scores [B, S, H, T, T], hidden keys at -inf.
+at::Tensor scores(const Heads& h) {
+  at::Tensor s = at::matmul(h.q, h.k.transpose(-2, -1)) * h.scale;
+  return h.key_mask.defined() ? s.masked_fill(h.key_mask, -INFINITY) : s;
 }
 }  // namespace
 
-PackedAttention packed_attention(const at::Tensor& qkv) {
-  const auto dt = opmath(qkv);
-  const Heads h = split_heads(qkv, dt);
-  const at::Tensor s = at::matmul(h.q, h.k.transpose(-2, -1)) * h.scale;  // [N, H, T, T]
-  const at::Tensor lse = at::logsumexp(s, -1, /*keepdim=*/true);          // [N, H, T, 1]
-  const at::Tensor o = at::matmul((s - lse).exp(), h.v);                   // [N, H, T, hd]
-  return {o.transpose(1, 2).contiguous().to(qkv.scalar_type()), lse.squeeze(-1)};
+ShortAttention short_attention(const at::Tensor& qkv, int64_t valid) {
+  const Heads h = split_heads(qkv, valid, opmath(qkv));
+  const at::Tensor s = scores(h);
+  const at::Tensor lse = at::logsumexp(s, -1, /*keepdim=*/true);          // [B, S, H, T, 1]
+  const at::Tensor o = at::matmul((s - lse).exp(), h.v);                   // [B, S, H, T, hd]
+  return {o.permute({0, 3, 1, 2, 4}).contiguous().to(qkv.scalar_type()), lse.squeeze(-1)};
 }
 
 // dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ = dS K scale, dK = dS^T Q scale (P recomputed).
-at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
-                                     const at::Tensor&) {
+at::Tensor short_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                    const at::Tensor&, int64_t valid) {
   const auto dt = opmath(qkv);
-  const Heads h = split_heads(qkv, dt);
-  const at::Tensor d_o = dout.to(dt).transpose(1, 2), o = out.to(dt).transpose(1, 2);  // [N, H, T, hd]
-  const at::Tensor p = at::softmax(at::matmul(h.q, h.k.transpose(-2, -1)) * h.scale, -1);  // [N, H, T, T]
+  const Heads h = split_heads(qkv, valid, dt);
+  const at::Tensor d_o = dout.to(dt).permute({0, 2, 3, 1, 4}), o = out.to(dt).permute({0, 2, 3, 1, 4});
+  const at::Tensor p = at::softmax(scores(h), -1);                         // [B, S, H, T, T]
   const at::Tensor dv = at::matmul(p.transpose(-2, -1), d_o);
   const at::Tensor dp = at::matmul(d_o, h.v.transpose(-2, -1));
   const at::Tensor ds = p * (dp - (d_o * o).sum(-1, /*keepdim=*/true));
   const at::Tensor dq = at::matmul(ds, h.k) * h.scale, dk = at::matmul(ds.transpose(-2, -1), h.q) * h.scale;
-  // [N, 3, H, T, hd] -> [N, T, 3, H, hd]
-  return at::stack({dq, dk, dv}, 1).permute({0, 3, 1, 2, 4}).contiguous().to(qkv.scalar_type());
+  // [B, S, H, 3, T, hd] -> [B, T, S, 3, H, hd]
+  return at::stack({dq, dk, dv}, 3).permute({0, 4, 1, 3, 2, 5}).contiguous().to(qkv.scalar_type());
+}
+
+// The packed layout is the middle-axis one with one position (S = 1).
+PackedAttention packed_attention(const at::Tensor& qkv) {
+  ShortAttention r = short_attention(qkv.unsqueeze(2), -1);
+  return {r.out.squeeze(2), r.stats.squeeze(1)};
+}
+
+at::Tensor packed_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                                     const at::Tensor& stats) {
+  return short_attention_backward(dout.unsqueeze(2), qkv.unsqueeze(2), out.unsqueeze(2), stats.unsqueeze(1), -1)
+      .squeeze(2);
 }
 
 void adamw_ema(const AdamWTensors& all, const AdamWScalars& host) {

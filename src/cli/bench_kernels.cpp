@@ -149,6 +149,33 @@ void bench_attention(const KernelBenchArgs& a) {
   }
 }
 
+// STDiT-XL/2's temporal attention at 16x512^2, batch 2 (1024 positions of 16 frames, 16 heads of 72), in the
+// model's [B, T, S] layout (kernels::short_attention), and cuDNN on the same frames as a batch of sequences (what
+// the layout needs transposed first; the transposes are not timed).
+void bench_short_attention(const KernelBenchArgs& a, const Reporter& r) {
+  const int64_t B = 2, T = 16, S = 1024, H = 16, hd = 72;
+  const auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const at::Tensor qkv = at::randn({B, T, S, 3, H, hd}, opts);
+  const double n = double(B) * T * S * H * hd, e = 2, stats = double(B) * S * H * T * 4;
+  const std::string shape = dims(qkv.sizes());
+  auto f = kernels::short_attention(qkv);
+  const at::Tensor dout = at::randn_like(f.out);
+  // forward: read q, k, v, write out and stats; backward: read q, k, v, out, dout, stats, write dq, dk, dv
+  r.op("short_attention.fwd", "bf16", shape, 4 * n * e + stats,
+       median_ms([&] { kernels::short_attention(qkv); }, a.warmup, a.iters), kernels::short_attention_fused(qkv));
+  r.op("short_attention.bwd", "bf16", shape, 8 * n * e + stats,
+       median_ms([&] { kernels::short_attention_backward(dout, qkv, f.out, f.stats); }, a.warmup, a.iters),
+       kernels::short_attention_fused(qkv));
+  const at::Tensor seq = qkv.transpose(1, 2).contiguous().view({B * S, T, 3, H, hd});
+  if (!kernels::packed_attention_uses_cudnn(seq)) return;
+  auto c = kernels::packed_attention(seq);
+  const at::Tensor dseq = dout.transpose(1, 2).contiguous().view({B * S, T, H, hd});
+  r.op("cudnn_frames_as_seqs.fwd", "bf16", dims(seq.sizes()), 4 * n * e + stats,
+       median_ms([&] { kernels::packed_attention(seq); }, a.warmup, a.iters), true);
+  r.op("cudnn_frames_as_seqs.bwd", "bf16", dims(seq.sizes()), 8 * n * e + stats,
+       median_ms([&] { kernels::packed_attention_backward(dseq, seq, c.out, c.stats); }, a.warmup, a.iters), true);
+}
+
 void run_kernel_bench(const KernelBenchArgs& a) {
   const auto dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   const char* dt = a.dtype.c_str();
@@ -225,6 +252,7 @@ void run_kernel_bench(const KernelBenchArgs& a) {
     r.op("adamw_ema", "fp32", std::to_string(n), bytes, median_ms([&] { kernels::adamw_ema(t, s); }, a.warmup, a.iters),
          kernels::fused_available(param));
   }
+  bench_short_attention(a, r);
   bench_attention(a);
 }
 

@@ -34,7 +34,9 @@ const Schema& base_schema() {
          "scaled_dot_product_attention: `auto` tries cuDNN, then flash, memory-efficient and math, taking the first "
          "that supports the inputs; a named backend is tried first, the others stay as fallbacks. With `auto` or "
          "`cudnn`, self-attention without a mask in bf16/fp16 runs cuDNN's fused attention on the packed q/k/v "
-         "projection instead (its backward writes the packed gradient).", -inf, inf,
+         "projection instead (its backward writes the packed gradient). With `auto`, sequences of up to 64 tokens (STDiT's "
+         "and Latte's frames) run opendit's short-sequence attention kernel, which reads STDiT's frames in place.",
+         -inf, inf,
          {"auto", "cudnn", "flash", "efficient", "math"}},
         {"diffusion.num_steps", Type::Int, int64_t{1000}, "Diffusion steps T of training.", 1, 100000, {}},
         {"diffusion.schedule", Type::Choice, std::string("linear"), "Noise schedule: `linear` betas (scaled by "

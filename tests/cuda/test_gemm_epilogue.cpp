@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/ops.hpp"
+#include "support/support.hpp"
 #include "models/layers/grad_sink.hpp"
 #include "models/layers/linear.hpp"
 #include "models/layers/modulated.hpp"
@@ -22,11 +23,6 @@ using namespace opendit;
 namespace {
 
 const auto f64 = at::TensorOptions().dtype(at::kDouble);
-
-double rel(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
-  return ((g - w).abs().max() / w.abs().max().clamp_min(1e-300)).item<double>();
-}
 
 at::Tensor grad_of(const at::Tensor& out, const at::Tensor& dout, const at::Tensor& wrt) {
   return torch::autograd::grad({out}, {wrt}, {dout}, /*retain_graph=*/true)[0];
@@ -45,8 +41,8 @@ TEST(GemmEpilogue, LinearGeluDefinitionIsTorchLinearThenTanhGelu) {
     at::Tensor x = at::randn({d.M, d.K}, f64), w = at::randn({d.O, d.K}, f64), b = at::randn({d.O}, f64);
     auto got = kernels::linear_gelu(x, w, b);
     const at::Tensor pre = at::linear(x, w, b);
-    EXPECT_LT(rel(got.pre, pre), 1e-14) << d.M << " " << d.K << " " << d.O;
-    EXPECT_LT(rel(got.out, at::gelu(pre, "tanh")), 1e-14);
+    EXPECT_LT(test::max_rel_error(got.pre, pre), 1e-14) << d.M << " " << d.K << " " << d.O;
+    EXPECT_LT(test::max_rel_error(got.out, at::gelu(pre, "tanh")), 1e-14);
     EXPECT_EQ(got.out.sizes(), (std::vector<int64_t>{d.M, d.O}));
   }
 }
@@ -58,17 +54,17 @@ TEST(GemmEpilogue, WgradDefinitionsAreTheAutogradGradients) {
     at::Tensor b = at::randn({d.O}, f64).requires_grad_();
     at::Tensor y = at::linear(x, w, b), dy = at::randn_like(y);
     auto g = kernels::linear_wgrad(dy, x, true);
-    EXPECT_LT(rel(g.dw, grad_of(y, dy, w)), 1e-12) << d.M << " " << d.K << " " << d.O;
-    EXPECT_LT(rel(g.db, grad_of(y, dy, b)), 1e-12);
+    EXPECT_LT(test::max_rel_error(g.dw, grad_of(y, dy, w)), 1e-12) << d.M << " " << d.K << " " << d.O;
+    EXPECT_LT(test::max_rel_error(g.db, grad_of(y, dy, b)), 1e-12);
     EXPECT_FALSE(kernels::linear_wgrad(dy, x, false).db.defined());
     // Into float32 buffers: written, then accumulated.
     at::Tensor dw = at::full({d.O, d.K}, 7.0), db = at::full({d.O}, 7.0);
     kernels::linear_wgrad_into(dy, x, dw, db, /*accumulate=*/false);
-    EXPECT_LT(rel(dw, g.dw), 1e-6);
-    EXPECT_LT(rel(db, g.db), 1e-6);
+    EXPECT_LT(test::max_rel_error(dw, g.dw), 1e-6);
+    EXPECT_LT(test::max_rel_error(db, g.db), 1e-6);
     kernels::linear_wgrad_into(dy, x, dw, db, /*accumulate=*/true);
-    EXPECT_LT(rel(dw, 2 * g.dw), 1e-6);
-    EXPECT_LT(rel(db, 2 * g.db), 1e-6);
+    EXPECT_LT(test::max_rel_error(dw, 2 * g.dw), 1e-6);
+    EXPECT_LT(test::max_rel_error(db, 2 * g.db), 1e-6);
   }
 }
 
@@ -89,11 +85,11 @@ TEST(GemmEpilogue, GradSinksReceiveLinearGradientsInsteadOfAutograd) {
   EXPECT_EQ(fresh_b, 0);
   at::Tensor w2 = w.detach().clone().requires_grad_(), b2 = b.detach().clone().requires_grad_();
   (at::linear(x, w2, b2).square().sum() * 2).backward();  // two micro-batches' worth
-  EXPECT_LT(rel(dw, w2.grad()), 1e-6);
-  EXPECT_LT(rel(db, b2.grad()), 1e-6);
+  EXPECT_LT(test::max_rel_error(dw, w2.grad()), 1e-6);
+  EXPECT_LT(test::max_rel_error(db, b2.grad()), 1e-6);
   // Without sinks the gradients come back through autograd as before.
   models::layers::linear(x, w, b).square().sum().backward();
-  EXPECT_LT(rel(w.grad() * 2, w2.grad()), 1e-6);
+  EXPECT_LT(test::max_rel_error(w.grad() * 2, w2.grad()), 1e-6);
 }
 
 // The layout of a DiT block's fused pieces: a bias-less linear whose bias the gated residual adds, the residual
@@ -117,12 +113,12 @@ TEST(GemmEpilogue, BiasInGatedResidualAndResidualPassThroughMatchThePlainBlock) 
     return x + chunk(2).unsqueeze(1) * at::linear(at::linear(h, qw, qb), w, b);
   };
   at::Tensor out = fused(), want = plain();
-  EXPECT_LT(rel(out, want), 1e-12);
+  EXPECT_LT(test::max_rel_error(out, want), 1e-12);
   at::Tensor dout = at::randn_like(want);
   const std::vector<at::Tensor> wrt = {x, ada, w, b, qw, qb};
   auto got = torch::autograd::grad({out}, wrt, {dout});
   auto ref = torch::autograd::grad({want}, wrt, {dout});
-  for (size_t i = 0; i < wrt.size(); ++i) EXPECT_LT(rel(got[i], ref[i]), 1e-10) << "gradient " << i;
+  for (size_t i = 0; i < wrt.size(); ++i) EXPECT_LT(test::max_rel_error(got[i], ref[i]), 1e-10) << "gradient " << i;
   // With sinks: nothing through autograd, two micro-batches accumulated in float32.
   at::Tensor dw = at::full({6, 6}, 3.0), db = at::full({6}, 3.0);
   char fresh_w = 1, fresh_b = 1;
@@ -133,8 +129,8 @@ TEST(GemmEpilogue, BiasInGatedResidualAndResidualPassThroughMatchThePlainBlock) 
   models::layers::remove_grad_sink(b);
   EXPECT_FALSE(w.grad().defined());
   EXPECT_FALSE(b.grad().defined());
-  EXPECT_LT(rel(dw, ref[2] * 2), 1e-6);
-  EXPECT_LT(rel(db, ref[3] * 2), 1e-6);
+  EXPECT_LT(test::max_rel_error(dw, ref[2] * 2), 1e-6);
+  EXPECT_LT(test::max_rel_error(db, ref[3] * 2), 1e-6);
 }
 
 TEST(GemmEpilogue, ShapeChecksNameTheArgument) {
@@ -166,13 +162,13 @@ TEST(GemmEpilogue, LayersLinearHasTorchLinearsValueAndGradients) {
   at::Tensor x = at::randn({2, 3, 7}, f64).requires_grad_();
   at::Tensor w = at::randn({5, 7}, f64).requires_grad_(), b = at::randn({5}, f64).requires_grad_();
   at::Tensor got = models::layers::linear(x, w, b), want = at::linear(x, w, b);
-  EXPECT_LT(rel(got, want), 1e-15);
+  EXPECT_LT(test::max_rel_error(got, want), 1e-15);
   at::Tensor dy = at::randn_like(want);
-  for (const at::Tensor& p : {x, w, b}) EXPECT_LT(rel(grad_of(got, dy, p), grad_of(want, dy, p)), 1e-13);
+  for (const at::Tensor& p : {x, w, b}) EXPECT_LT(test::max_rel_error(grad_of(got, dy, p), grad_of(want, dy, p)), 1e-13);
   // No bias, and an input that needs no gradient.
   at::Tensor x2 = at::randn({4, 7}, f64);
   at::Tensor got2 = models::layers::linear(x2, w, at::Tensor());
-  EXPECT_LT(rel(grad_of(got2, at::ones_like(got2), w), grad_of(at::linear(x2, w), at::ones_like(got2), w)), 1e-14);
+  EXPECT_LT(test::max_rel_error(grad_of(got2, at::ones_like(got2), w), grad_of(at::linear(x2, w), at::ones_like(got2), w)), 1e-14);
 }
 
 #ifdef OPENDIT_WITH_CUDA
@@ -199,24 +195,24 @@ void check_epilogues(const Dims& d, at::ScalarType dtype, int64_t offset = 0) {
   auto fwd = kernels::linear_gelu(x, w1, b1);
   auto fwd64 = kernels::reference::linear_gelu(f(x), f(w1), f(b1));
   ASSERT_EQ(fwd.out.scalar_type(), dtype);
-  EXPECT_LE(rel(fwd.pre, fwd64.pre), tol);
-  EXPECT_LE(rel(fwd.out, fwd64.out), tol);
+  EXPECT_LE(test::max_rel_error(fwd.pre, fwd64.pre), tol);
+  EXPECT_LE(test::max_rel_error(fwd.out, fwd64.out), tol);
 
   auto wg = kernels::linear_wgrad(dy, fwd.out, true);
   auto wg64 = kernels::reference::linear_wgrad(f(dy), f(fwd.out), true);
-  EXPECT_LE(rel(wg.dw, wg64.dw), tol);
-  EXPECT_LE(rel(wg.db, wg64.db), tol);
+  EXPECT_LE(test::max_rel_error(wg.dw, wg64.dw), tol);
+  EXPECT_LE(test::max_rel_error(wg.db, wg64.db), tol);
 
   // float32 straight from the GEMM into a buffer, then accumulated (beta = 1; the bias through a temporary).
   at::Tensor dw = at::full({d.K, d.O}, 5.0, kCuda.dtype(at::kFloat)), db = at::full({d.K}, 5.0, kCuda.dtype(at::kFloat));
   kernels::linear_wgrad_into(dy, fwd.out, dw, db, /*accumulate=*/false);
-  EXPECT_LE(rel(dw, wg64.dw), 1e-5);  // no bfloat16 rounding of the gradient on the way
-  EXPECT_LE(rel(db, wg64.db), 1e-5);
+  EXPECT_LE(test::max_rel_error(dw, wg64.dw), 1e-5);  // no bfloat16 rounding of the gradient on the way
+  EXPECT_LE(test::max_rel_error(db, wg64.db), 1e-5);
   kernels::linear_wgrad_into(dy, fwd.out, dw, db, /*accumulate=*/true);
-  EXPECT_LE(rel(dw, 2 * wg64.dw), 1e-5);
-  EXPECT_LE(rel(db, 2 * wg64.db), 1e-5);
+  EXPECT_LE(test::max_rel_error(dw, 2 * wg64.dw), 1e-5);
+  EXPECT_LE(test::max_rel_error(db, 2 * wg64.db), 1e-5);
   kernels::linear_wgrad_into(dy, fwd.out, dw, at::Tensor(), /*accumulate=*/true);
-  EXPECT_LE(rel(dw, 3 * wg64.dw), 1e-5);
+  EXPECT_LE(test::max_rel_error(dw, 3 * wg64.dw), 1e-5);
 }
 
 }  // namespace

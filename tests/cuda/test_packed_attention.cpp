@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cuda/ops.hpp"
+#include "support/support.hpp"
 #include "models/layers/attention.hpp"
 #ifdef OPENDIT_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -27,23 +28,8 @@ namespace {
 
 const auto f64 = at::TensorOptions().dtype(at::kDouble);
 
-double rel(const at::Tensor& got, const at::Tensor& want) {
-  at::Tensor a = got.to(at::kDouble), b = want.to(at::kDouble);
-  return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item<double>();
-}
-
 // q, k or v [N, H, T, hd] of a packed qkv [N, T, 3, H, hd].
 at::Tensor part(const at::Tensor& qkv, int64_t i) { return qkv.select(2, i).transpose(1, 2); }
-
-// fn throws a c10::Error whose message contains `text`.
-void expect_error(const std::function<void()>& fn, const std::string& text) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one saying \"" << text << "\"";
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what_without_backtrace()).find(text), std::string::npos) << e.what_without_backtrace();
-  }
-}
 
 }  // namespace
 
@@ -56,21 +42,21 @@ TEST(PackedAttention, DefinitionIsSdpaAndItsBackwardIsAutogradsGradient) {
   EXPECT_EQ(got.out.sizes(), at::IntArrayRef({N, T, H, hd}));
   EXPECT_TRUE(got.out.is_contiguous());
   EXPECT_EQ(got.out.scalar_type(), at::kDouble);
-  EXPECT_LT(rel(got.out, want.detach()), 1e-10);
+  EXPECT_LT(test::max_rel_error(got.out, want.detach()), 1e-10);
   // stats: the logsumexp over keys of the scaled scores, [N, H, T].
   at::Tensor scores = at::matmul(part(qkv, 0), part(qkv, 1).transpose(-2, -1)) / std::sqrt(double(hd));
   EXPECT_EQ(got.stats.sizes(), at::IntArrayRef({N, H, T}));
-  EXPECT_LT(rel(got.stats, at::logsumexp(scores, -1).detach()), 1e-10);
+  EXPECT_LT(test::max_rel_error(got.stats, at::logsumexp(scores, -1).detach()), 1e-10);
 
   at::Tensor dout = at::randn({N, T, H, hd}, f64);
   at::Tensor g_want = torch::autograd::grad({(want * dout).sum()}, {qkv})[0];
   at::Tensor g = kernels::packed_attention_backward(dout, qkv.detach(), got.out, got.stats);
   EXPECT_EQ(g.sizes(), qkv.sizes());
   EXPECT_TRUE(g.is_contiguous());
-  EXPECT_LT(rel(g, g_want), 1e-10);
+  EXPECT_LT(test::max_rel_error(g, g_want), 1e-10);
   // A strided dout is taken too (made contiguous).
   at::Tensor dout_t = dout.transpose(1, 2).contiguous().transpose(1, 2);
-  EXPECT_LT(rel(kernels::packed_attention_backward(dout_t, qkv.detach(), got.out, got.stats), g_want), 1e-10);
+  EXPECT_LT(test::max_rel_error(kernels::packed_attention_backward(dout_t, qkv.detach(), got.out, got.stats), g_want), 1e-10);
   EXPECT_FALSE(kernels::packed_attention_uses_cudnn(qkv.detach()));  // the CPU runs the definition
 }
 
@@ -78,17 +64,17 @@ TEST(PackedAttention, RejectsMalformedArguments) {
   at::Tensor qkv = at::randn({2, 5, 3, 2, 8});
   auto r = kernels::packed_attention(qkv);
   at::Tensor dout = at::randn({2, 5, 2, 8});
-  expect_error([&] { kernels::packed_attention(at::randn({2, 5, 48})); }, "qkv must be [N, T, 3, H, hd] (5-D)");
-  expect_error([&] { kernels::packed_attention(at::randn({2, 5, 4, 2, 8})); }, "third dimension must be 3");
-  expect_error([&] { kernels::packed_attention(qkv.transpose(3, 4)); }, "qkv must be contiguous");
-  expect_error([&] { kernels::packed_attention(qkv.to(at::kLong)); }, "floating point");
-  expect_error([&] { kernels::packed_attention_backward(dout.to(at::kDouble), qkv, r.out, r.stats); },
+  test::expect_c10_error([&] { kernels::packed_attention(at::randn({2, 5, 48})); }, "qkv must be [N, T, 3, H, hd] (5-D)");
+  test::expect_c10_error([&] { kernels::packed_attention(at::randn({2, 5, 4, 2, 8})); }, "third dimension must be 3");
+  test::expect_c10_error([&] { kernels::packed_attention(qkv.transpose(3, 4)); }, "qkv must be contiguous");
+  test::expect_c10_error([&] { kernels::packed_attention(qkv.to(at::kLong)); }, "floating point");
+  test::expect_c10_error([&] { kernels::packed_attention_backward(dout.to(at::kDouble), qkv, r.out, r.stats); },
                "dout and qkv differ in dtype");
-  expect_error([&] { kernels::packed_attention_backward(dout.narrow(1, 0, 4), qkv, r.out, r.stats); },
+  test::expect_c10_error([&] { kernels::packed_attention_backward(dout.narrow(1, 0, 4), qkv, r.out, r.stats); },
                "dout must be [2, 5, 2, 8]");
-  expect_error([&] { kernels::packed_attention_backward(dout, qkv, r.out, r.stats.to(at::kDouble)); },
+  test::expect_c10_error([&] { kernels::packed_attention_backward(dout, qkv, r.out, r.stats.to(at::kDouble)); },
                "stats must be a contiguous");
-  expect_error([&] { kernels::packed_attention_backward(dout, qkv, r.out.to(at::kDouble), r.stats); },
+  test::expect_c10_error([&] { kernels::packed_attention_backward(dout, qkv, r.out.to(at::kDouble), r.stats); },
                "out and qkv differ in dtype");
 }
 
@@ -141,8 +127,8 @@ TEST(PackedAttentionGpu, CudnnMatchesTheDefinition) {
       EXPECT_TRUE(got.out.is_contiguous());
       EXPECT_EQ(got.stats.scalar_type(), at::kFloat);
       EXPECT_EQ(got.stats.sizes(), at::IntArrayRef({c.N, c.H, c.T}));
-      EXPECT_LT(rel(got.out, want.out), 1e-2);
-      EXPECT_LT(rel(got.stats, want.stats), 1e-3);
+      EXPECT_LT(test::max_rel_error(got.out, want.out), 1e-2);
+      EXPECT_LT(test::max_rel_error(got.stats, want.stats), 1e-3);
 
       at::manual_seed(12);
       const at::Tensor dout = at::randn({c.N, c.T, c.H, c.hd}, on_gpu()).to(t);
@@ -153,13 +139,13 @@ TEST(PackedAttentionGpu, CudnnMatchesTheDefinition) {
       EXPECT_EQ(g.sizes(), qkv.sizes());
       EXPECT_TRUE(g.is_contiguous());
       const char* names[] = {"dq", "dk", "dv"};
-      for (int64_t i = 0; i < 3; ++i) EXPECT_LT(rel(g.select(2, i), g_want.select(2, i)), 1e-2) << names[i];
+      for (int64_t i = 0; i < 3; ++i) EXPECT_LT(test::max_rel_error(g.select(2, i), g_want.select(2, i)), 1e-2) << names[i];
 
       // The cached graphs again: the forward repeats bit for bit, the (non-deterministic) backward within rounding.
       auto again = kernels::packed_attention(qkv);
       EXPECT_TRUE(at::equal(again.out, got.out));
       EXPECT_TRUE(at::equal(again.stats, got.stats));
-      EXPECT_LT(rel(kernels::packed_attention_backward(dout, qkv, got.out, got.stats), g), 1e-2);
+      EXPECT_LT(test::max_rel_error(kernels::packed_attention_backward(dout, qkv, got.out, got.stats), g), 1e-2);
     }
   }
 }
@@ -205,7 +191,7 @@ TEST(PackedAttentionGpu, CapturedForwardAndBackwardReplayLikeEager) {
     side.synchronize();
     EXPECT_TRUE(at::equal(fwd.out, eager.out)) << "seed " << seed;
     EXPECT_TRUE(at::equal(fwd.stats, eager.stats)) << "seed " << seed;
-    EXPECT_LT(rel(dqkv, g), 1e-2) << "seed " << seed;  // the backward's accumulation order may differ
+    EXPECT_LT(test::max_rel_error(dqkv, g), 1e-2) << "seed " << seed;  // the backward's accumulation order may differ
   }
 }
 
@@ -234,8 +220,8 @@ TEST(PackedAttentionGpu, SelfAttentionTrainsThroughThePackedOp) {
                                                     q_k_v[2].transpose(1, 2)).transpose(1, 2).reshape({N, T, D});
   at::Tensor g_old = torch::autograd::grad({(old.to(at::kFloat) * w).sum()}, {qkv})[0];
   EXPECT_EQ(g.sizes(), qkv.sizes());
-  EXPECT_LT(rel(out, old), 1e-2);
-  EXPECT_LT(rel(g, g_old), 1e-2);
+  EXPECT_LT(test::max_rel_error(out, old), 1e-2);
+  EXPECT_LT(test::max_rel_error(g, g_old), 1e-2);
 
   EXPECT_FALSE(runs_packed(self_attention(qkv, H, T - 3)));  // padding keys: the masked path
   set_attention_backend("flash");

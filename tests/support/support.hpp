@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -49,6 +50,22 @@ inline std::string read_bytes(const std::string& path) {
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// max |got - want| / max |want| over all elements, in float64 on the CPU (the kernels' tolerance measure).
+inline double max_rel_error(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
+  return ((g - w).abs().max() / w.abs().max().clamp_min(1e-300)).item<double>();
+}
+
+// fn throws a c10::Error (a TORCH_CHECK) whose message contains `text`.
+inline void expect_c10_error(const std::function<void()>& fn, const std::string& text) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error; expected one saying \"" << text << "\"";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find(text), std::string::npos) << e.what_without_backtrace();
+  }
 }
 
 // Same dtype, shape and bytes (NaN payloads and -0.0 included).

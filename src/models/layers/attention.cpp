@@ -20,6 +20,8 @@ using torch::autograd::variable_list;
 // Whether the attention setting lets self_attention train through kernels::packed_attention (cuDNN): "auto" and
 // "cudnn" do; an explicit other backend keeps at::scaled_dot_product_attention.
 std::atomic<bool> packed_cudnn_allowed{true};
+// Whether it lets self_attention take kernels::short_attention's kernel for short sequences: "auto" only.
+std::atomic<bool> short_kernel_allowed{true};
 
 // Self-attention on the packed qkv [N, T, 3, H, hd] whose backward hands the qkv linear one packed gradient
 // (kernels::packed_attention_backward) -> [N, T, H, hd].
@@ -36,7 +38,37 @@ struct PackedAttentionFn : torch::autograd::Function<PackedAttentionFn> {
   }
 };
 
+// Attention along the middle axis of qkv [B, T, S, 3, H, hd] (kernels::short_attention) -> [B, T, S, H, hd], whose
+// backward hands the qkv linear one packed gradient.
+struct ShortAttentionFn : torch::autograd::Function<ShortAttentionFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv, int64_t valid) {
+    auto r = kernels::short_attention(qkv, valid);
+    ctx->save_for_backward({qkv, r.out, r.stats});
+    ctx->saved_data["valid"] = valid;
+    return r.out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto s = ctx->get_saved_variables();
+    return {kernels::short_attention_backward(grad_out[0], s[0], s[1], s[2], ctx->saved_data["valid"].toInt()),
+            at::Tensor()};
+  }
+};
+
 }  // namespace
+
+at::Tensor frame_attention(const at::Tensor& qkv, int64_t frames, int64_t heads, int64_t valid) {
+  TORCH_CHECK(qkv.dim() == 3 && frames >= 1 && qkv.size(1) % frames == 0 && qkv.size(2) % (3 * heads) == 0,
+              "frame_attention: qkv must be [N, ", frames, " S, 3 D] with D a multiple of ", heads, ", got ",
+              qkv.sizes());
+  const int64_t N = qkv.size(0), T = frames, S = qkv.size(1) / T, D = qkv.size(2) / 3, hd = D / heads;
+  const at::Tensor packed = qkv.contiguous().view({N, T, S, 3, heads, hd});
+  if (!qkv.is_cuda() || (short_kernel_allowed.load() && kernels::short_attention_fused(packed)))
+    return ShortAttentionFn::apply(packed, valid).view({N, T * S, D});
+  // Sequences the kernel does not take: positions as a batch of T-token sequences (two transpose copies).
+  at::Tensor seq = qkv.view({N, T, S, 3 * D}).transpose(1, 2).reshape({N * S, T, 3 * D});
+  return self_attention(seq, heads, valid).view({N, S, T, D}).transpose(1, 2).reshape({N, T * S, D});
+}
 
 at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid) {
   const int64_t N = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / 3, hd = D / heads;
@@ -44,6 +76,10 @@ at::Tensor self_attention(const at::Tensor& qkv, int64_t heads, int64_t valid) {
   // path below stacks three separate ones). Forwards without autograd take it too, so that a recomputed block
   // (activation checkpointing) repeats its first forward bit for bit. Its cuDNN graphs are built on the first
   // (eager) call.
+  if (qkv.is_cuda() && short_kernel_allowed.load()) {  // short sequences (STDiT's, Latte's frames): one kernel
+    const at::Tensor packed = qkv.contiguous().view({N, T, 1, 3, heads, hd});
+    if (kernels::short_attention_fused(packed)) return ShortAttentionFn::apply(packed, valid).view({N, T, D});
+  }
   if (qkv.is_cuda() && (valid < 0 || valid == T) && packed_cudnn_allowed.load()) {
     const at::Tensor packed = qkv.contiguous().view({N, T, 3, heads, hd});
     if (kernels::packed_attention_uses_cudnn(packed)) return PackedAttentionFn::apply(packed).view({N, T, D});
@@ -93,6 +129,7 @@ void set_attention_backend(const std::string& name) {
     order.insert(order.begin(), first);
   }
   packed_cudnn_allowed.store(order.front() == B::cudnn_attention);
+  short_kernel_allowed.store(name == "auto");
   std::vector<int64_t> ids;
   for (B b : order) ids.push_back(static_cast<int64_t>(b));
   auto& ctx = at::globalContext();

@@ -130,11 +130,16 @@ at::Tensor STDiT::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
     at::Tensor at_ = layers::self_attention(tqkv(xt.reshape({N * Sl, Tp, D})), heads, Tp > l.t ? l.t : -1);
     back = layers::sp_all_to_all(layers::linear(at_, tproj.w, {}).view({N, Sl, Tp, D}).transpose(1, 2), 1, 2, l.sp)
                .reshape({N, T * S, D});
+  } else if (!l.sp.on()) {
+    // Frames attend in the [N, T, S] layout itself: no transposes around the qkv linear and the projection.
+    at::Tensor xt = h;                                                                       // [N, T S, D]
+    if (tpe.defined()) xt = (h.view({N, T, S, D}) + tpe.view({1, T, 1, D})).view({N, T * S, D});
+    back = layers::linear(layers::frame_attention(layers::linear(xt, tqkv.w, tqkv.b), T, heads), tproj.w, {});
   } else {
     at::Tensor xt = h.view({N, T, S, D}).transpose(1, 2);                                    // [N, S, T, D]
     if (tpe.defined()) xt = xt + tpe.view({1, 1, T, D});
     at::Tensor at_ = layers::projected_self_attention(xt.reshape({N * S, T, D}), {}, {}, tqkv.w, tqkv.b, heads,
-                                                      l.sp.on() ? l.t : -1, l.sp);          // [N S, T, D]
+                                                      l.t, l.sp);                          // [N S, T, D]
     back = layers::linear(at_, tproj.w, {}).view({N, S, T, D}).transpose(1, 2).reshape({N, T * S, D});
   }
   h = layers::gated_residual(h, back, m(2), tproj.b);  // back: tproj without its bias (per channel: any layout)
