@@ -62,7 +62,10 @@ std::string CapturedGraph::capture(const std::function<void()>& fn) {
   auto g = std::make_unique<Graph>();
   std::string error;
   try {
-    g->capture_begin();
+    // Thread-local mode: the CUDA calls that capture forbids are forbidden to this thread only. Other threads of the
+    // process go on meanwhile (the data loader's worker pins the next batches, whose allocator queries events); in
+    // global mode their calls fail, or break this capture, whenever they happen to overlap it.
+    g->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
     fn();
     g->capture_end();
     impl_->graph = std::move(g);
