@@ -107,7 +107,7 @@ Latte::Block Latte::Block::from(const std::vector<at::Tensor>& t, size_t i, bool
 
 at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, const at::Tensor& y,
                                  const at::Tensor& mask, int64_t heads, int64_t groups, int64_t valid,
-                                 const layers::SeqParallel& sp) const {
+                                 const layers::SeqParallel& sp, int64_t frames) const {
   const int64_t B = x.size(0), D = x.size(2);
   const at::Tensor mod = table.unsqueeze(0) + t0.view({B, 6, D});                      // [B, 6, D]
   auto m = [&](int64_t j) { return mod.select(1, j); };
@@ -115,8 +115,15 @@ at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
   const at::Tensor w = at::cat({q.w, k.w, v.w}), bias = at::cat({q.b, k.b, v.b});
   // The residual passes through the fused projections (their LayerNorm backward adds its gradient); the gated
   // residuals add the output projections' biases (and sum their gradients).
-  at::Tensor res;
-  at::Tensor a = layers::projected_self_attention(x, m(0), m(1), w, bias, heads, valid, sp, &res);
+  at::Tensor res, a;
+  if (frames > 0) {
+    TORCH_CHECK(!sp.on(), "Latte: a block over whole frames runs without sequence parallelism");
+    layers::Branch qkv = layers::norm_modulate_linear_res(x, m(0), m(1), w, bias, 1e-6);   // [N, T S, 3 D]
+    res = qkv.res;
+    a = layers::frame_attention(qkv.out, frames, heads, valid);
+  } else {
+    a = layers::projected_self_attention(x, m(0), m(1), w, bias, heads, valid, sp, &res);
+  }
   at::Tensor h = layers::gated_residual(res, layers::linear(a, o.w, {}), m(2), o.b);
   if (cross) {
     // Cross-attention on the un-normalised x (PixArt's ada_norm_single block), no gate; each sample's frames
@@ -132,17 +139,17 @@ at::Tensor Latte::Block::forward(const at::Tensor& x, const at::Tensor& t0, cons
 
 at::Tensor Latte::run_block(const Block& b, bool recompute, const at::Tensor& x_in, const at::Tensor& t0,
                             const at::Tensor& y, const at::Tensor& mask, int64_t groups, int64_t valid,
-                            const layers::SeqParallel& sp_in) const {
+                            const layers::SeqParallel& sp_in, int64_t frames) const {
   const int64_t heads = cfg_.num_heads;
   const layers::SeqParallel sp = sp_in;
   const at::Tensor x = x_in.contiguous();  // the fused kernels take contiguous tokens
-  if (!recompute || !at::GradMode::is_enabled()) return b.forward(x, t0, y, mask, heads, groups, valid, sp);
+  if (!recompute || !at::GradMode::is_enabled()) return b.forward(x, t0, y, mask, heads, groups, valid, sp, frames);
   std::vector<at::Tensor> in = {x, t0, y, mask};
   for (const at::Tensor& p : b.tensors()) in.push_back(p);
   const bool cross = b.cross;
   return layers::recomputed(
       [=](const std::vector<at::Tensor>& in) {
-        return Block::from(in, 4, cross).forward(in[0], in[1], in[2], in[3], heads, groups, valid, sp);
+        return Block::from(in, 4, cross).forward(in[0], in[1], in[2], in[3], heads, groups, valid, sp, frames);
       },
       in);
 }
@@ -179,7 +186,8 @@ at::Tensor Latte::forward(const at::Tensor& x, const at::Tensor& t, const Condit
   const at::Tensor temb = t_embedder_(t);                                                    // [N, D]
   const at::Tensor t0 = t_block_(at::silu(temb));                                            // [N, 6 D]
   const int64_t Sl = dsp ? Sx / sp.size() : S;  // the positions a temporal block sees
-  const at::Tensor t0_frames = t0.repeat_interleave(Tl, 0), t0_cells = t0.repeat_interleave(Sl, 0);
+  const at::Tensor t0_frames = t0.repeat_interleave(Tl, 0);
+  const at::Tensor t0_cells = sp.on() ? t0.repeat_interleave(Sl, 0) : at::Tensor();  // sp: per temporal row
   const at::Tensor y = y_proj_(cond.text.to(dtype));                                         // [N, L, D]
   const int64_t s_valid = Sx != S ? S : -1, t_valid = Tp != T ? T : -1;
   for (int i = 0; i < cfg_.depth; ++i) {
@@ -193,10 +201,15 @@ at::Tensor Latte::forward(const at::Tensor& x, const at::Tensor& t, const Condit
       h = layers::sp_all_to_all(ht.view({N, Sl, Tp, D}).transpose(1, 2), 1, 2, sp).reshape({N * Tl, Sx, D});
       continue;
     }
+    if (!sp.on()) {  // the temporal block on whole frames in place: [N, T S, D], no transposes
+      at::Tensor hf = h.view({N, Tl * S, D});
+      if (i == 0 && T > 1) hf = (h.view({N, Tl, S, D}) + tpe.view({1, Tl, 1, D})).view({N, Tl * S, D});
+      h = run_block(temporal_[size_t(i)], recompute, hf, t0, y, mask, 1, -1, sp, Tl).view({N * Tl, S, D});
+      continue;
+    }
     at::Tensor ht = h.view({N, Tl, S, D}).transpose(1, 2);                                   // [N, S, Tl, D]
     if (i == 0 && T > 1) ht = ht + tpe.view({1, 1, Tl, D});
-    ht = run_block(temporal_[size_t(i)], recompute, ht.reshape({N * S, Tl, D}), t0_cells, y, mask, 1,
-                   sp.on() ? T : -1, sp);
+    ht = run_block(temporal_[size_t(i)], recompute, ht.reshape({N * S, Tl, D}), t0_cells, y, mask, 1, T, sp);
     h = ht.view({N, S, Tl, D}).transpose(1, 2).reshape({N * Tl, S, D});
   }
   if (sp.on()) h = layers::sp_gather(h.view({N, Tl, Sx, D}), 1, T, sp).narrow(2, 0, S).reshape({N * T, S, D}).contiguous();

@@ -85,12 +85,15 @@ class Latte : public Model {
     // x [B, Lq, D], mod_t0 [B, 6 D] (the timestep projection of each row's sample), y [N, L, D], mask [N, L]
     // valid: the real sequence length when x carries sp padding (-1: none); sp: on when this block's sequences
     // are sharded over the group (ulysses / fastseq temporal blocks), else off.
+    // frames > 0 (a temporal block, sp off): x is [N, frames S, D], whole frames of S positions, and the
+    // self-attention runs across the frames of each position (layers::frame_attention): no transposes.
     at::Tensor forward(const at::Tensor& x, const at::Tensor& t0, const at::Tensor& y, const at::Tensor& mask,
-                       int64_t heads, int64_t groups, int64_t valid, const layers::SeqParallel& sp) const;
+                       int64_t heads, int64_t groups, int64_t valid, const layers::SeqParallel& sp,
+                       int64_t frames = 0) const;
   };
   at::Tensor run_block(const Block& b, bool recompute, const at::Tensor& x, const at::Tensor& t0,
                        const at::Tensor& y, const at::Tensor& mask, int64_t groups, int64_t valid = -1,
-                       const layers::SeqParallel& sp = {}) const;
+                       const layers::SeqParallel& sp = {}, int64_t frames = 0) const;
   void init_weights(uint64_t seed);
 
   LatteConfig cfg_;
