@@ -251,7 +251,9 @@ at::Tensor packed_attention_backward(const at::Tensor& dout_in, const at::Tensor
 }
 
 namespace {
-constexpr int64_t kShortMaxT = 64, kShortMaxHd = 128;  // cuda/short_attention.cu's shared-memory tiles
+// The kernel's tiles are T x T and T x hd floats in shared memory: up to 198 KB for the backward at these bounds
+// (short_attention_fits also checks the device's limit: 163 KB on an A100).
+constexpr int64_t kShortMaxT = 64, kShortMaxHd = 128;
 
 // qkv [B, T, S, 3, H, hd] contiguous, floating point; valid -1 or in [1, T].
 void check_middle_qkv(const at::Tensor& qkv, int64_t valid, const char* op) {
@@ -266,7 +268,13 @@ void check_middle_qkv(const at::Tensor& qkv, int64_t valid, const char* op) {
 }  // namespace
 
 bool short_attention_fused(const at::Tensor& qkv) {
-  return fused_available(qkv) && qkv.dim() == 6 && qkv.size(1) <= kShortMaxT && qkv.size(5) <= kShortMaxHd;
+#if defined(OPENDIT_WITH_CUDA)
+  return fused_available(qkv) && qkv.dim() == 6 && qkv.size(1) <= kShortMaxT && qkv.size(5) <= kShortMaxHd &&
+         cuda_impl::short_attention_fits(qkv);
+#else
+  (void)qkv;
+  return false;
+#endif
 }
 
 ShortAttention short_attention(const at::Tensor& qkv, int64_t valid) {

@@ -34,4 +34,5 @@ bool packed_attention_builds(const at::Tensor& qkv);  // both graphs of qkv's sh
 ShortAttention short_attention(const at::Tensor& qkv, int64_t valid);
 at::Tensor short_attention_backward(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
                                     const at::Tensor& stats, int64_t valid);
+bool short_attention_fits(const at::Tensor& qkv);  // the backward's tiles fit the device's shared memory
 }  // namespace opendit::kernels::cuda_impl

@@ -168,9 +168,10 @@ bool packed_attention_uses_cudnn(const at::Tensor& qkv);
 // (valid in [1, T]; -1: none), and stats [B, S, H, T] = logsumexp over keys of the scaled scores, float32 (float64
 // for float64 qkv). The layout is the one the linears before and after read and write, so frames need no transpose
 // copies; S = 1 is ordinary self-attention over T tokens (section i's layout).
-// On a GPU, float32/bfloat16 qkv with T <= 64 and hd <= 128 runs one kernel in which a thread block holds one
-// (b, s, head)'s T rows of q, k and v in shared memory (cuDNN's fused attention works in tiles of 64-128 queries,
-// of which a 16-frame sequence fills a small part); other cases run the definition.
+// On a GPU, float32/bfloat16 qkv with T <= 64 and hd <= 128 (whose tiles fit the device's shared memory) runs one
+// kernel in which a thread block holds one (b, s, head)'s T rows of q, k and v in shared memory (cuDNN's fused
+// attention works in tiles of 64-128 queries, of which a 16-frame sequence fills a small part); other cases run the
+// definition.
 struct ShortAttention {
   at::Tensor out, stats;
 };

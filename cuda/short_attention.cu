@@ -11,7 +11,9 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cmath>
+#include <map>
 #include <mutex>
+#include <set>
 
 #include "cuda/launch.hpp"
 #include "cuda/token_rows.cuh"
@@ -24,7 +26,6 @@ using token_rows::Pack;
 using token_rows::to_float;
 
 constexpr int kThreads = 128;
-constexpr int kMaxT = 64, kMaxHd = 128;  // dispatch.cpp's limits; the backward's tiles then take 198 KB
 
 // The layout of one problem; element strides.
 struct Geometry {
@@ -265,29 +266,44 @@ void with_pack(int hd, std::initializer_list<const void*> ptrs, F&& f) {
     f(std::integral_constant<int, 1>{});
 }
 
-// Shared memory past the default 48 KB needs an opt-in per kernel, a call that CUDA graph capture does not allow:
-// made for every instantiation at once, at the first problem that needs it (problems of STDiT's and Latte's sizes,
-// 15-26 KB, never do). If that first problem comes inside a capture, a clear error says to run it eagerly first.
+// The most dynamic shared memory a block of this device may opt in to (227 KB on an H100/H200, 163 KB on an A100).
+int smem_limit(int device) {
+  static std::mutex mu;
+  static std::map<int, int> limits;
+  const std::lock_guard<std::mutex> lock(mu);
+  auto it = limits.find(device);
+  if (it == limits.end()) {
+    int v = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    it = limits.emplace(device, v).first;
+  }
+  return it->second;
+}
+
+// Shared memory past the default 48 KB needs an opt-in per kernel and device, a call that CUDA graph capture does
+// not allow: made for every instantiation at once, up to the device's limit, at the first problem on the device
+// that needs it (STDiT's and Latte's 16 frames of 72 channels take 15-26 KB and never do). If that first problem
+// comes inside a capture, a clear error says to run one eagerly first.
 constexpr size_t kDefaultSmem = 48 * 1024;
-void allow_large_smem(size_t bytes) {
+void allow_large_smem(size_t bytes, int device) {
   if (bytes <= kDefaultSmem) return;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    cudaStreamCaptureStatus status;
-    C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &status));
-    TORCH_CHECK(status == cudaStreamCaptureStatusNone, "short_attention: the first problem that needs more than 48 KB ",
-                "of shared memory came inside CUDA graph capture; run one such call eagerly first");
-    Geometry big;
-    big.T = kMaxT, big.hd = kMaxHd;
-    const int fwd = int(fwd_smem(big)), bwd = int(bwd_smem(big));
-    auto allow = [](auto kernel, int n) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, n));
-    };
-    allow(short_attention_fwd<float, 1>, fwd), allow(short_attention_fwd<float, 4>, fwd);
-    allow(short_attention_fwd<__nv_bfloat16, 1>, fwd), allow(short_attention_fwd<__nv_bfloat16, 8>, fwd);
-    allow(short_attention_bwd<float, 1>, bwd), allow(short_attention_bwd<float, 4>, bwd);
-    allow(short_attention_bwd<__nv_bfloat16, 1>, bwd), allow(short_attention_bwd<__nv_bfloat16, 8>, bwd);
-  });
+  static std::mutex mu;
+  static std::set<int> done;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (done.count(device)) return;
+  cudaStreamCaptureStatus status;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &status));
+  TORCH_CHECK(status == cudaStreamCaptureStatusNone, "short_attention: the first problem that needs more than 48 KB ",
+              "of shared memory came inside CUDA graph capture; run one such call eagerly first");
+  const int n = smem_limit(device);
+  auto allow = [n](auto kernel) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, n));
+  };
+  allow(short_attention_fwd<float, 1>), allow(short_attention_fwd<float, 4>);
+  allow(short_attention_fwd<__nv_bfloat16, 1>), allow(short_attention_fwd<__nv_bfloat16, 8>);
+  allow(short_attention_bwd<float, 1>), allow(short_attention_bwd<float, 4>);
+  allow(short_attention_bwd<__nv_bfloat16, 1>), allow(short_attention_bwd<__nv_bfloat16, 8>);
+  done.insert(device);
 }
 
 template <typename E>
@@ -301,6 +317,11 @@ E* mptr(const at::Tensor& t) {
 
 }  // namespace
 
+bool short_attention_fits(const at::Tensor& qkv) {
+  if (qkv.size(0) * qkv.size(2) * qkv.size(4) >= (int64_t(1) << 31)) return false;  // one launch's grid
+  return bwd_smem(geometry(qkv, -1)) <= size_t(smem_limit(qkv.get_device()));
+}
+
 ShortAttention short_attention(const at::Tensor& qkv, int64_t valid) {
   const c10::cuda::CUDAGuard guard(qkv.device());
   const Geometry g = geometry(qkv, valid);
@@ -311,7 +332,7 @@ ShortAttention short_attention(const at::Tensor& qkv, int64_t valid) {
     using E = decltype(e);
     with_pack<E>(g.hd, {qkv.data_ptr(), out.data_ptr()}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
-      allow_large_smem(fwd_smem(g));
+      allow_large_smem(fwd_smem(g), qkv.get_device());
       short_attention_fwd<E, VEC><<<groups, kThreads, fwd_smem(g), at::cuda::getCurrentCUDAStream()>>>(
           cptr<E>(qkv), mptr<E>(out), stats.data_ptr<float>(), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -334,7 +355,7 @@ at::Tensor short_attention_backward(const at::Tensor& dout, const at::Tensor& qk
     using E = decltype(e);
     with_pack<E>(g.hd, {qkv.data_ptr(), out.data_ptr(), dout.data_ptr()}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
-      allow_large_smem(bwd_smem(g));
+      allow_large_smem(bwd_smem(g), qkv.get_device());
       short_attention_bwd<E, VEC><<<groups, kThreads, bwd_smem(g), at::cuda::getCurrentCUDAStream()>>>(
           cptr<E>(qkv), cptr<E>(out), cptr<E>(dout), stats.data_ptr<float>(), mptr<E>(dqkv), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

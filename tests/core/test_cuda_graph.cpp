@@ -4,14 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "core/cuda_graph.hpp"
 
 #ifdef OPENDIT_WITH_CUDA
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
-#include <ATen/core/CachingHostAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -27,6 +28,7 @@ TEST(CapturedGraph, ReplaysWhatEagerCallsCompute) {
   REQUIRE_GPU();
   const c10::cuda::CUDAStreamGuard on_side(c10::cuda::getStreamFromPool(false, 0));
   at::Tensor x = at::randn({64, 64}, kGpu), y;
+  at::Tensor warm = at::matmul(x, x);  // cuBLAS's handle and workspace are set up eagerly, as the trainer's warm-up does
   CapturedGraph g;
   ASSERT_EQ(g.capture([&] { y = at::matmul(x, x).relu_() + 1; }), "");
   x.normal_();
@@ -45,25 +47,38 @@ TEST(CapturedGraph, AFailedCaptureSaysWhyAndLeavesTheStreamUsable) {
   EXPECT_FLOAT_EQ((x * 2).sum().item<float>(), 2 * x.sum().item<float>());
 }
 
-// While this thread captures, another allocates pinned host memory and empties the host allocator's cache (which
-// calls cudaHostAlloc and cudaFreeHost: calls a global-mode capture forbids to every thread). Captures are
-// thread-local, so neither side fails.
+// While this thread captures, another keeps allocating fresh pinned host memory (cudaHostAlloc, as the data
+// loader's worker does when it pins the batches it reads): a call that a global-mode capture refuses to every
+// thread. Captures are thread-local, so neither side fails. (Whether the two overlap depends on timing, so a
+// regression may pass unnoticed; a correct build never fails.)
 TEST(CapturedGraph, OtherThreadsMayUseCudaDuringACapture) {
   REQUIRE_GPU();
   std::atomic<bool> stop{false};
   std::atomic<int64_t> pinned{0};
+  std::string worker_error;
   std::thread worker([&] {
-    const auto opts = at::TensorOptions().dtype(at::kFloat).pinned_memory(true);
-    while (!stop.load()) {
-      at::Tensor h = at::empty({int64_t(1) << (12 + pinned.load() % 8)}, opts);
-      h.fill_(1);
-      h.reset();
-      if (++pinned % 4 == 0) at::getHostAllocator(at::kCUDA)->empty_cache();
+    try {
+      const auto opts = at::TensorOptions().dtype(at::kFloat).pinned_memory(true);
+      std::vector<at::Tensor> live;  // held, so that every allocation needs a new page-locked block
+      while (!stop.load() && live.size() < 2048) {
+        live.push_back(at::empty({16 * 1024}, opts).fill_(1));
+        ++pinned;
+      }
+    } catch (const std::exception& e) {
+      worker_error = e.what();
     }
   });
+  struct Join {  // stops and joins the worker however the test leaves (a failed ASSERT returns early)
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~Join() {
+      stop = true;
+      if (t.joinable()) t.join();
+    }
+  } join{stop, worker};
   const c10::cuda::CUDAStreamGuard on_side(c10::cuda::getStreamFromPool(false, 0));
-  at::Tensor x = at::randn({256, 256}, kGpu), y;
-  for (int i = 0; i < 50; ++i) {
+  at::Tensor x = at::randn({256, 256}, kGpu), y = at::matmul(x, x);
+  for (int i = 0; i < 50 && pinned.load() < 2048; ++i) {
     CapturedGraph g;
     ASSERT_EQ(g.capture([&] {
       y = x;
@@ -73,6 +88,7 @@ TEST(CapturedGraph, OtherThreadsMayUseCudaDuringACapture) {
   }
   stop = true;
   worker.join();
+  EXPECT_EQ(worker_error, "");
   EXPECT_GT(pinned.load(), 0);
 }
 

@@ -58,7 +58,8 @@ struct ShortAttentionFn : torch::autograd::Function<ShortAttentionFn> {
 }  // namespace
 
 at::Tensor frame_attention(const at::Tensor& qkv, int64_t frames, int64_t heads, int64_t valid) {
-  TORCH_CHECK(qkv.dim() == 3 && frames >= 1 && qkv.size(1) % frames == 0 && qkv.size(2) % (3 * heads) == 0,
+  TORCH_CHECK(qkv.dim() == 3 && frames >= 1 && heads >= 1 && qkv.size(1) % frames == 0 &&
+                  qkv.size(2) % (3 * heads) == 0,
               "frame_attention: qkv must be [N, ", frames, " S, 3 D] with D a multiple of ", heads, ", got ",
               qkv.sizes());
   const int64_t N = qkv.size(0), T = frames, S = qkv.size(1) / T, D = qkv.size(2) / 3, hd = D / heads;
