@@ -219,6 +219,25 @@ bool cudnn_attention_shape(const at::Tensor& qkv) {
   return false;
 #endif
 }
+// The backward's other arguments: dout and out of the forward's output shape and qkv's dtype and device (out
+// contiguous), stats of shape s_shape in float32 (float64 for float64 qkv), contiguous.
+void check_attention_grads(const char* op, const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& out,
+                           const at::Tensor& stats, const std::vector<int64_t>& o_shape,
+                           const std::vector<int64_t>& s_shape) {
+  TORCH_CHECK(dout.sizes() == o_shape && dout.device() == qkv.device(), op, ": dout must be ",
+              at::IntArrayRef(o_shape), " on ", qkv.device(), ", got ", dout.sizes(), " on ", dout.device());
+  TORCH_CHECK(dout.scalar_type() == qkv.scalar_type(), op, ": dout and qkv differ in dtype (", dout.scalar_type(),
+              " vs ", qkv.scalar_type(), ")");
+  TORCH_CHECK(out.sizes() == dout.sizes() && out.device() == dout.device() && out.is_contiguous(), op,
+              ": out must be contiguous ", dout.sizes(), " on ", dout.device(), ", got ", out.sizes(), " on ",
+              out.device());
+  TORCH_CHECK(out.scalar_type() == qkv.scalar_type(), op, ": out and qkv differ in dtype");
+  const auto s_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(stats.sizes() == s_shape && stats.is_contiguous() && stats.device() == qkv.device() &&
+                  stats.scalar_type() == s_type,
+              op, ": stats must be a contiguous ", s_type, " ", at::IntArrayRef(s_shape), " on ", qkv.device(),
+              ", got ", stats.scalar_type(), " ", stats.sizes());
+}
 }  // namespace
 
 PackedAttention packed_attention(const at::Tensor& qkv) {
@@ -230,20 +249,7 @@ at::Tensor packed_attention_backward(const at::Tensor& dout_in, const at::Tensor
                                      const at::Tensor& stats) {
   check_packed_qkv(qkv, "packed_attention_backward");
   const int64_t N = qkv.size(0), T = qkv.size(1), H = qkv.size(3), hd = qkv.size(4);
-  const std::vector<int64_t> o_shape = {N, T, H, hd};
-  TORCH_CHECK(dout_in.sizes() == o_shape && dout_in.device() == qkv.device(),
-              "packed_attention_backward: dout must be ", at::IntArrayRef(o_shape), " on ", qkv.device(), ", got ",
-              dout_in.sizes(), " on ", dout_in.device());
-  TORCH_CHECK(dout_in.scalar_type() == qkv.scalar_type(), "packed_attention_backward: dout and qkv differ in dtype (",
-              dout_in.scalar_type(), " vs ", qkv.scalar_type(), ")");
-  check_same(out, dout_in, "packed_attention_backward: out");
-  TORCH_CHECK(out.scalar_type() == qkv.scalar_type(), "packed_attention_backward: out and qkv differ in dtype");
-  const std::vector<int64_t> s_shape = {N, H, T};
-  const auto s_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(stats.sizes() == s_shape && stats.is_contiguous() && stats.device() == qkv.device() &&
-                  stats.scalar_type() == s_type,
-              "packed_attention_backward: stats must be a contiguous ", s_type, " ", at::IntArrayRef(s_shape),
-              " on ", qkv.device(), ", got ", stats.scalar_type(), " ", stats.sizes());
+  check_attention_grads("packed_attention_backward", dout_in, qkv, out, stats, {N, T, H, hd}, {N, H, T});
   const at::Tensor dout = dout_in.contiguous();
   return route(cudnn_attention_shape(qkv) && reinterpret_cast<uintptr_t>(dout.data_ptr()) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0,
@@ -286,20 +292,7 @@ at::Tensor short_attention_backward(const at::Tensor& dout_in, const at::Tensor&
                                     const at::Tensor& stats, int64_t valid) {
   check_middle_qkv(qkv, valid, "short_attention_backward");
   const int64_t B = qkv.size(0), T = qkv.size(1), S = qkv.size(2), H = qkv.size(4), hd = qkv.size(5);
-  const std::vector<int64_t> o_shape = {B, T, S, H, hd};
-  TORCH_CHECK(dout_in.sizes() == o_shape && dout_in.device() == qkv.device(),
-              "short_attention_backward: dout must be ", at::IntArrayRef(o_shape), " on ", qkv.device(), ", got ",
-              dout_in.sizes(), " on ", dout_in.device());
-  TORCH_CHECK(dout_in.scalar_type() == qkv.scalar_type(), "short_attention_backward: dout and qkv differ in dtype (",
-              dout_in.scalar_type(), " vs ", qkv.scalar_type(), ")");
-  check_same(out, dout_in, "short_attention_backward: out");
-  TORCH_CHECK(out.scalar_type() == qkv.scalar_type(), "short_attention_backward: out and qkv differ in dtype");
-  const std::vector<int64_t> s_shape = {B, S, H, T};
-  const auto s_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(stats.sizes() == s_shape && stats.is_contiguous() && stats.device() == qkv.device() &&
-                  stats.scalar_type() == s_type,
-              "short_attention_backward: stats must be a contiguous ", s_type, " ", at::IntArrayRef(s_shape), " on ",
-              qkv.device(), ", got ", stats.scalar_type(), " ", stats.sizes());
+  check_attention_grads("short_attention_backward", dout_in, qkv, out, stats, {B, T, S, H, hd}, {B, S, H, T});
   return route(short_attention_fused(qkv), cuda_impl::short_attention_backward, reference::short_attention_backward,
                dout_in.contiguous(), qkv, out, stats, valid);
 }

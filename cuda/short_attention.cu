@@ -1,8 +1,9 @@
 // j. Attention along the middle axis of qkv [B, T, S, 3, H, hd] for short T (definition: cuda/reference.cpp).
 // One thread block per (b, s, head): it copies that group's T rows of q, k and v (each hd contiguous elements, rows
 // S 3 H hd apart) into shared memory as float32, and does the whole attention there: scores, softmax, output (and in
-// the backward P, dS and the three gradients). At STDiT's 16 frames a group is 16 x 72 per tensor, so the work is
-// the loads and stores: the kernels are bound by memory, where cuDNN's tiles of 64-128 queries would be mostly empty.
+// the backward P, dS and the three gradients). At STDiT's 16 frames a group is 16 x 72 per tensor, which fills a
+// small part of cuDNN's tiles of 64-128 queries. The kernels are bound by shared-memory bandwidth (hence the
+// register tiles below), not by DRAM: on the H200 they move 21-24% of copy bandwidth.
 // Rows in shared memory are hd + 1 floats apart (odd), so threads reading the same column of different rows hit
 // different banks. Everything is computed in float32 and rounded once; no atomics, so results repeat bit for bit.
 #include <ATen/ATen.h>

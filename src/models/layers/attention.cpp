@@ -67,7 +67,7 @@ at::Tensor frame_attention(const at::Tensor& qkv, int64_t frames, int64_t heads,
   if (!qkv.is_cuda() || (short_kernel_allowed.load() && kernels::short_attention_fused(packed)))
     return ShortAttentionFn::apply(packed, valid).view({N, T * S, D});
   // Sequences the kernel does not take: positions as a batch of T-token sequences (two transpose copies).
-  at::Tensor seq = qkv.view({N, T, S, 3 * D}).transpose(1, 2).reshape({N * S, T, 3 * D});
+  at::Tensor seq = packed.view({N, T, S, 3 * D}).transpose(1, 2).reshape({N * S, T, 3 * D});
   return self_attention(seq, heads, valid).view({N, S, T, D}).transpose(1, 2).reshape({N, T * S, D});
 }
 
