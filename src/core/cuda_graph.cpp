@@ -5,6 +5,7 @@
 
 #ifdef OPENDIT_WITH_CUDA
 #include <ATen/core/CachingHostAllocator.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
@@ -28,6 +29,10 @@ class Graph : public at::cuda::CUDAGraph {
         cudaGraphDestroy(partial);
     }
     (void)cudaGetLastError();  // capture errors are not sticky: clear it, so that no later launch check sees it
+    // capture_begin() put the generators it registered (the default one at least) into capture mode, which only
+    // capture_end() leaves: left so, every later eager random op on them fails ("Offset increment outside graph
+    // capture"). Their eager offsets did not move during the capture, so eager draws go on where they were.
+    for (auto& entry : captured_generator_states_) entry.first->capturing_ = false;
     // capture_end() got past the pool bookkeeping (the destructor releases the pool then), or no pool was opened.
     if (capture_ended_ || (mempool_id_.first == 0 && mempool_id_.second == 0)) return;
     // Each may already be done, depending on where capture_end() threw; then it throws, and that is fine.

@@ -45,6 +45,13 @@ TEST(CapturedGraph, AFailedCaptureSaysWhyAndLeavesTheStreamUsable) {
   EXPECT_NE(why, "");
   EXPECT_FALSE(g.captured());
   EXPECT_FLOAT_EQ((x * 2).sum().item<float>(), 2 * x.sum().item<float>());
+  // The default generator left capture mode with the capture: eager random ops work, and a new capture does too.
+  EXPECT_NO_THROW(x.normal_());
+  at::Tensor r;
+  ASSERT_EQ(g.capture([&] { r = at::randn({8}, kGpu); }), "");
+  g.replay();
+  EXPECT_EQ(r.numel(), 8);
+  EXPECT_NO_THROW((void)at::randn({8}, kGpu));
 }
 
 // While this thread captures, another keeps allocating fresh pinned host memory (cudaHostAlloc, as the data
