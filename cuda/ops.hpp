@@ -171,7 +171,8 @@ bool packed_attention_uses_cudnn(const at::Tensor& qkv);
 // On a GPU, float32/bfloat16 qkv with T <= 64 and hd <= 128 (whose tiles fit the device's shared memory) runs one
 // kernel in which a thread block holds one (b, s, head)'s T rows of q, k and v in shared memory (cuDNN's fused
 // attention works in tiles of 64-128 queries, of which a 16-frame sequence fills a small part); other cases run the
-// definition.
+// definition. bfloat16 with T = 16 and hd a multiple of 8 (STDiT's and Latte's frames) runs on tensor cores instead:
+// one warp a group, P and dS rounded to bfloat16 as the MMA operands (cuda/short_attention_mma.cu).
 struct ShortAttention {
   at::Tensor out, stats;
 };

@@ -6,6 +6,7 @@
 // register tiles below), not by DRAM: on the H200 they move 21-24% of copy bandwidth.
 // Rows in shared memory are hd + 1 floats apart (odd), so threads reading the same column of different rows hit
 // different banks. Everything is computed in float32 and rounded once; no atomics, so results repeat bit for bit.
+// bfloat16 at T = 16 (STDiT's and Latte's frames) goes to the tensor-core kernels of short_attention_mma.cu instead.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -17,6 +18,7 @@
 #include <set>
 
 #include "cuda/launch.hpp"
+#include "cuda/short_attention_mma.hpp"
 #include "cuda/token_rows.cuh"
 
 namespace opendit::kernels::cuda_impl {
@@ -36,14 +38,8 @@ struct Geometry {
   int64_t out_row;         // between consecutive t of out (and dout): S H hd
 
   // The group of block g = (b S + s) H + h: offsets of its q row 0 in qkv and of its row 0 in out.
-  __device__ int64_t qkv_base(int64_t g) const {
-    const int64_t bs = g / H, h = g % H, b = bs / S, s = bs % S;
-    return (b * T * S + s) * 3 * H * hd + h * hd;
-  }
-  __device__ int64_t out_base(int64_t g) const {
-    const int64_t bs = g / H, h = g % H, b = bs / S, s = bs % S;
-    return (b * T * S + s) * H * hd + h * hd;
-  }
+  __device__ int64_t qkv_base(int64_t g) const { return group_base(g, T, S, H, hd).qkv; }
+  __device__ int64_t out_base(int64_t g) const { return group_base(g, T, S, H, hd).out; }
 };
 
 // Copies `rows` rows of hd elements, src + t * stride, into dst + t * ld (float32), VEC elements a load.
@@ -329,6 +325,10 @@ ShortAttention short_attention(const at::Tensor& qkv, int64_t valid) {
   const int64_t B = qkv.size(0), groups = B * g.S * g.H;
   at::Tensor out = at::empty({B, g.T, g.S, g.H, g.hd}, qkv.options());
   at::Tensor stats = at::empty({B, g.S, g.H, g.T}, qkv.options().dtype(at::kFloat));
+  if (short_attention_mma_takes(qkv)) {  // STDiT's and Latte's 16 frames in bfloat16: tensor cores
+    short_attention_mma(qkv, valid, out, stats);
+    return {out, stats};
+  }
   auto launch = [&](auto e) {
     using E = decltype(e);
     with_pack<E>(g.hd, {qkv.data_ptr(), out.data_ptr()}, [&](auto vec) {
@@ -352,6 +352,10 @@ at::Tensor short_attention_backward(const at::Tensor& dout, const at::Tensor& qk
   const Geometry g = geometry(qkv, valid);
   const int64_t groups = qkv.size(0) * g.S * g.H;
   at::Tensor dqkv = at::empty_like(qkv);
+  if (short_attention_mma_takes(qkv)) {
+    short_attention_mma_backward(dout, qkv, out, stats, valid, dqkv);
+    return dqkv;
+  }
   auto launch = [&](auto e) {
     using E = decltype(e);
     with_pack<E>(g.hd, {qkv.data_ptr(), out.data_ptr(), dout.data_ptr()}, [&](auto vec) {
