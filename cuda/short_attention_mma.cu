@@ -232,24 +232,25 @@ __global__ void __launch_bounds__(128) mma_bwd(const bf16* __restrict__ qkv, con
   load_rows<VEC>(qkv + base + part, geo.row, k, ld, hd, lane);
   load_rows<VEC>(qkv + base + 2 * part, geo.row, v, ld, hd, lane);
   load_rows<VEC>(dout + obase, geo.out_row, dO, ld, hd, lane);
-  // rowsum(dO O) of row lane / 2, alternate runs of 8 columns a lane (O and dO straight from global), then for rows
-  // g and g + 8. The order of the sum is the same for every VEC, so unaligned rows give the same bits.
+  __syncwarp();
+  // rowsum(dO O) of row lane / 2, alternate runs of 8 columns a lane (O from global, dO from shared memory), then for
+  // rows g and g + 8. The order of the sum is the same for every VEC, so unaligned rows give the same bits.
   float dot = 0.f;
   {
-    const int64_t row = obase + int64_t(lane / 2) * geo.out_row;
+    const int t = lane / 2;
+    const bf16* orow = out + obase + int64_t(t) * geo.out_row;
     for (int col = (lane % 2) * 8; col < hd; col += 16)
 #pragma unroll
       for (int e = 0; e < 8; e += VEC) {
-        const Pack<VEC> po = *reinterpret_cast<const Pack<VEC>*>(out + row + col + e);
-        const Pack<VEC> pd = *reinterpret_cast<const Pack<VEC>*>(dout + row + col + e);
+        const Pack<VEC> po = *reinterpret_cast<const Pack<VEC>*>(orow + col + e);
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) dot = fmaf(__bfloat162float(pd.v[j]), __bfloat162float(po.v[j]), dot);
+        for (int j = 0; j < VEC; ++j)
+          dot = fmaf(__bfloat162float(dO[t * ld + col + e + j]), __bfloat162float(po.v[j]), dot);
       }
     dot += __shfl_xor_sync(0xffffffffu, dot, 1);
   }
   const float rowdot[2] = {__shfl_sync(0xffffffffu, dot, 2 * g), __shfl_sync(0xffffffffu, dot, 2 * (g + 8))};
   const float lse[2] = {stats[grp * kT + g], stats[grp * kT + g + 8]};
-  __syncwarp();
   float p[2][4], ds[2][4];
   times_rows_t(q, k, ld, hd, g, c, p);
   times_rows_t(dO, v, ld, hd, g, c, ds);
