@@ -8,6 +8,7 @@
 #include "cli/sample.hpp"
 #include "core/devices.hpp"
 #include "core/error.hpp"
+#include "core/out_of_memory.hpp"
 #include "core/progress.hpp"
 #include "core/strings.hpp"
 #include "encode/encoders.hpp"
@@ -212,8 +213,19 @@ void run_sample(const SampleArgs& a, MpiRuntime& mpi) {
     }
     text = sample_model(a, deck, recorded, std::nullopt)->condition_spec().kind == models::ConditionKind::Text;
   });
-  if (text) return run_sample_text(a, deck, recorded, ranks);
-  run_sample_classes(a, deck, recorded, ranks);
+  try {
+    if (text) return run_sample_text(a, deck, recorded, ranks);
+    run_sample_classes(a, deck, recorded, ranks);
+  } catch (const c10::Error& e) {
+    if (!is_out_of_memory(e)) throw;
+    const int64_t batch = a.options.batch > 0 ? a.options.batch : text ? 2 : 0;  // 0: all samples in one loop
+    std::string advice = batch == 0   ? "\n  - sample fewer at once: --batch N (now all of them in one loop)"
+                         : batch > 1 ? cat("\n  - sample fewer at once: --batch N below ", batch)
+                                     : std::string();
+    throw Error(cat("out of memory while sampling: ", out_of_memory_summary(e), advice,
+                    "\n  - split the work over more ranks: parallel.sp_size splits each sample's tokens, "
+                    "--cfg-parallel runs the two halves of guidance on two ranks"));
+  }
 }
 
 }  // namespace

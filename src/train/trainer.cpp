@@ -10,6 +10,7 @@
 
 #include "core/devices.hpp"
 #include "core/error.hpp"
+#include "core/out_of_memory.hpp"
 #include "core/progress.hpp"
 #include "core/stop_request.hpp"
 #include "core/strings.hpp"
@@ -18,6 +19,7 @@
 #include "models/layers/attention.hpp"
 #include "models/registry.hpp"
 #include "parallel/watchdog.hpp"
+#include "train/memory_advice.hpp"
 
 namespace opendit::train {
 
@@ -162,7 +164,23 @@ Trainer::Trainer(const config::Deck& deck, const parallel::ParallelContext& ctx,
                   "sequence parallel", models::layers::sp_mode_name(sp_mode_), mesh.sp_size());
     std::printf("\n");
   }
-  if (!options.dry_run) build();
+  if (options.dry_run) return;
+  try {
+    build();
+  } catch (const c10::Error& e) {
+    rethrow_with_memory_advice(e, /*in_step=*/false);
+  }
+}
+
+void Trainer::rethrow_with_memory_advice(const c10::Error& e, bool in_step) const {
+  if (!is_out_of_memory(e)) throw;
+  RunMemory m;
+  m.global_batch = s_.global_batch, m.dp_size = ctx_.mesh().dp_size(), m.accumulation = s_.accumulation;
+  m.depth = model_ ? model_->depth() : 0;  // null: the set-up failed building the model itself
+  m.recompute = s_.activation_checkpointing ? -1 : static_cast<int>(s_.checkpoint_blocks);
+  m.sp_size = ctx_.mesh().sp_size();
+  m.sharded = s_.dp.strategy != DpStrategy::Ddp;
+  throw Error(out_of_memory_advice(in_step, step_ + 1, out_of_memory_summary(e), m));
 }
 
 Trainer::~Trainer() {
@@ -300,7 +318,11 @@ int Trainer::run() {
     bool stepped;
     {
       parallel::Watch watch("training step", step_ + 1);
-      stepped = step();
+      try {
+        stepped = step();
+      } catch (const c10::Error& e) {
+        rethrow_with_memory_advice(e, /*in_step=*/true);
+      }
     }
     after_step(stepped);
   }

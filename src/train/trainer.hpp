@@ -98,6 +98,9 @@ class Trainer {
 
  private:
   void build();
+  // An allocator's error as one rank error that says what the run holds and which settings would make it fit
+  // (train/memory_advice.hpp); any other error is rethrown as it is. in_step: a training step, else build().
+  [[noreturn]] void rethrow_with_memory_advice(const c10::Error& e, bool in_step) const;
   void open_run_folder();  // collective: the lock and the rules of train/run_folder.hpp
   bool resumes_own_run() const;  // --resume auto, or a checkpoint of this run's folder (not fine-tuning)
   void dry_run_checks();   // collective: what run() would refuse, without writing

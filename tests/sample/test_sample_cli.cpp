@@ -21,11 +21,12 @@ struct CliRun {
   std::string output;
 };
 
-// Runs `opendit ARGS` (one process, no mpirun) and captures stdout+stderr.
-CliRun run_opendit(const std::string& args) {
+// Runs `opendit ARGS` (one process, no mpirun) and captures stdout+stderr; `shell` runs first in the same shell
+// (a ulimit).
+CliRun run_opendit(const std::string& args, const std::string& shell = "") {
   // One log per test process: two test runs on one machine (two checkouts) must not read each other's output.
   fs::path log = fs::temp_directory_path() / ("opendit_sample_test_" + std::to_string(::getpid()) + ".log");
-  int rc = std::system((std::string(OPENDIT_BIN) + " " + args + " > " + log.string() + " 2>&1").c_str());
+  int rc = std::system(("(" + shell + std::string(OPENDIT_BIN) + " " + args + ") > " + log.string() + " 2>&1").c_str());
   std::ifstream f(log);
   std::stringstream ss;
   ss << f.rdbuf();
@@ -241,4 +242,17 @@ TEST_F(SampleCli, OutputIsCheckedBeforeAnyWork) {
                          (dir / "old.safetensors").string());
   EXPECT_EQ(r.rc, 0) << r.output;
   EXPECT_NE(r.output.find("replaces " + (dir / "old.safetensors").string()), std::string::npos) << r.output;
+}
+
+// Two million samples in one loop do not fit in 6 GB of address space (the program itself starts in about 4): one
+// error that names the allocator's refusal and the option that would fit, not torch's allocator message alone.
+TEST_F(SampleCli, OutOfMemoryIsOneClearError) {
+  const std::string out = (dir / "big.safetensors").string();
+  CliRun r = run_opendit("sample " + deck() + weights() + " --steps ddim2 --classes 1 --per-class 2000000 --out " + out,
+                         "ulimit -v 6000000; CUDA_VISIBLE_DEVICES= ");  // CUDA's start alone would pass the limit
+  EXPECT_EQ(r.rc, 1) << r.output;
+  EXPECT_NE(r.output.find("opendit: error: out of memory while sampling: host memory: an allocation of "),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--batch N (now all of them in one loop)"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
 }

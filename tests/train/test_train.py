@@ -9,6 +9,7 @@ usage: test_train.py OPENDIT MAKE_TOY_DATASET MPIRUN [unittest options, e.g. -k 
 """
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,43 @@ class TrainTest(unittest.TestCase):
                 self.assertNotEqual(rc, 0, out[-1500:])
                 self.assertIn(message, out, out[-1500:])
                 self.assertEqual(out.count("opendit: error"), 1, out[-1500:])
+
+    def out_of_memory_run(self, device, limit_bytes=None, *sets):
+        """A run whose first step cannot fit: 4096 samples of 32x32 (256 tokens) at once. Returns (rc, output)."""
+        data = os.path.join(self.tmp, "big.h5")
+        if not os.path.exists(data):
+            subprocess.run([MAKE, data, "4096", "4", "3", "32"], check=True, capture_output=True)
+        cmd = [BIN, "train", "--config", self.deck, "--set", "run.name=oom_" + device, "--set", "data.path=" + data,
+               "--set", "data.global_batch=4096", "--set", "model.input_size=32", "--set", "parallel.device=" + device,
+               "--no-save"] + [a for s in sets for a in ("--set", s)]
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))) if limit_bytes else None
+        # Under the limit the GPUs are hidden: CUDA's start alone reserves more address space than that.
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="") if limit_bytes else None
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=limit, env=env)
+        return p.returncode, p.stdout + p.stderr
+
+    def assert_clear_out_of_memory(self, rc, out, allocator):
+        self.assertEqual(rc, 1, out[-3000:])
+        self.assertEqual(out.count("opendit: error: out of memory in training step 1: " + allocator), 1, out[-3000:])
+        for advice in ("activations of 4096 samples on this rank", "train.activation_checkpointing = true",
+                       "train.accumulation = 2 (2048 samples a pass instead of 4096"):
+            self.assertIn(advice, out, out[-3000:])
+        self.assertNotIn("terminate called", out)
+
+    def test_out_of_memory_is_one_clear_error(self):
+        """a step that does not fit in memory: one error that says what to change"""
+        # The process is limited to 6 GB of address space: the program starts and sets up in about 4, the step's
+        # activations take more than 12 (measured on the 2-core CI machine).
+        rc, out = self.out_of_memory_run("cpu", 6 * 10**9)
+        self.assert_clear_out_of_memory(rc, out, "host memory: an allocation of ")
+
+    @unittest.skipUnless(torch.cuda.is_available(), "no GPU: the GPU training checks are skipped")
+    def test_gpu_out_of_memory_is_one_clear_error(self):
+        """GPU: a step that does not fit in the GPU's memory: one error that says what to change"""
+        # hidden 1152 (DiT-XL's width), 4 blocks: about 5 GB a 4096 x 256 x 1152 activation, hundreds of GB a step.
+        rc, out = self.out_of_memory_run("cuda", None, "model.hidden_size=1152", "model.num_heads=16",
+                                         "model.depth=4")
+        self.assert_clear_out_of_memory(rc, out, "CUDA out of memory. Tried to allocate ")
 
     def test_non_finite_losses_skip_steps_then_stop(self):
         """non-finite losses: steps skipped with a warning, then a clear stop"""
