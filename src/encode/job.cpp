@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "core/error.hpp"
+#include "core/out_of_memory.hpp"
 #include "core/progress.hpp"
 #include "core/stop_request.hpp"
 #include "core/strings.hpp"
@@ -247,7 +248,18 @@ EncodeReport run_encode(const EncodeSettings& s, const parallel::ProcessGroup& w
     int64_t mine_done = 0, mine_failed = 0;
     const std::size_t j = r;
     if (j < mine.size()) {
-      EncodedBlock blk = w.encode(mine[j]);
+      EncodedBlock blk;
+      try {
+        blk = w.encode(mine[j]);
+      } catch (const c10::Error& e) {
+        if (!is_out_of_memory(e)) throw;
+        // vae_micro_batch is not part of the job's identity: --resume may change it. batch is (it groups the inputs).
+        throw Error(cat("encode: out of memory in block ", mine[j], ": ", out_of_memory_summary(e),
+                        "\n  - fewer images (video frames) a VAE pass: a smaller encode.vae_micro_batch (now ",
+                        s.vae_micro_batch, "; continue with --resume: the blocks written so far are kept in ", parts,
+                        ")\n  - fewer inputs an encoder call: a smaller encode.batch (now ", s.batch,
+                        "; a new job: --overwrite)"));
+      }
       write_block(block_path(parts, mine[j]), blk);
       mine_done = blk.count, mine_failed = int64_t(blk.failed.size());
       kill_point_test_hook("block", ++blocks_written);

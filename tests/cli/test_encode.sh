@@ -69,6 +69,14 @@ for np in 2 4; do
   check "encode on $np ranks: the same bytes as on 1" test "${!rc_var}" -eq 0
 done
 
+# ---- out of memory: one error naming the settings that would fit (6 GB of address space; it starts in about 4) ----
+run oom sh -c "ulimit -v 6000000; CUDA_VISIBLE_DEVICES= exec '$BIN' encode imgs -o oom.h5 --vae '$VAE' \
+  --set encode.image_size=1024 --set encode.batch=14 -q --device cpu"
+check "encode out of memory: exit 1, one error" test "$rc_oom" -eq 1 -a "$(errors oom)" -eq 1
+check "encode out of memory: what the allocator refused" has oom "out of memory in block 0: host memory: an allocation"
+check "encode out of memory: the VAE pass to make smaller, and --resume" \
+  has oom "a smaller encode.vae_micro_batch (now 32; continue with --resume"
+
 printf 'path,label\nimgs/cat/1.jpg,0\nimgs/dog/2.png,1\n' >good.csv
 run g0 $mpi 2 "$BIN" encode good.csv -o good.h5 --vae "$VAE" $S
 check "encode without a failure (empty failure lists, 2 ranks): exit 0" has g0 "2 samples in 1 bucket, 0 failures"
